@@ -1,0 +1,316 @@
+// Fused attention-transfer KD on the CPU (LayerKD-HN Eq. 4–7): one parallel pass per (layer,
+// sample) row computes the spatial map, its L2 norm and the row's loss; backward re-reads the
+// feature once and writes its gradient. Only the B×ΣHW normalised maps and per-row norms and
+// losses are kept between the passes, never |f|^p or any other full-size intermediate.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "layers.h"
+
+namespace hyperkd {
+namespace {
+
+// |a|^p with the common exponents specialised: std::pow in the inner loop costs ~20x a multiply.
+enum PowMode { kPowGeneral = 0, kPowOne = 1, kPowTwo = 2 };
+
+inline int pow_mode(double p) { return p == 1.0 ? kPowOne : (p == 2.0 ? kPowTwo : kPowGeneral); }
+
+template <int MODE, typename acc_t>
+inline acc_t power(acc_t a, acc_t p) {
+  if constexpr (MODE == kPowOne) return a;
+  if constexpr (MODE == kPowTwo) return a * a;
+  return std::pow(a, p);
+}
+
+template <typename acc_t>
+inline acc_t sign(acc_t x) { return static_cast<acc_t>((x > 0) - (x < 0)); }
+
+// Visits every (c, h, w) of one sample, innermost along the smallest stride of `v`, so that both
+// NCHW and channels_last inputs stream through memory. fn(c, hw, offset in v, offset in u).
+template <typename Fn>
+inline void for_each_element(const FeatureView& v, const FeatureView& u, Fn&& fn) {
+  if (v.sc >= v.sw) {
+    for (int64_t c = 0; c < v.C; ++c)
+      for (int64_t h = 0; h < v.H; ++h)
+        for (int64_t w = 0; w < v.W; ++w)
+          fn(c, h * v.W + w, c * v.sc + h * v.sh + w * v.sw, c * u.sc + h * u.sh + w * u.sw);
+  } else {
+    for (int64_t h = 0; h < v.H; ++h)
+      for (int64_t w = 0; w < v.W; ++w)
+        for (int64_t c = 0; c < v.C; ++c)
+          fn(c, h * v.W + w, c * v.sc + h * v.sh + w * v.sw, c * u.sc + h * u.sh + w * u.sw);
+  }
+}
+
+// S of Eq. 4–6 for one sample: kind 0 Σ|f|, kind 1 Σ|f|^p, kind 2 (max|f|)^p = max |f|^p.
+template <int KIND, int MODE, typename scalar_t, typename acc_t>
+void spatial_map(const FeatureView& v, const scalar_t* f, acc_t p, acc_t* S) {
+  std::fill(S, S + v.HW(), acc_t(0));
+  for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
+    acc_t a = std::abs(static_cast<acc_t>(f[off]));
+    if constexpr (KIND == 0) S[hw] += a;
+    if constexpr (KIND == 1) S[hw] += power<MODE>(a, p);
+    if constexpr (KIND == 2) S[hw] = std::max(S[hw], a);
+  });
+  if constexpr (KIND == 2)
+    for (int64_t i = 0; i < v.HW(); ++i) S[i] = power<MODE>(S[i], p);
+}
+
+// df = gS · dS/df for one sample (df has its own strides). Kind 2 routes the gradient to the
+// channels attaining the maximum, split evenly among ties as torch.amax does.
+template <int KIND, int MODE, typename scalar_t, typename acc_t>
+void spatial_map_backward(const FeatureView& v, const scalar_t* f, const FeatureView& dv,
+                          scalar_t* df, acc_t p, const acc_t* gS) {
+  const int64_t HW = v.HW();
+  std::vector<acc_t> amax, coef;
+  if constexpr (KIND == 2) {
+    amax.assign(HW, acc_t(0));
+    coef.assign(HW, acc_t(0));  // first the tie count, then gS·p·max^(p−1)/ties
+    for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
+      acc_t a = std::abs(static_cast<acc_t>(f[off]));
+      if (a > amax[hw]) { amax[hw] = a; coef[hw] = 1; }
+      else if (a == amax[hw]) coef[hw] += 1;
+    });
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t dpow = MODE == kPowOne ? acc_t(1) : (MODE == kPowTwo ? 2 * amax[i] : p * std::pow(amax[i], p - 1));
+      coef[i] = gS[i] * dpow / coef[i];
+    }
+  }
+  for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
+    acc_t x = static_cast<acc_t>(f[off]);
+    acc_t g;
+    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gS[hw] * sign(x);
+    else if constexpr (KIND == 1 && MODE == kPowTwo) g = gS[hw] * 2 * x;
+    else if constexpr (KIND == 1) g = gS[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
+    else g = (std::abs(x) == amax[hw]) ? coef[hw] * sign(x) : acc_t(0);
+    df[doff] = static_cast<scalar_t>(g);
+  });
+}
+
+// Dispatches a body templated on <KIND, MODE> to the runtime kind and exponent.
+template <typename Body>
+void dispatch_kind(int64_t kind, double p, Body&& body) {
+  const int mode = kind == 0 ? kPowOne : pow_mode(p);
+  auto with_mode = [&](auto kind_c) {
+    if (mode == kPowOne) body(kind_c, std::integral_constant<int, kPowOne>{});
+    else if (mode == kPowTwo) body(kind_c, std::integral_constant<int, kPowTwo>{});
+    else body(kind_c, std::integral_constant<int, kPowGeneral>{});
+  };
+  if (kind == 0) with_mode(std::integral_constant<int, 0>{});
+  else if (kind == 1) with_mode(std::integral_constant<int, 1>{});
+  else with_mode(std::integral_constant<int, 2>{});
+}
+
+void check_args(int64_t kind, double p, double eps) {
+  TORCH_CHECK(kind >= 0 && kind <= 2, "kind: expected 0, 1 or 2, got ", kind);
+  TORCH_CHECK(p > 0, "p: expected p > 0, got ", p);
+  TORCH_CHECK(eps > 0, "eps: expected eps > 0, got ", eps);
+}
+
+// Offsets of each layer's B×HW block in the packed maps buffer.
+std::vector<int64_t> map_offsets(at::TensorList feats) {
+  std::vector<int64_t> off(feats.size() + 1, 0);
+  const int64_t B = feats[0].size(0);
+  for (size_t m = 0; m < feats.size(); ++m) off[m + 1] = off[m] + B * feats[m].size(2) * feats[m].size(3);
+  return off;
+}
+
+// Normalises each sample's map in place, q = S / max(‖S‖₂, eps); returns ‖S‖₂.
+template <typename acc_t>
+acc_t normalise_row(acc_t* S, int64_t HW, acc_t eps) {
+  acc_t sq = 0;
+  for (int64_t i = 0; i < HW; ++i) sq += S[i] * S[i];
+  const acc_t n = std::sqrt(sq);
+  const acc_t inv = acc_t(1) / std::max(n, eps);
+  for (int64_t i = 0; i < HW; ++i) S[i] *= inv;
+  return n;
+}
+
+// Per-row loss of Eq. 7: ‖q − t‖_p ("sum"), or Σ (q − t)² before the mean ("mean").
+template <int MODE, typename acc_t>
+acc_t row_loss(const acc_t* q, const acc_t* t, int64_t HW, acc_t p, bool mean) {
+  acc_t r = 0;
+  if (mean) {
+    for (int64_t i = 0; i < HW; ++i) r += (q[i] - t[i]) * (q[i] - t[i]);
+    return r;
+  }
+  for (int64_t i = 0; i < HW; ++i) r += power<MODE>(std::abs(q[i] - t[i]), p);
+  if constexpr (MODE == kPowOne) return r;
+  if constexpr (MODE == kPowTwo) return std::sqrt(r);
+  return std::pow(r, acc_t(1) / p);
+}
+
+// dL/dq of one row, where `row` is that row's loss.
+template <int MODE, typename acc_t>
+inline acc_t row_loss_grad(acc_t d, acc_t row, acc_t p, bool mean) {
+  if (mean) return d;
+  if constexpr (MODE == kPowOne) return sign(d);
+  if (row <= 0) return 0;
+  if constexpr (MODE == kPowTwo) return d / row;
+  return std::pow(std::abs(d), p - 1) * sign(d) / std::pow(row, p - 1);
+}
+
+std::vector<at::Tensor> at_summary_cpu(at::TensorList feats, int64_t kind, double p, double eps) {
+  check_feature_list(feats, "feats");
+  check_args(kind, p, eps);
+  const int64_t B = feats[0].size(0), M = feats.size();
+  const auto views = feature_views(feats);
+  std::vector<at::Tensor> out;
+  for (const auto& f : feats)
+    out.push_back(at::empty({B, f.size(2) * f.size(3)}, f.options().dtype(acc_type_of(f.scalar_type()))));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats[0].scalar_type(), "at_summary", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
+      at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t m = r / B, b = r % B;
+          const auto& v = views[m];
+          acc_t* S = out[m].data_ptr<acc_t>() + b * v.HW();
+          spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), S);
+          normalise_row(S, v.HW(), acc_t(eps));
+        }
+      });
+    });
+  });
+  return out;
+}
+
+void check_teacher(at::TensorList student, at::TensorList teacher) {
+  TORCH_CHECK(teacher.size() == student.size(), "teacher: expected ", student.size(),
+              " summaries, got ", teacher.size());
+  const auto acc = acc_type_of(student[0].scalar_type());
+  for (size_t m = 0; m < student.size(); ++m) {
+    const auto& s = student[m];
+    const auto& t = teacher[m];
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == s.size(0) && t.size(1) == s.size(2) * s.size(3),
+                "teacher[", m, "]: expected a ", s.size(0), "×", s.size(2) * s.size(3),
+                " summary, got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == acc && t.is_contiguous(), "teacher[", m,
+                "]: expected a contiguous ", acc, " summary");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
+    at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, int64_t kind,
+    double p, double eps, bool mean) {
+  check_feature_list(student, "student");
+  check_args(kind, p, eps);
+  check_teacher(student, teacher);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
+              "lambdas: expected ", M, " weights of dtype ", acc);
+  const auto views = feature_views(student);
+  const auto off = map_offsets(student);
+  auto opts = student[0].options().dtype(acc);
+  at::Tensor maps = at::empty({off[M]}, opts);
+  at::Tensor norms = at::empty({M, B}, opts);
+  at::Tensor rows = at::empty({M, B}, opts);
+  at::Tensor loss = at::empty({}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* q_all = maps.data_ptr<acc_t>();
+    acc_t* n_all = norms.data_ptr<acc_t>();
+    acc_t* r_all = rows.data_ptr<acc_t>();
+    dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
+      at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t m = r / B, b = r % B;
+          const auto& v = views[m];
+          acc_t* q = q_all + off[m] + b * v.HW();
+          spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), q);
+          n_all[r] = normalise_row(q, v.HW(), acc_t(eps));
+          const acc_t* t = teacher[m].data_ptr<acc_t>() + b * v.HW();
+          r_all[r] = row_loss<decltype(MODE)::value>(q, t, v.HW(), acc_t(p), mean);
+        }
+      });
+    });
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    acc_t total = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      acc_t layer = 0;
+      for (int64_t b = 0; b < B; ++b) layer += r_all[m * B + b];
+      total += lam[m] * layer * (mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1));
+    }
+    loss.fill_(total);
+  });
+  return {loss, maps, norms, rows};
+}
+
+std::vector<at::Tensor> at_loss_backward_cpu(
+    const at::Tensor& grad, at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas,
+    const at::Tensor& maps, const at::Tensor& norms, const at::Tensor& rows, int64_t kind, double p,
+    double eps, bool mean) {
+  check_feature_list(student, "student");
+  check_args(kind, p, eps);
+  check_teacher(student, teacher);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto views = feature_views(student);
+  const auto off = map_offsets(student);
+  std::vector<at::Tensor> grads;
+  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const auto grad_views = feature_views(grads);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t g_out = grad.item<acc_t>();
+    const acc_t* q_all = maps.data_ptr<acc_t>();
+    const acc_t* n_all = norms.data_ptr<acc_t>();
+    const acc_t* r_all = rows.data_ptr<acc_t>();
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
+      constexpr int mode = decltype(MODE)::value;
+      at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> gS;
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t m = r / B, b = r % B;
+          const auto& v = views[m];
+          const int64_t HW = v.HW();
+          const acc_t* q = q_all + off[m] + b * HW;
+          const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
+          const acc_t coef = g_out * lam[m] * (mean ? acc_t(2) / (B * HW) : acc_t(1));
+          gS.resize(HW);
+          // dL/dq, then back through q = S / max(‖S‖, eps): (g − q·⟨q, g⟩)/‖S‖ unless clamped.
+          acc_t dot = 0;
+          for (int64_t i = 0; i < HW; ++i) {
+            gS[i] = row_loss_grad<mode>(q[i] - t[i], r_all[r], acc_t(p), mean);
+            dot += gS[i] * q[i];
+          }
+          const acc_t n = n_all[r];
+          const bool clamped = !(n > acc_t(eps));
+          for (int64_t i = 0; i < HW; ++i)
+            gS[i] = coef * (clamped ? gS[i] / acc_t(eps) : (gS[i] - q[i] * dot) / n);
+          spatial_map_backward<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
+                                           grad_views[m],
+                                           static_cast<scalar_t*>(grad_views[m].data) + b * grad_views[m].sb,
+                                           acc_t(p), gS.data());
+        }
+      });
+    });
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
+  m.def("at_summary(Tensor[] feats, int kind, float p, float eps) -> Tensor[]");
+  m.def("at_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, int kind, float p, float eps, "
+        "bool mean) -> (Tensor loss, Tensor maps, Tensor norms, Tensor rows)");
+  m.def("at_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor lambdas, "
+        "Tensor maps, Tensor norms, Tensor rows, int kind, float p, float eps, bool mean) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
+  m.impl("at_summary", &at_summary_cpu);
+  m.impl("at_loss", &at_loss_cpu);
+  m.impl("at_loss_backward", &at_loss_backward_cpu);
+}
+
+}  // namespace hyperkd

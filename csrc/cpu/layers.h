@@ -1,0 +1,36 @@
+// Shared plumbing of the fused layer-wise CPU kernels: a strided view of one B×C×H×W feature per
+// layer, so the kernels read channels_last and sliced inputs in place instead of copying them.
+#pragma once
+#include <ATen/ATen.h>
+#include <vector>
+
+namespace hyperkd {
+
+struct FeatureView {
+  void* data;
+  int64_t C, H, W;
+  int64_t sb, sc, sh, sw;
+  int64_t HW() const { return H * W; }
+};
+
+inline FeatureView feature_view(const at::Tensor& t) {
+  return {t.data_ptr(), t.size(1), t.size(2), t.size(3),
+          t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+inline std::vector<FeatureView> feature_views(at::TensorList ts) {
+  std::vector<FeatureView> views;
+  views.reserve(ts.size());
+  for (const auto& t : ts) views.push_back(feature_view(t));
+  return views;
+}
+
+// Checks shared by every layer-list op: same batch, dtype and device, 4-D, non-empty.
+void check_feature_list(at::TensorList feats, const char* name);
+
+// The accumulation type of a feature dtype: double for double, float otherwise.
+inline at::ScalarType acc_type_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace hyperkd

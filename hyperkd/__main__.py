@@ -1,0 +1,5 @@
+import sys
+
+from hyperkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""Functional entry points of the fused KD ops."""
+from hyperkd.ops import attention_teacher_summary, attention_transfer_loss, pack_positive_mask
+
+__all__ = ["attention_teacher_summary", "attention_transfer_loss", "pack_positive_mask"]

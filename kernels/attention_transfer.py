@@ -1,0 +1,294 @@
+"""Triton kernels of fused attention-transfer KD (LayerKD-HN Eq. 4–7).
+
+Every layer of a call is served by one launch: program ``pid`` handles row (layer m, sample b)
+with ``m = pid // B``. Layers of different shapes and strides are reached through a small int64
+table of (pointer, C, H, W, strides) per layer (see :func:`layer_table`), so features are read in
+place, channels_last and sliced ones included. Forward keeps only the normalised maps (B×ΣHW) and
+per-row norms and losses; backward re-reads each feature once to write its gradient.
+"""
+import torch
+import triton
+import triton.language as tl
+
+# Columns of the per-layer table.
+_PTR, _C, _H, _W, _SB, _SC, _SH, _SW, _OFF, _NCOL = range(10)
+POW_GENERAL, POW_ONE, POW_TWO = 0, 1, 2
+
+
+def pow_mode(p: float) -> int:
+    return POW_ONE if p == 1.0 else POW_TWO if p == 2.0 else POW_GENERAL
+
+
+def layer_table(feats, row_offsets) -> torch.Tensor:
+    """int64 table (M × 9): data pointer, C, H, W, four strides, offset of the layer's rows."""
+    rows = [[f.data_ptr(), *f.shape[1:], *f.stride(), off] for f, off in zip(feats, row_offsets)]
+    return torch.tensor(rows, dtype=torch.int64).to(feats[0].device, non_blocking=True)
+
+
+def pointer_table(tensors) -> torch.Tensor:
+    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(
+        tensors[0].device, non_blocking=True)
+
+
+def map_offsets(feats):
+    """Start of each layer's B×HW block in the packed maps buffer, and the total length."""
+    offs, total = [], 0
+    for f in feats:
+        offs.append(total)
+        total += f.shape[0] * f.shape[2] * f.shape[3]
+    return offs, total
+
+
+@triton.jit
+def _power(a, P, MODE: tl.constexpr):
+    if MODE == 1:
+        return a
+    elif MODE == 2:
+        return a * a
+    else:
+        # a ≥ 0 and P > 0: exp2(P·log2 0) = exp2(−inf) = 0, as 0^P should be.
+        return tl.exp2(P * tl.log2(a))
+
+
+@triton.jit
+def _sign(x):
+    return (x > 0).to(tl.float32) - (x < 0).to(tl.float32)
+
+
+@triton.jit
+def _layer(table, m):
+    row = table + m * 9
+    return (tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4),
+            tl.load(row + 5), tl.load(row + 6), tl.load(row + 7), tl.load(row + 8))
+
+
+@triton.jit
+def _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P,
+                   KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """S of Eq. 4–6 for a block of spatial positions of one sample, in fp32."""
+    sp = (hw // W) * sh + (hw % W) * sw
+    acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c < C)[:, None] & hw_mask[None, :]
+        a = tl.abs(tl.load(f_base + c[:, None] * sc + sp[None, :], mask=mask, other=0.0).to(tl.float32))
+        if KIND == 0:
+            acc += tl.sum(a, axis=0)
+        elif KIND == 1:
+            acc += tl.sum(_power(a, P, MODE), axis=0)
+        else:
+            acc = tl.maximum(acc, tl.max(a, axis=0))
+    if KIND == 2:
+        acc = _power(acc, P, MODE)
+    return acc
+
+
+@triton.jit
+def _row_start(table, ptr_carrier, B):
+    """(m, b, layer geometry, feature row pointer) of the row served by this program."""
+    pid = tl.program_id(0)
+    m = pid // B
+    b = pid % B
+    f_ptr = tl.load(table + m * 9).to(tl.pointer_type(ptr_carrier.dtype.element_ty))
+    C, H, W, sb, sc, sh, sw, off = _layer(table, m)
+    return m, b, C, H, W, sc, sh, sw, off, f_ptr + b * sb
+
+
+@triton.jit
+def _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS,
+                    KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Writes q = S/max(‖S‖, eps) of one sample to q_row (fp32) and returns ‖S‖."""
+    sq = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        s = _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P, KIND, MODE, BLOCK_C, BLOCK_HW)
+        s = tl.where(hw_mask, s, 0.0)
+        sq += s * s
+        tl.store(q_row + hw, s, mask=hw_mask)
+    n = tl.sqrt(tl.sum(sq, axis=0))
+    inv = 1.0 / tl.maximum(n, EPS)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        tl.store(q_row + hw, tl.load(q_row + hw, mask=hw_mask) * inv, mask=hw_mask)
+    return n
+
+
+@triton.jit
+def _at_summary_kernel(table, ptr_carrier, out, B, P, EPS,
+                       KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    q_row = tl.load(out + m).to(tl.pointer_type(tl.float32)) + b * H * W
+    _normalised_row(f_base, q_row, C, W, sc, sh, sw, H * W, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
+
+
+@triton.jit
+def _at_loss_kernel(table, ptr_carrier, teacher, maps, norms, rows, B, P, EPS,
+                    KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    HW = H * W
+    q_row = maps + off + b * HW
+    n = _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
+    t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
+    r = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        d = tl.load(q_row + hw, mask=hw_mask, other=0.0) - tl.load(t_row + hw, mask=hw_mask, other=0.0)
+        if MEAN:
+            r += d * d
+        else:
+            r += _power(tl.abs(d), P, MODE)
+    total = tl.sum(r, axis=0)
+    if not MEAN:
+        if MODE == 2:
+            total = tl.sqrt(total)
+        elif MODE == 0:
+            total = tl.exp2(tl.log2(total) / P)
+    tl.store(norms + m * B + b, n)
+    tl.store(rows + m * B + b, total)
+
+
+@triton.jit
+def _row_loss_grad(d, row, P, MODE: tl.constexpr, MEAN: tl.constexpr):
+    """dL/dq of one row whose loss is `row` (the p-norm of d for "sum", Σd² for "mean")."""
+    if MEAN:
+        return d
+    elif MODE == 1:
+        return _sign(d)
+    elif MODE == 2:
+        return tl.where(row > 0, d / row, 0.0)
+    else:
+        ratio = tl.abs(d) / row
+        return tl.where(row > 0, tl.exp2((P - 1.0) * tl.log2(ratio)) * _sign(d), 0.0)
+
+
+@triton.jit
+def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lambdas, maps, norms, rows,
+                             B, P, EPS, KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
+                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
+    pid = m * B + b
+    HW = H * W
+    q_row = maps + off + b * HW
+    t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
+    row = tl.load(rows + pid)
+    n = tl.load(norms + pid)
+    coef = tl.load(grad).to(tl.float32) * tl.load(lambdas + m)
+    if MEAN:
+        coef = coef * 2.0 / (B * HW).to(tl.float32)
+    # Through q = S/max(‖S‖, eps): g_S = (g − q⟨q, g⟩)/‖S‖, or g/eps where the norm was clamped.
+    dot_acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        q = tl.load(q_row + hw, mask=hw_mask, other=0.0)
+        g = _row_loss_grad(q - tl.load(t_row + hw, mask=hw_mask, other=0.0), row, P, MODE, MEAN)
+        dot_acc += tl.where(hw_mask, g * q, 0.0)
+    dot = tl.sum(dot_acc, axis=0)
+    clamped = n <= EPS
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        q = tl.load(q_row + hw, mask=hw_mask, other=0.0)
+        g = _row_loss_grad(q - tl.load(t_row + hw, mask=hw_mask, other=0.0), row, P, MODE, MEAN)
+        g_s = coef * tl.where(clamped, g / EPS, (g - q * dot) / n)
+        sp = (hw // W) * sh + (hw % W) * sw
+        dsp = (hw // W) * dsh + (hw % W) * dsw
+        if KIND == 2:
+            # The gradient goes to the channels attaining max|f|, split among ties like torch.amax.
+            amax = tl.zeros([BLOCK_HW], dtype=tl.float32)
+            ties = tl.zeros([BLOCK_HW], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + tl.arange(0, BLOCK_C)
+                mask = (c < C)[:, None] & hw_mask[None, :]
+                a = tl.abs(tl.load(f_base + c[:, None] * sc + sp[None, :], mask=mask, other=0.0).to(tl.float32))
+                a = tl.where(mask, a, -1.0)
+                blk_max = tl.max(a, axis=0)
+                blk_ties = tl.sum((a == blk_max[None, :]).to(tl.float32), axis=0)
+                new_max = tl.maximum(amax, blk_max)
+                ties = tl.where(amax == new_max, ties, 0.0) + tl.where(blk_max == new_max, blk_ties, 0.0)
+                amax = new_max
+            if MODE == 1:
+                dpow = tl.full([BLOCK_HW], 1.0, tl.float32)
+            elif MODE == 2:
+                dpow = 2.0 * amax
+            else:
+                dpow = P * tl.exp2((P - 1.0) * tl.log2(amax))
+            g_s = g_s * dpow / tl.maximum(ties, 1.0)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            mask = (c < C)[:, None] & hw_mask[None, :]
+            x = tl.load(f_base + c[:, None] * sc + sp[None, :], mask=mask, other=0.0).to(tl.float32)
+            if KIND == 0:
+                d = _sign(x)
+            elif KIND == 1:
+                if MODE == 1:
+                    d = _sign(x)
+                elif MODE == 2:
+                    d = 2.0 * x
+                else:
+                    d = P * tl.exp2((P - 1.0) * tl.log2(tl.abs(x))) * _sign(x)
+            else:
+                d = tl.where(tl.abs(x) == amax[None, :], _sign(x), 0.0)
+            tl.store(df_base + c[:, None] * dsc + dsp[None, :], (g_s[None, :] * d).to(ptr_carrier.dtype.element_ty), mask=mask)
+
+
+def _blocks(feats):
+    max_hw = max(f.shape[2] * f.shape[3] for f in feats)
+    max_c = max(f.shape[1] for f in feats)
+    block_hw = min(triton.next_power_of_2(max_hw), 256)
+    block_c = min(triton.next_power_of_2(max_c), max(4096 // block_hw, 1))
+    return block_c, block_hw
+
+
+def _mode(kind: int, p: float) -> int:
+    return POW_ONE if kind == 0 else pow_mode(p)
+
+
+def at_summary(feats, kind: int, p: float, eps: float):
+    """Normalised attention maps, one fp32 B×HW tensor per layer, from one launch."""
+    B = feats[0].shape[0]
+    out = [torch.empty(B, f.shape[2] * f.shape[3], dtype=torch.float32, device=f.device) for f in feats]
+    block_c, block_hw = _blocks(feats)
+    _at_summary_kernel[(len(feats) * B,)](
+        layer_table(feats, [0] * len(feats)), feats[0], pointer_table(out), B, float(p), float(eps),
+        KIND=kind, MODE=_mode(kind, p), BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return out
+
+
+def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool):
+    """Forward of Eq. 7: (loss, maps, norms, rows), as the CPU op returns them."""
+    B, M = student[0].shape[0], len(student)
+    device = student[0].device
+    offs, total = map_offsets(student)
+    maps = torch.empty(total, dtype=torch.float32, device=device)
+    norms = torch.empty(M, B, dtype=torch.float32, device=device)
+    rows = torch.empty(M, B, dtype=torch.float32, device=device)
+    block_c, block_hw = _blocks(student)
+    _at_loss_kernel[(M * B,)](
+        layer_table(student, offs), student[0], pointer_table(teacher), maps, norms, rows, B,
+        float(p), float(eps), KIND=kind, MODE=_mode(kind, p), MEAN=mean,
+        BLOCK_C=block_c, BLOCK_HW=block_hw)
+    per_layer = rows.sum(dim=1) * lambdas
+    if mean:
+        hw = torch.tensor([f.shape[2] * f.shape[3] for f in student], dtype=torch.float32)
+        per_layer = per_layer / (B * hw).to(device, non_blocking=True)
+    return per_layer.sum(), maps, norms, rows
+
+
+def at_loss_backward(grad, student, teacher, lambdas, maps, norms, rows, kind: int, p: float,
+                     eps: float, mean: bool):
+    """Student gradients of Eq. 7 from one launch; reads each feature once (kind 2: twice)."""
+    B, M = student[0].shape[0], len(student)
+    offs, _ = map_offsets(student)
+    grads = [torch.empty_like(f) for f in student]
+    block_c, block_hw = _blocks(student)
+    _at_loss_backward_kernel[(M * B,)](
+        layer_table(student, offs), layer_table(grads, offs), student[0], pointer_table(teacher),
+        grad, lambdas, maps, norms, rows, B, float(p), float(eps),
+        KIND=kind, MODE=_mode(kind, p), MEAN=mean, BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return grads

@@ -1,0 +1,41 @@
+"""Test set-up shared by every suite.
+
+Triton kernels run on CPU tensors under ``TRITON_INTERPRET=1``; the variable must be set before any
+module defining ``@triton.jit`` kernels is imported, hence at the top of this file.
+"""
+import os
+import shutil
+
+if not shutil.which("nvidia-smi"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_interpreter_passed = 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_interp = pytest.mark.skip(reason="TRITON_INTERPRET is not set (a GPU is present)")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "interpret" in item.keywords and not INTERPRET:
+            item.add_marker(skip_interp)
+
+
+def pytest_runtest_logreport(report):
+    global _interpreter_passed
+    if report.when == "call" and report.passed and "interpret" in report.keywords:
+        _interpreter_passed += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"hyperkd: {_interpreter_passed} interpreter tests passed")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
