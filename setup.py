@@ -24,7 +24,11 @@ def _extension():
     import torch
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # The extension is compiled where it runs (make builds it), so it may use the host's vector
+    # units as torch.compile's generated code does; HYPERKD_PORTABLE=1 builds for any x86-64/arm64.
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    if os.environ.get("HYPERKD_PORTABLE", "0") != "1":
+        cxx.append("-march=native")
     want_cuda = os.environ.get("HYPERKD_NO_CUDA", "0") != "1" and torch.version.cuda is not None
     cuda_home = _cuda_home() if want_cuda else None
     if cuda_home:

@@ -245,10 +245,6 @@ def _blocks(feats):
     return block_c, block_hw
 
 
-def _mode(kind: int, p: float) -> int:
-    return POW_ONE if kind == 0 else pow_mode(p)
-
-
 def at_summary(feats, kind: int, p: float, eps: float):
     """Normalised attention maps, one fp32 B×HW tensor per layer, from one launch."""
     B = feats[0].shape[0]
@@ -256,7 +252,7 @@ def at_summary(feats, kind: int, p: float, eps: float):
     block_c, block_hw = _blocks(feats)
     _at_summary_kernel[(len(feats) * B,)](
         layer_table(feats, [0] * len(feats)), feats[0], pointer_table(out), B, float(p), float(eps),
-        KIND=kind, MODE=_mode(kind, p), BLOCK_C=block_c, BLOCK_HW=block_hw)
+        KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)
     return out
 
 
@@ -271,7 +267,7 @@ def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bo
     block_c, block_hw = _blocks(student)
     _at_loss_kernel[(M * B,)](
         layer_table(student, offs), student[0], pointer_table(teacher), maps, norms, rows, B,
-        float(p), float(eps), KIND=kind, MODE=_mode(kind, p), MEAN=mean,
+        float(p), float(eps), KIND=kind, MODE=pow_mode(p), MEAN=mean,
         BLOCK_C=block_c, BLOCK_HW=block_hw)
     per_layer = rows.sum(dim=1) * lambdas
     if mean:
@@ -290,5 +286,5 @@ def at_loss_backward(grad, student, teacher, lambdas, maps, norms, rows, kind: i
     _at_loss_backward_kernel[(M * B,)](
         layer_table(student, offs), layer_table(grads, offs), student[0], pointer_table(teacher),
         grad, lambdas, maps, norms, rows, B, float(p), float(eps),
-        KIND=kind, MODE=_mode(kind, p), MEAN=mean, BLOCK_C=block_c, BLOCK_HW=block_hw)
+        KIND=kind, MODE=pow_mode(p), MEAN=mean, BLOCK_C=block_c, BLOCK_HW=block_hw)
     return grads

@@ -36,7 +36,14 @@ inline acc_t sign(acc_t x) { return static_cast<acc_t>((x > 0) - (x < 0)); }
 // NCHW and channels_last inputs stream through memory. fn(c, hw, offset in v, offset in u).
 template <typename Fn>
 inline void for_each_element(const FeatureView& v, const FeatureView& u, Fn&& fn) {
-  if (v.sc >= v.sw) {
+  if (v.plane_contiguous() && u.plane_contiguous()) {
+    // The common NCHW case: one flat run per channel, which the compiler vectorises.
+    const int64_t HW = v.HW();
+    for (int64_t c = 0; c < v.C; ++c) {
+      const int64_t vc = c * v.sc, uc = c * u.sc;
+      for (int64_t i = 0; i < HW; ++i) fn(c, i, vc + i, uc + i);
+    }
+  } else if (v.sc >= v.sw) {
     for (int64_t c = 0; c < v.C; ++c)
       for (int64_t h = 0; h < v.H; ++h)
         for (int64_t w = 0; w < v.W; ++w)
@@ -71,33 +78,41 @@ void spatial_map_backward(const FeatureView& v, const scalar_t* f, const Feature
   const int64_t HW = v.HW();
   std::vector<acc_t> amax, coef;
   if constexpr (KIND == 2) {
+    // Branch-free passes (max, then tie count) vectorise; one branchy pass does not.
     amax.assign(HW, acc_t(0));
-    coef.assign(HW, acc_t(0));  // first the tie count, then gS·p·max^(p−1)/ties
+    coef.assign(HW, acc_t(0));
     for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
-      acc_t a = std::abs(static_cast<acc_t>(f[off]));
-      if (a > amax[hw]) { amax[hw] = a; coef[hw] = 1; }
-      else if (a == amax[hw]) coef[hw] += 1;
+      amax[hw] = std::max(amax[hw], std::abs(static_cast<acc_t>(f[off])));
+    });
+    for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
+      coef[hw] += static_cast<acc_t>(std::abs(static_cast<acc_t>(f[off])) == amax[hw]);
     });
     for (int64_t i = 0; i < HW; ++i) {
       acc_t dpow = MODE == kPowOne ? acc_t(1) : (MODE == kPowTwo ? 2 * amax[i] : p * std::pow(amax[i], p - 1));
-      coef[i] = gS[i] * dpow / coef[i];
+      coef[i] = gS[i] * dpow / coef[i];  // gS·p·max^(p−1) / ties
     }
   }
+  // Restrict-qualified aliases let the compiler vectorise without runtime overlap checks.
+  const scalar_t* __restrict__ fr = f;
+  scalar_t* __restrict__ dfr = df;
+  const acc_t* __restrict__ gs = gS;
+  const acc_t* __restrict__ am = amax.data();
+  const acc_t* __restrict__ co = coef.data();
   for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
-    acc_t x = static_cast<acc_t>(f[off]);
+    acc_t x = static_cast<acc_t>(fr[off]);
     acc_t g;
-    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gS[hw] * sign(x);
-    else if constexpr (KIND == 1 && MODE == kPowTwo) g = gS[hw] * 2 * x;
-    else if constexpr (KIND == 1) g = gS[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
-    else g = (std::abs(x) == amax[hw]) ? coef[hw] * sign(x) : acc_t(0);
-    df[doff] = static_cast<scalar_t>(g);
+    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gs[hw] * sign(x);
+    else if constexpr (KIND == 1 && MODE == kPowTwo) g = gs[hw] * 2 * x;
+    else if constexpr (KIND == 1) g = gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
+    else g = static_cast<acc_t>(std::abs(x) == am[hw]) * co[hw] * sign(x);
+    dfr[doff] = static_cast<scalar_t>(g);
   });
 }
 
 // Dispatches a body templated on <KIND, MODE> to the runtime kind and exponent.
 template <typename Body>
 void dispatch_kind(int64_t kind, double p, Body&& body) {
-  const int mode = kind == 0 ? kPowOne : pow_mode(p);
+  const int mode = pow_mode(p);  // kind 0's map ignores it; the p-norm of Eq. 7 does not
   auto with_mode = [&](auto kind_c) {
     if (mode == kPowOne) body(kind_c, std::integral_constant<int, kPowOne>{});
     else if (mode == kPowTwo) body(kind_c, std::integral_constant<int, kPowTwo>{});

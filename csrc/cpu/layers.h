@@ -11,6 +11,8 @@ struct FeatureView {
   int64_t C, H, W;
   int64_t sb, sc, sh, sw;
   int64_t HW() const { return H * W; }
+  // Each channel's H×W plane is one contiguous run (NCHW-contiguous or a channel slice of it).
+  bool plane_contiguous() const { return sw == 1 && sh == W; }
 };
 
 inline FeatureView feature_view(const at::Tensor& t) {

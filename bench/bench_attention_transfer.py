@@ -1,0 +1,53 @@
+"""Fused attention-transfer loss (fwd+bwd) against the eager reference and torch.compile of it,
+on the conv outputs of CIFAR ResNet-20 and VGG-19-bn. Run through ``hyperkd bench``."""
+import pytest
+import torch
+
+import hyperkd
+from bench.measure import peak_extra_bytes
+from bench.workloads import NETWORKS
+from hyperkd import reference
+
+IMPLEMENTATIONS = ("fused", "eager", "compiled")
+_compiled = torch.compile(reference.attention_transfer_loss, dynamic=False)
+
+
+def loss_fn(impl):
+    if impl == "fused":
+        return hyperkd.functional.attention_transfer_loss
+    return reference.attention_transfer_loss if impl == "eager" else _compiled
+
+
+def cases(full):
+    nets = ("resnet20", "vgg19_bn") if full else ("resnet20",)
+    batches = (16, 64, 128) if full else (64,)
+    return [(n, b, k) for n in nets for b in batches for k in (0, 1, 2)]
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        full = metafunc.config.getoption("--full")
+        metafunc.parametrize("case", cases(full), ids=[f"{n}-B{b}-at{k}" for n, b, k in cases(full)])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_attention_transfer(benchmark, device, case, impl):
+    network, batch, kind = case
+    p = 1.0 if kind == 0 else 2.0
+    gen = torch.Generator().manual_seed(0)
+    student = [torch.randn(batch, *s, generator=gen).to(device).requires_grad_() for s in NETWORKS[network]]
+    teacher = [torch.randn(batch, *s, generator=gen).to(device) for s in NETWORKS[network]]
+    fn = loss_fn(impl)
+
+    def step():
+        loss = fn(student, teacher, kind=kind, p=p, reduction="mean")
+        grads = torch.autograd.grad(loss, student)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return grads
+
+    step()  # compile / autotune outside the timed region
+    benchmark.extra_info.update(network=network, batch=batch, kind=kind, impl=impl,
+                                peak_extra_bytes=peak_extra_bytes(step, device),
+                                input_bytes=sum(s.numel() * s.element_size() for s in student))
+    benchmark.pedantic(step, rounds=7 if device.type == "cpu" else 50, warmup_rounds=1)

@@ -1,0 +1,27 @@
+"""pytest-benchmark set-up: device selection and the stamp (device, versions, date) in the JSON."""
+import os
+
+import pytest
+import torch
+
+from bench.measure import stamp
+
+DEVICE = torch.device(os.environ.get("HYPERKD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="every network, batch and kind")
+
+
+@pytest.fixture(scope="session")
+def device():
+    return DEVICE
+
+
+@pytest.fixture(scope="session")
+def full(request):
+    return request.config.getoption("--full")
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["hyperkd"] = stamp(DEVICE)

@@ -1,0 +1,61 @@
+"""``hyperkd bench``: runs the pytest-benchmark suites under bench/ and prints their tables."""
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HELP = "run the fused-op benchmarks (fused vs eager vs torch.compile) and print their tables"
+REPO = Path(__file__).resolve().parents[2]
+SUITES = {"attention_transfer": "bench/bench_attention_transfer.py"}
+
+
+def add_arguments(parser):
+    parser.add_argument("--suite", choices=sorted(SUITES), default="attention_transfer")
+    parser.add_argument("--full", action="store_true", help="every network, batch size and kind")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results path (default bench/results/<suite>-<device>.json)")
+
+
+def run(args) -> int:
+    suite = REPO / SUITES[args.suite]
+    if not suite.exists():
+        raise FileNotFoundError(f"benchmark suite {suite} not found: `hyperkd bench` runs from a "
+                                f"source checkout of hyperkd")
+    out = args.out or REPO / "bench" / "results" / f"{args.suite}-latest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds", "--rootdir", str(REPO)]
+    if args.full:
+        cmd.append("--full")
+    code = subprocess.call(cmd, cwd=REPO)
+    if code != 0:
+        return code
+    print(render(json.loads(out.read_text())))
+    print(f"\nresults: {out}")
+    return 0
+
+
+def render(results: dict) -> str:
+    """A markdown table: per case, median time and peak extra memory of each implementation,
+    and the fused op's speed-ups and memory relative to eager."""
+    rows = defaultdict(dict)
+    for b in results["benchmarks"]:
+        info = b["extra_info"]
+        key = (info["network"], info["batch"], info["kind"])
+        rows[key][info["impl"]] = (b["stats"]["median"], info["peak_extra_bytes"])
+    stamp = results.get("hyperkd", {})
+    lines = [f"device: {stamp.get('device', '?')}, torch {stamp.get('torch', '?')}, "
+             f"triton {stamp.get('triton', '?')}, {stamp.get('date', '?')}", "",
+             "| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
+             "| fused MiB | eager MiB | compiled MiB | fused/eager mem |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (net, batch, kind), impls in sorted(rows.items()):
+        if len(impls) < 3:
+            continue
+        (tf, mf), (te, me), (tc, mc) = impls["fused"], impls["eager"], impls["compiled"]
+        mib = 2 ** 20
+        lines.append(f"| {net} B={batch} AT-{kind} | {tf * 1e3:.2f} | {te * 1e3:.2f} | {tc * 1e3:.2f} "
+                     f"| {te / tf:.2f}x | {tc / tf:.2f}x | {mf / mib:.1f} | {me / mib:.1f} "
+                     f"| {mc / mib:.1f} | {mf / max(me, 1):.0%} |")
+    return "\n".join(lines)
