@@ -100,16 +100,21 @@ def test_triton_interpreter_matches_reference(kind, p, reduction, dtype):
     check_backend(triton_loss_and_grads, student, teacher, kind, p, reduction, lambdas=[0.5, 2.0])
 
 
+def strided_pairs(layout):
+    """channels_last features, or channel slices of wider ones (not contiguous)."""
+    if layout == "channels_last":
+        return make_pairs([(5, 7, 7), (3, 4, 4)], batch=2, channels_last=True)
+    wide, teacher = make_pairs([(8, 7, 7), (6, 4, 4)], batch=2)
+    cut = [slice(1, 6), slice(0, 3)]
+    student = [w.detach()[:, c].requires_grad_() for w, c in zip(wide, cut)]
+    assert not student[0].is_contiguous()
+    return student, [t[:, c] for t, c in zip(teacher, cut)]
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("layout", ["channels_last", "sliced"])
 def test_triton_interpreter_reads_strided_features(layout):
-    if layout == "channels_last":
-        student, teacher = make_pairs([(5, 7, 7), (3, 4, 4)], batch=2, channels_last=True)
-    else:
-        wide, teacher = make_pairs([(8, 7, 7), (6, 4, 4)], batch=2)
-        student = [w.detach()[:, 1:6] if m == 0 else w.detach()[:, :3] for m, w in enumerate(wide)]
-        teacher = [t[:, 1:6] if m == 0 else t[:, :3] for m, t in enumerate(teacher)]
-        assert not student[0].is_contiguous()
+    student, teacher = strided_pairs(layout)
     check_backend(triton_loss_and_grads, student, teacher, 2, 2.0, "sum")
 
 
@@ -127,12 +132,7 @@ def test_cpp_resnet20_layer_list(batch):
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced"])
 def test_cpp_reads_strided_features(layout):
-    if layout == "channels_last":
-        student, teacher = make_pairs([(5, 7, 7), (3, 4, 4)], batch=2, channels_last=True)
-    else:
-        wide, teacher = make_pairs([(8, 7, 7), (6, 4, 4)], batch=2)
-        student = [w[:, 1:6] if m == 0 else w[:, :3] for m, w in enumerate(wide)]
-        teacher = [t[:, 1:6] if m == 0 else t[:, :3] for m, t in enumerate(teacher)]
+    student, teacher = strided_pairs(layout)
     for kind, p in [(0, 1.0), (2, 2.0)]:
         check_backend(cpp_loss_and_grads, student, teacher, kind, p, "sum")
 
