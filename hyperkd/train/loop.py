@@ -1,0 +1,176 @@
+"""The epoch loop every hyperkd command trains with (LayerKD-HN Algorithm 1's outer loop).
+
+Each epoch trains on the train split, evaluates top-1 accuracy on validation, and — when validation
+improved — on test too, saving ``best.pt`` (the paper's model selection). ``last.pt`` is written
+atomically after every epoch with everything an exact resume needs: weights, optimizer and
+scheduler state, any extra stateful objects (a hypernetwork, KD modules), RNG states and the
+shuffling generator of the train loader. The loss of a step is a dict of named terms whose sum is
+minimised; a NaN or inf term stops the run with its name.
+"""
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hyperkd.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from hyperkd.train.metrics import MetricsLog
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, Dict[str, torch.Tensor]]"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the term, the epoch and the step."""
+
+
+@dataclass
+class Trainer:
+    """Trains ``model`` with ``loss_fn(x, y) -> (logits, {term: loss})``.
+
+    ``predict(x)`` gives the logits used for evaluation (default: ``model(x)`` in eval mode).
+    ``stateful`` maps names to extra objects with ``state_dict``/``load_state_dict`` that must be
+    checkpointed with the model. ``on_epoch`` is called with the epoch index before it trains (to
+    set λ schedules) and returns a dict merged into that epoch's metrics record.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    out_dir: Path
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    stateful: Dict[str, object] = field(default_factory=dict)
+    on_epoch: Optional[Callable[[int], dict]] = None
+    device: torch.device = torch.device("cpu")
+    progress: bool = True
+    grad_norm: bool = False
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.best = {"epoch": -1, "val_acc": -math.inf, "test_acc": None}
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        sums, count = {}, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits, terms = self.loss_fn(x, y)
+            for name, value in terms.items():
+                if not torch.isfinite(value).all():
+                    raise NonFiniteLossError(f"loss term {name!r} is {value.item()} at epoch {epoch}, "
+                                             f"step {step}: stopping instead of training on it")
+            total = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.grad_norm:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
+                                                      if p.grad is not None])
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) * len(y)
+            self.optimizer.step()
+            n = len(y)
+            count += n
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
+            sums["train_acc"] = sums.get("train_acc", 0.0) + float((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", acc=f"{sums['train_acc'] / count:.3f}")
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def accuracy(self, loader) -> float:
+        """Top-1 accuracy of ``predict`` on ``loader``."""
+        self.model.eval()
+        predict = self.predict or self.model
+        correct = total = 0
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            correct += int((predict(x).argmax(1) == y).sum())
+            total += len(y)
+        return correct / max(total, 1)
+
+    # -- the run -------------------------------------------------------------------------------
+    def fit(self, epochs: int, resume: bool = False) -> dict:
+        """Trains until ``epochs`` epochs are done; with ``resume``, continues from ``last.pt``."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
+        start = self._resume() + 1 if resume else 0
+        for epoch in range(start, epochs):
+            record = {"epoch": epoch, **(self.on_epoch(epoch) if self.on_epoch else {})}
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            began = time.perf_counter()
+            record.update(self.train_epoch(epoch))
+            record["epoch_time_s"] = time.perf_counter() - began
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            record["val_acc"] = self.accuracy(self.val_loader)
+            if record["val_acc"] > self.best["val_acc"]:
+                self.best = {"epoch": epoch, "val_acc": record["val_acc"],
+                             "test_acc": self.accuracy(self.test_loader)}
+                save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict(),
+                                                           "stateful": self._stateful_dicts(),
+                                                           "best": self.best})
+            record["test_acc"] = self.best["test_acc"] if self.best["epoch"] == epoch else None
+            record["peak_memory_bytes"] = peak_memory_bytes(self.device)
+            self.metrics.append(record)
+            save_checkpoint(self.out_dir / "last.pt", self._state(epoch))
+        return dict(self.best)
+
+    def _stateful_dicts(self) -> dict:
+        return {name: obj.state_dict() for name, obj in self.stateful.items()}
+
+    def _state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "stateful": self._stateful_dicts(),
+            "best": self.best,
+            "rng": rng_state(),
+            "train_generator": self._train_generator().get_state(),
+        }
+
+    def _train_generator(self) -> torch.Generator:
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is None:
+            raise ValueError("train_loader: expected a DataLoader built with a torch.Generator "
+                             "(hyperkd.data.loaders does this), so that resuming repeats its order")
+        return generator
+
+    def _resume(self) -> int:
+        """Restores ``last.pt``; returns its epoch (−1 when there is nothing to resume)."""
+        path = self.out_dir / "last.pt"
+        if not path.exists():
+            return -1
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state["stateful"][name])
+        self.best = state["best"]
+        restore_rng_state(state["rng"])
+        self._train_generator().set_state(state["train_generator"])
+        self.metrics.resume_after(state["epoch"])
+        return state["epoch"]
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocator bytes on CUDA since the epoch began; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,78 @@
+"""The epoch loop: model selection on validation, exact resume after a kill, NaN stops."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hyperkd.train.loop import NonFiniteLossError, Trainer
+
+VOLATILE = ("epoch_time_s", "peak_memory_bytes")
+
+
+def tiny_loaders(seed=0):
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(96, 8, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    train = TensorDataset(x[:64], y[:64])
+    val, test = TensorDataset(x[64:80], y[64:80]), TensorDataset(x[80:], y[80:])
+    return (DataLoader(train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+            DataLoader(val, batch_size=8), DataLoader(test, batch_size=8))
+
+
+def make_trainer(out_dir, fail_at=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    calls = {"n": 0}
+
+    def loss_fn(x, y):
+        calls["n"] += 1
+        if fail_at is not None and calls["n"] == fail_at:
+            raise KeyboardInterrupt("killed")
+        logits = model(x)
+        return logits, {"ce": nn.functional.cross_entropy(logits, y)}
+
+    return Trainer(model, opt, loss_fn, *tiny_loaders(), out_dir=out_dir, scheduler=sched, progress=False,
+                   on_epoch=lambda e: {"lambda": 0.1 * e})
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path / "a")
+    straight.fit(4)
+    killed = make_trainer(tmp_path / "b", fail_at=8 * 2 + 3)  # inside the third epoch
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(4)
+    resumed = make_trainer(tmp_path / "b")
+    best = resumed.fit(4, resume=True)
+    assert strip(resumed.metrics.records()) == strip(straight.metrics.records())
+    assert best == straight.best
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_model_selection_records_test_accuracy_only_on_improvement(tmp_path):
+    trainer = make_trainer(tmp_path)
+    best = trainer.fit(4)
+    records = trainer.metrics.records()
+    improved = [r for r in records if r["test_acc"] is not None]
+    assert improved and improved[-1]["epoch"] == best["epoch"]
+    assert best["val_acc"] == max(r["val_acc"] for r in records)
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    assert [r["lambda"] for r in records] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_nan_loss_stops_and_names_the_term(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.loss_fn = lambda x, y: (trainer.model(x), {"kd/layer3": torch.tensor(float("nan"))})
+    with pytest.raises(NonFiniteLossError, match="'kd/layer3' is nan at epoch 0, step 0"):
+        trainer.fit(1)
+
+
+def test_epochs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="epochs: expected a positive integer"):
+        make_trainer(tmp_path).fit(0)
