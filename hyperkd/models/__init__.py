@@ -1,0 +1,58 @@
+"""CIFAR model zoo whose module trees and state_dicts match the pytorch-cifar-models hub.
+
+``create("resnet56", num_classes=100, checkpoint="cifar100_resnet56.pt")`` builds a network and,
+optionally, loads a checkpoint from a local file strictly (see ``hyperkd.models.checkpoint`` for
+the accepted layouts). ``available()`` lists the names.
+"""
+import difflib
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+from torch import nn
+
+from hyperkd.models import mobilenetv2, repvgg, resnet, shufflenetv2, vgg
+from hyperkd.models.checkpoint import load_checkpoint, read_state_dict
+
+__all__ = ["available", "create", "load_checkpoint", "parameter_count", "read_state_dict"]
+
+_BUILDERS = {
+    **resnet.MODELS,
+    **vgg.MODELS,
+    **mobilenetv2.MODELS,
+    **shufflenetv2.MODELS,
+    **repvgg.MODELS,
+}
+
+
+def available() -> Tuple[str, ...]:
+    """Names accepted by ``create``, family by family in the order of the hub's table."""
+    return tuple(_BUILDERS)
+
+
+def _builder(name: str):
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string, got {type(name).__name__}")
+    builder = _BUILDERS.get(name.lower())
+    if builder is None:
+        close = difflib.get_close_matches(name.lower(), _BUILDERS, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            f"available: {', '.join(_BUILDERS)}"
+        raise ValueError(f"unknown model {name!r}; {hint}")
+    return builder
+
+
+def create(name: str, num_classes: int = 100,
+           checkpoint: Optional[Union[str, Path]] = None) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs; load ``checkpoint`` strictly if given."""
+    builder = _builder(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = builder(num_classes=num_classes)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, model_name=name)
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of learnable parameters (BN running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
