@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "bench", "models", "eval")
+COMMANDS = ("demo", "bench", "models", "eval", "teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,13 +108,13 @@ class Trainer:
             raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
         start = self._resume() + 1 if resume else 0
         for epoch in range(start, epochs):
-            record = {"epoch": epoch, **(self.on_epoch(epoch) if self.on_epoch else {})}
+            record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                      **(self.on_epoch(epoch) if self.on_epoch else {})}
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             began = time.perf_counter()
             record.update(self.train_epoch(epoch))
             record["epoch_time_s"] = time.perf_counter() - began
-            record["lr"] = self.optimizer.param_groups[0]["lr"]
             record["val_acc"] = self.accuracy(self.val_loader)
             if record["val_acc"] > self.best["val_acc"]:
                 self.best = {"epoch": epoch, "val_acc": record["val_acc"],

@@ -1,0 +1,41 @@
+"""Canonical training of a teacher g(·; ζ0): cross-entropy, SGD with Nesterov momentum, model
+selection on validation. The student recipes reuse the same loop (``hyperkd.train.loop``)."""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hyperkd import data, models
+from hyperkd.train.loop import Trainer
+from hyperkd.train.optim import lr_schedule, sgd
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def train_teacher(model: str, dataset: str, out: Path, *, epochs: int, batch_size: int = 128,
+                  data_root=None, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+                  schedule: str = "cosine", seed: int = 0, workers: int = 0, device: str = "auto",
+                  resume: bool = False, progress: bool = True) -> dict:
+    """Trains ``model`` on ``dataset``; writes ``best.pt`` (its ``model`` entry is the state_dict
+    that ``hyperkd.models.create(..., checkpoint=)`` loads), ``last.pt`` and ``metrics.jsonl``."""
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    train, val, test = data.loaders(dataset, batch_size, root=data_root, workers=workers, seed=seed)
+    net = models.create(model, num_classes=data.NUM_CLASSES[dataset]).to(dev)
+    optimizer = sgd(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    ce = nn.CrossEntropyLoss()
+
+    def loss_fn(x, y):
+        logits = net(x)
+        return logits, {"ce": ce(logits, y)}
+
+    trainer = Trainer(net, optimizer, loss_fn, train, val, test, out_dir=out, device=dev,
+                      scheduler=lr_schedule(optimizer, schedule, epochs), progress=progress)
+    return trainer.fit(epochs, resume=resume)
