@@ -24,8 +24,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from hyperkd.config import save_config
     from hyperkd.train.teacher import train_teacher
 
+    save_config(args, args.out)
     best = train_teacher(args.model, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size,
                          data_root=args.data_root, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
