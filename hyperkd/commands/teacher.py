@@ -25,13 +25,17 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from hyperkd.config import save_config
+    from hyperkd.train import distributed
     from hyperkd.train.teacher import train_teacher
 
-    save_config(args, args.out)
+    distributed.init_from_env()  # under torchrun, so that only rank 0 writes the config
+    if distributed.is_main():
+        save_config(args, args.out)
     best = train_teacher(args.model, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size,
                          data_root=args.data_root, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                          workers=args.workers, device=args.device, resume=args.resume)
-    print(f"best epoch {best['epoch']}: val {best['val_acc']:.4f}, test {best['test_acc']:.4f} "
-          f"-> {args.out / 'best.pt'}")
+    if distributed.is_main():
+        print(f"best epoch {best['epoch']}: val {best['val_acc']:.4f}, test {best['test_acc']:.4f} "
+              f"-> {args.out / 'best.pt'}")
     return 0

@@ -6,6 +6,9 @@ atomically after every epoch with everything an exact resume needs: weights, opt
 scheduler state, any extra stateful objects (a hypernetwork, KD modules), RNG states and the
 shuffling generator of the train loader. The loss of a step is a dict of named terms whose sum is
 minimised; a NaN or inf term stops the run with its name.
+
+Under ``torchrun`` (DDP) each rank trains on its shard, losses and accuracies are summed over the
+ranks so that every rank takes the same model-selection decisions, and only rank 0 writes.
 """
 import math
 import resource
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hyperkd.train import distributed
 from hyperkd.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from hyperkd.train.metrics import MetricsLog
 
@@ -61,8 +65,12 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         sums, count = {}, 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False,
+                   disable=not (self.progress and distributed.is_main()))
         for step, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             logits, terms = self.loss_fn(x, y)
@@ -87,7 +95,9 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", acc=f"{sums['train_acc'] / count:.3f}")
         if self.scheduler is not None:
             self.scheduler.step()
-        return {k: v / max(count, 1) for k, v in sums.items()}
+        names = sorted(sums)
+        *totals, count = distributed.sum_across_ranks([sums[k] for k in names] + [count], self.device)
+        return {k: v / max(count, 1) for k, v in zip(names, totals)}
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -99,6 +109,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             correct += int((predict(x).argmax(1) == y).sum())
             total += len(y)
+        correct, total = distributed.sum_across_ranks([correct, total], self.device)
         return correct / max(total, 1)
 
     # -- the run -------------------------------------------------------------------------------
@@ -119,14 +130,20 @@ class Trainer:
             if record["val_acc"] > self.best["val_acc"]:
                 self.best = {"epoch": epoch, "val_acc": record["val_acc"],
                              "test_acc": self.accuracy(self.test_loader)}
-                save_checkpoint(self.out_dir / "best.pt", {"model": self.model.state_dict(),
-                                                           "stateful": self._stateful_dicts(),
-                                                           "best": self.best})
+                if distributed.is_main():
+                    save_checkpoint(self.out_dir / "best.pt", {"model": self._model_state(),
+                                                               "stateful": self._stateful_dicts(),
+                                                               "best": self.best})
             record["test_acc"] = self.best["test_acc"] if self.best["epoch"] == epoch else None
             record["peak_memory_bytes"] = peak_memory_bytes(self.device)
-            self.metrics.append(record)
-            save_checkpoint(self.out_dir / "last.pt", self._state(epoch))
+            if distributed.is_main():
+                self.metrics.append(record)
+                save_checkpoint(self.out_dir / "last.pt", self._state(epoch))
         return dict(self.best)
+
+    def _model_state(self) -> dict:
+        """The model's own state_dict: without DDP's ``module.`` prefix."""
+        return getattr(self.model, "module", self.model).state_dict()
 
     def _stateful_dicts(self) -> dict:
         return {name: obj.state_dict() for name, obj in self.stateful.items()}
@@ -134,7 +151,7 @@ class Trainer:
     def _state(self, epoch: int) -> dict:
         return {
             "epoch": epoch,
-            "model": self.model.state_dict(),
+            "model": self._model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "stateful": self._stateful_dicts(),
@@ -144,6 +161,10 @@ class Trainer:
         }
 
     def _train_generator(self) -> torch.Generator:
+        """The shuffling generator; a sharded loader's order depends on (seed, epoch) alone, so
+        a fresh generator stands in for it."""
+        if distributed.active():
+            return torch.Generator()
         generator = getattr(self.train_loader, "generator", None)
         if generator is None:
             raise ValueError("train_loader: expected a DataLoader built with a torch.Generator "
@@ -156,7 +177,7 @@ class Trainer:
         if not path.exists():
             return -1
         state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        getattr(self.model, "module", self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -165,7 +186,8 @@ class Trainer:
         self.best = state["best"]
         restore_rng_state(state["rng"])
         self._train_generator().set_state(state["train_generator"])
-        self.metrics.resume_after(state["epoch"])
+        if distributed.is_main():
+            self.metrics.resume_after(state["epoch"])
         return state["epoch"]
 
 
