@@ -34,7 +34,7 @@ def expected_files(name: str) -> List[str]:
 
 
 def resolve_root(name: str, root: Optional[Union[str, Path]]) -> Path:
-    """The data root: ``root``, else ``$HYPERKD_DATA``; the data set's own folder is accepted too."""
+    """The data root: ``root``, else ``$HYPERKD_DATA``; the data set's own folder also works."""
     root = root or os.environ.get(ROOT_ENV)
     if not root:
         raise ValueError(f"{name} needs a data root: pass --data-root DIR (root=...) or set "

@@ -1,4 +1,4 @@
-"""Reading checkpoints from local files and loading them strictly, with errors that say what is wrong.
+"""Checkpoints from local files, loaded strictly, with errors that say what is wrong.
 
 Accepted layouts: a raw ``state_dict``; a dict that wraps one under ``state_dict`` or ``model``
 (what training scripts usually save); keys prefixed by ``module.`` (``DataParallel`` /
@@ -30,7 +30,7 @@ def _is_state_dict(obj) -> bool:
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """The state_dict stored in ``path``, unwrapped and without ``module.`` prefixes, on the CPU."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
     try:
@@ -41,12 +41,13 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             f"checkpoint {path} is not a PyTorch checkpoint that loads with weights_only=True "
             f"({first_line}); if it holds a whole pickled model, re-save model.state_dict()"
         ) from err
-    for key in WRAPPER_KEYS:
-        if not _is_state_dict(obj) and isinstance(obj, Mapping) and _is_state_dict(obj.get(key)):
-            obj = obj[key]
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        obj = next((obj[key] for key in WRAPPER_KEYS if _is_state_dict(obj.get(key))), obj)
     if not _is_state_dict(obj):
-        found = f"a dict with keys {_listing(sorted(map(str, obj)))}" if isinstance(obj, Mapping) \
-            else f"a {type(obj).__name__}"
+        if isinstance(obj, Mapping):
+            found = f"a dict with keys {_listing(sorted(map(str, obj)))}"
+        else:
+            found = f"a {type(obj).__name__}"
         raise ValueError(
             f"checkpoint {path} holds {found}, not a state_dict: expected a mapping of parameter "
             f"names to tensors, either at the top level or under one of {list(WRAPPER_KEYS)}"
@@ -55,7 +56,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 
 
 def mismatches(model: nn.Module, state_dict: Mapping) -> List[str]:
-    """Why ``state_dict`` cannot load into ``model`` strictly: missing, unexpected, mis-shaped keys."""
+    """Reasons ``state_dict`` cannot load strictly: missing, unexpected or mis-shaped keys."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]

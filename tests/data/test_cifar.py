@@ -27,7 +27,7 @@ def expected_image(name: str, row: np.ndarray) -> torch.Tensor:
 
 
 def write_cifar(root, name, test_labels=None):
-    """Write a tiny ``name`` folder as the CIFAR python tarball unpacks; return test rows, labels."""
+    """Write a tiny ``name`` folder as the CIFAR tarball unpacks; return test rows and labels."""
     classes = cifar.NUM_CLASSES[name]
     cls = cifar.TORCHVISION_CLASSES[name]
     folder = root / cls.base_folder
@@ -35,7 +35,8 @@ def write_cifar(root, name, test_labels=None):
     label_key = "labels" if name == "cifar10" else "fine_labels"
     train_files = [entry[0] for entry in cls.train_list]
     per_file = TRAIN_COUNT // len(train_files)
-    batches = {file: (pixel_planes(per_file, 5 * i), [(3 * i + j) % classes for j in range(per_file)])
+    batches = {file: (pixel_planes(per_file, 5 * i),
+                      [(3 * i + j) % classes for j in range(per_file)])
                for i, file in enumerate(train_files)}
     test_rows = pixel_planes(TEST_COUNT, 1)
     test_labels = test_labels or [(5 * j + 2) % classes for j in range(TEST_COUNT)]
@@ -149,7 +150,7 @@ def test_a_partly_copied_folder_names_only_the_missing_file(tmp_path):
 
 def test_no_root_at_all_asks_for_one(monkeypatch):
     monkeypatch.delenv(cifar.ROOT_ENV, raising=False)
-    with pytest.raises(ValueError, match=r"cifar100 needs a data root: pass --data-root .*HYPERKD_DATA"):
+    with pytest.raises(ValueError, match=r"needs a data root: pass --data-root .*HYPERKD_DATA"):
         data.splits("cifar100")
 
 

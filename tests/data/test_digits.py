@@ -85,7 +85,8 @@ def test_loaders_yield_seeded_batches():
     other = next(iter(data.loaders("digits", batch_size=64, seed=4)[0]))[1]
     assert torch.equal(targets, again) and not torch.equal(targets, other)
     # Val and test keep their order, so evaluations line up image by image.
-    assert torch.equal(next(iter(test))[1], torch.as_tensor([test.dataset[i][1] for i in range(64)]))
+    in_order = torch.as_tensor([test.dataset[i][1] for i in range(64)])
+    assert torch.equal(next(iter(test))[1], in_order)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -122,3 +122,9 @@ def test_load_checkpoint_fills_an_existing_model(tmp_path, trained):
     model = models.create("resnet20")
     assert models.load_checkpoint(model, tmp_path / "ckpt.pt") is model
     assert torch.equal(outputs(model), outputs(trained))
+
+
+def test_checkpoint_path_may_start_with_home(tmp_path, monkeypatch, trained):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(trained.state_dict(), tmp_path / "ckpt.pt")
+    assert torch.equal(outputs(models.create("resnet20", checkpoint="~/ckpt.pt")), outputs(trained))

@@ -74,5 +74,6 @@ def test_models_lists_the_zoo_with_parameter_counts(capsys):
 
 def test_models_counts_follow_num_classes(capsys):
     assert cli.main(["models", "--num-classes", "10"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet20 "))
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("resnet20 "))
     assert row.split()[1:] == ["0.27", "272,474"]

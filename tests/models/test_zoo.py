@@ -1,6 +1,7 @@
 """The zoo: names, forward passes, published parameter counts and a state_dict key snapshot.
 
-Regenerate the snapshot after an intended change with ``PYTHONPATH=. python tests/models/test_zoo.py``.
+Regenerate the snapshot after an intended change with
+``PYTHONPATH=. python tests/models/test_zoo.py``.
 """
 import json
 from pathlib import Path
@@ -92,7 +93,8 @@ def test_num_classes_must_be_a_positive_integer(num_classes):
 def _write_snapshot() -> None:
     entries = []
     for name in models.available():
-        lines = [f"    {json.dumps(key)}: {json.dumps(shape)}" for key, shape in layout(name).items()]
+        lines = [f"    {json.dumps(key)}: {json.dumps(shape)}"
+                 for key, shape in layout(name).items()]
         entries.append(f"  {json.dumps(name)}: {{\n" + ",\n".join(lines) + "\n  }")
     SNAPSHOT.parent.mkdir(exist_ok=True)
     SNAPSHOT.write_text("{\n" + ",\n".join(entries) + "\n}\n")
