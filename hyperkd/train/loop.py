@@ -34,7 +34,9 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class Trainer:
-    """Trains ``model`` with ``loss_fn(x, y) -> (logits, {term: loss})``.
+    """Trains ``model`` with ``loss_fn(x, y) -> (logits, {term: loss}[, {name: value}])``: the
+    terms are summed and minimised; the optional third dict (e.g. per-layer KD terms) is only
+    checked for NaN/inf and logged.
 
     ``predict(x)`` gives the logits used for evaluation (default: ``model(x)`` in eval mode).
     ``stateful`` maps names to extra objects with ``state_dict``/``load_state_dict`` that must be
@@ -73,8 +75,9 @@ class Trainer:
                    disable=not (self.progress and distributed.is_main()))
         for step, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits, terms = self.loss_fn(x, y)
-            for name, value in terms.items():
+            logits, terms, *logs = self.loss_fn(x, y)
+            logged = {**terms, **(logs[0] if logs else {})}
+            for name, value in logged.items():
                 if not torch.isfinite(value).all():
                     raise NonFiniteLossError(f"loss term {name!r} is {value.item()} at epoch {epoch}, "
                                              f"step {step}: stopping instead of training on it")
@@ -88,7 +91,7 @@ class Trainer:
             self.optimizer.step()
             n = len(y)
             count += n
-            for name, value in terms.items():
+            for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
             sums["train_acc"] = sums.get("train_acc", 0.0) + float((logits.argmax(1) == y).sum())

@@ -73,6 +73,25 @@ def test_nan_loss_stops_and_names_the_term(tmp_path):
         trainer.fit(1)
 
 
+def test_logged_values_are_checked_and_averaged_but_not_minimised(tmp_path):
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+
+    def loss_fn(x, y):
+        logits = model(x)
+        ce = nn.functional.cross_entropy(logits, y)
+        return logits, {"ce": ce}, {"kd/conv1": torch.tensor(2.0)}
+
+    trainer.loss_fn = loss_fn
+    trainer.fit(1)
+    record = trainer.metrics.records()[0]
+    assert record["kd/conv1"] == pytest.approx(2.0) and record["loss"] == pytest.approx(record["ce"])
+    trainer.loss_fn = lambda x, y: (model(x), {"ce": torch.tensor(1.0, requires_grad=True)},
+                                    {"kd/conv2": torch.tensor(float("inf"))})
+    with pytest.raises(NonFiniteLossError, match="'kd/conv2' is inf"):
+        trainer.fit(2, resume=True)
+
+
 def test_epochs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="epochs: expected a positive integer"):
         make_trainer(tmp_path).fit(0)
