@@ -6,3 +6,9 @@ from hyperkd.ops.masks import pack_positive_mask
 
 __all__ = ["AttentionTransferLoss", "attention_teacher_summary", "attention_transfer_loss",
            "pack_positive_mask"]
+from hyperkd.ops.activation_boundary import (ActivationBoundaryLoss,  # noqa: E402
+                                             activation_boundary_loss, activation_boundary_losses,
+                                             activation_boundary_teacher_summary)
+
+__all__ += ["ActivationBoundaryLoss", "activation_boundary_loss", "activation_boundary_losses",
+            "activation_boundary_teacher_summary"]

@@ -13,3 +13,8 @@ __all__ = [
     "pack_positive_mask",
     "unpack_mask",
 ]
+from hyperkd.reference.activation_boundary import (activation_boundary_layer,  # noqa: E402
+                                                   activation_boundary_loss,
+                                                   activation_boundary_losses)
+
+__all__ += ["activation_boundary_layer", "activation_boundary_loss", "activation_boundary_losses"]

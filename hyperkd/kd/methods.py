@@ -1,0 +1,76 @@
+"""Adapters from the registry's method names to the fused ops (and eager modules) that compute
+them. Each adapter is a :class:`~hyperkd.kd.base.LayerwiseMethod`."""
+import torch
+
+from hyperkd.kd.base import LayerwiseMethod
+from hyperkd.kd.registry import MethodEntry, register
+from hyperkd.ops import activation_boundary as ab_ops
+from hyperkd.ops import attention_transfer as at_ops
+from hyperkd.ops._checks import accumulation_dtype, layer_weights
+
+
+def _positive(x):
+    return x > 0
+
+
+class AttentionTransfer(LayerwiseMethod):
+    """AT, Eq. 4–7 (``reduction="sum"``): Σ_i ‖q_s,i − q_t,i‖_p of normalised attention maps."""
+
+    def __init__(self, kind: int, p: float):
+        self.kind, self.p = kind, p
+        self.name = f"at{kind}:p={p:g}"
+
+    def summarise(self, g):
+        return at_ops.attention_teacher_summary(g, self.kind, self.p)
+
+    def weighted(self, student, summaries, lambdas):
+        # The AT op folds λ into its single launch; its per-row losses give the logged terms.
+        acc = accumulation_dtype(student[0].dtype)
+        lam = layer_weights(lambdas, len(student), student[0], acc)
+        loss, _, _, rows = torch.ops.hyperkd.at_loss(student, [t.to(acc).contiguous() for t in summaries],
+                                                     lam, self.kind, float(self.p), at_ops.EPS, False)
+        return loss, rows.sum(dim=1)
+
+
+class ActivationBoundary(LayerwiseMethod):
+    """AB, Eq. 8 and 10 with the squared hinge; the teacher summary is a bit mask."""
+
+    def __init__(self, margin: float):
+        self.margin = margin
+        self.name = f"ab:margin={margin:g}"
+
+    def summarise(self, g):
+        return ab_ops.activation_boundary_teacher_summary(g)
+
+    def layer_losses(self, student, summaries):
+        return ab_ops.activation_boundary_losses(student, summaries, margin=self.margin)
+
+
+class NoKD(LayerwiseMethod):
+    """The No-KD baseline: every term is zero and the teacher keeps nothing."""
+
+    name = "none"
+
+    def summarise(self, g):
+        return g.new_empty(0)
+
+    def layer_losses(self, student, summaries):
+        return student[0].new_zeros(len(student), dtype=accumulation_dtype(student[0].dtype))
+
+    def weighted(self, student, summaries, lambdas):
+        # Zero, but connected to the student so backward() runs as for any method.
+        terms = self.layer_losses(student, summaries)
+        return sum(f.sum() * 0 for f in student).to(terms.dtype), terms
+
+
+_P = {"p": (_positive, "> 0")}
+register("at0", MethodEntry(lambda p: AttentionTransfer(0, p), {"p": 1.0}, _P,
+                            "AT type 0, S = Σ_c|f_c| (Eq. 4, 7)"))
+register("at1", MethodEntry(lambda p: AttentionTransfer(1, p), {"p": 2.0}, _P,
+                            "AT type 1, S = Σ_c|f_c|^p (Eq. 5, 7)"))
+register("at2", MethodEntry(lambda p: AttentionTransfer(2, p), {"p": 2.0}, _P,
+                            "AT type 2, S = max_c|f_c|^p (Eq. 6, 7)"))
+register("ab", MethodEntry(ActivationBoundary, {"margin": 1.0},
+                           {"margin": (lambda x: x >= 0, ">= 0")},
+                           "activation boundary, squared hinge (Eq. 8, 10)"))
+register("none", MethodEntry(NoKD, {}, {}, "no KD (baseline)"))
