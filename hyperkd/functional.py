@@ -7,3 +7,8 @@ from hyperkd.ops import (activation_boundary_loss, activation_boundary_losses,  
 
 __all__ += ["activation_boundary_loss", "activation_boundary_losses",
             "activation_boundary_teacher_summary"]
+from hyperkd.ops import (gram, rkd_loss, rkd_losses, similarity_preserving_loss,  # noqa: E402
+                         similarity_preserving_losses, similarity_teacher_summary)
+
+__all__ += ["gram", "rkd_loss", "rkd_losses", "similarity_preserving_loss",
+            "similarity_preserving_losses", "similarity_teacher_summary"]

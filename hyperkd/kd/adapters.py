@@ -6,6 +6,7 @@ from hyperkd.kd.base import LayerwiseMethod
 from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import activation_boundary as ab_ops
 from hyperkd.ops import attention_transfer as at_ops
+from hyperkd.ops import relational as rel_ops
 from hyperkd.ops._checks import accumulation_dtype, layer_weights
 
 
@@ -46,6 +47,31 @@ class ActivationBoundary(LayerwiseMethod):
         return ab_ops.activation_boundary_losses(student, summaries, margin=self.margin)
 
 
+class SimilarityPreserving(LayerwiseMethod):
+    """SP, Eq. 14–18; the teacher summary is its row-normalised B×B Gram."""
+
+    name = "sp"
+
+    def summarise(self, g):
+        return rel_ops.similarity_teacher_summary(g)
+
+    def layer_losses(self, student, summaries):
+        return rel_ops.similarity_preserving_losses(student, summaries)
+
+
+class Relational(LayerwiseMethod):
+    """RKD, Eq. 22–27: w_dist·L_D + w_angle·L_A; the teacher summary is its B×B Gram."""
+
+    def __init__(self, name: str, w_dist: float, w_angle: float):
+        self.name, self.w_dist, self.w_angle = name, w_dist, w_angle
+
+    def summarise(self, g):
+        return rel_ops.gram(g)
+
+    def layer_losses(self, student, summaries):
+        return rel_ops.rkd_losses(student, summaries, w_dist=self.w_dist, w_angle=self.w_angle)
+
+
 class NoKD(LayerwiseMethod):
     """The No-KD baseline: every term is zero and the teacher keeps nothing."""
 
@@ -73,4 +99,8 @@ register("at2", MethodEntry(lambda p: AttentionTransfer(2, p), {"p": 2.0}, _P,
 register("ab", MethodEntry(ActivationBoundary, {"margin": 1.0},
                            {"margin": (lambda x: x >= 0, ">= 0")},
                            "activation boundary, squared hinge (Eq. 8, 10)"))
+register("sp", MethodEntry(SimilarityPreserving, {}, {}, "similarity preservation (Eq. 14-18)"))
+register("rkd-d", MethodEntry(lambda: Relational("rkd-d", 1.0, 0.0), {}, {}, "RKD distance (Eq. 22-25)"))
+register("rkd-a", MethodEntry(lambda: Relational("rkd-a", 0.0, 1.0), {}, {}, "RKD angle (Eq. 26-27)"))
+register("rkd-da", MethodEntry(lambda: Relational("rkd-da", 0.5, 0.5), {}, {}, "0.5 RKD-D + 0.5 RKD-A"))
 register("none", MethodEntry(NoKD, {}, {}, "no KD (baseline)"))

@@ -12,3 +12,9 @@ from hyperkd.ops.activation_boundary import (ActivationBoundaryLoss,  # noqa: E4
 
 __all__ += ["ActivationBoundaryLoss", "activation_boundary_loss", "activation_boundary_losses",
             "activation_boundary_teacher_summary"]
+from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gram,  # noqa: E402
+                                    rkd_loss, rkd_losses, similarity_preserving_loss,
+                                    similarity_preserving_losses, similarity_teacher_summary)
+
+__all__ += ["RelationalLoss", "SimilarityPreservingLoss", "gram", "rkd_loss", "rkd_losses",
+            "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary"]

@@ -18,3 +18,9 @@ from hyperkd.reference.activation_boundary import (activation_boundary_layer,  #
                                                    activation_boundary_losses)
 
 __all__ += ["activation_boundary_layer", "activation_boundary_loss", "activation_boundary_losses"]
+from hyperkd.reference.relational import angles, normalised_distances, rkd_losses  # noqa: E402
+from hyperkd.reference.similarity_preserving import (similarity_matrix,  # noqa: E402
+                                                     similarity_preserving_losses)
+
+__all__ += ["angles", "normalised_distances", "rkd_losses", "similarity_matrix",
+            "similarity_preserving_losses"]
