@@ -12,3 +12,6 @@ from hyperkd.ops import (gram, rkd_loss, rkd_losses, similarity_preserving_loss,
 
 __all__ += ["gram", "rkd_loss", "rkd_losses", "similarity_preserving_loss",
             "similarity_preserving_losses", "similarity_teacher_summary"]
+from hyperkd.ops import cwd_loss, cwd_losses, fitnets_loss, fitnets_losses  # noqa: E402
+
+__all__ += ["cwd_loss", "cwd_losses", "fitnets_loss", "fitnets_losses"]

@@ -6,6 +6,7 @@ from hyperkd.kd.base import LayerwiseMethod
 from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import activation_boundary as ab_ops
 from hyperkd.ops import attention_transfer as at_ops
+from hyperkd.ops import channelwise as cw_ops
 from hyperkd.ops import relational as rel_ops
 from hyperkd.ops._checks import accumulation_dtype, layer_weights
 
@@ -72,6 +73,26 @@ class Relational(LayerwiseMethod):
         return rel_ops.rkd_losses(student, summaries, w_dist=self.w_dist, w_angle=self.w_angle)
 
 
+class ChannelWiseDistillation(LayerwiseMethod):
+    """CwD, Eq. 20–21: per-channel spatial softmax at temperature τ, KL × τ²/C (mean over B)."""
+
+    def __init__(self, tau: float):
+        self.tau = tau
+        self.name = f"cwd:tau={tau:g}"
+
+    def layer_losses(self, student, summaries):
+        return cw_ops.cwd_losses(student, summaries, tau=self.tau)
+
+
+class FitNets(LayerwiseMethod):
+    """FitNets, Eq. 11: Σ_{i,c} ‖f_ic − g_ic‖₂ against the same-architecture teacher."""
+
+    name = "fitnets"
+
+    def layer_losses(self, student, summaries):
+        return cw_ops.fitnets_losses(student, summaries)
+
+
 class NoKD(LayerwiseMethod):
     """The No-KD baseline: every term is zero and the teacher keeps nothing."""
 
@@ -103,4 +124,7 @@ register("sp", MethodEntry(SimilarityPreserving, {}, {}, "similarity preservatio
 register("rkd-d", MethodEntry(lambda: Relational("rkd-d", 1.0, 0.0), {}, {}, "RKD distance (Eq. 22-25)"))
 register("rkd-a", MethodEntry(lambda: Relational("rkd-a", 0.0, 1.0), {}, {}, "RKD angle (Eq. 26-27)"))
 register("rkd-da", MethodEntry(lambda: Relational("rkd-da", 0.5, 0.5), {}, {}, "0.5 RKD-D + 0.5 RKD-A"))
+register("cwd", MethodEntry(ChannelWiseDistillation, {"tau": 4.0}, {"tau": (_positive, "> 0")},
+                            "channel-wise distillation (Eq. 20-21)"))
+register("fitnets", MethodEntry(FitNets, {}, {}, "FitNets hint loss at every layer (Eq. 11)"))
 register("none", MethodEntry(NoKD, {}, {}, "no KD (baseline)"))

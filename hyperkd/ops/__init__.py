@@ -18,3 +18,8 @@ from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gr
 
 __all__ += ["RelationalLoss", "SimilarityPreservingLoss", "gram", "rkd_loss", "rkd_losses",
             "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary"]
+from hyperkd.ops.channelwise import (ChannelWiseDistillationLoss, FitNetsLoss, cwd_loss,  # noqa: E402
+                                     cwd_losses, fitnets_loss, fitnets_losses)
+
+__all__ += ["ChannelWiseDistillationLoss", "FitNetsLoss", "cwd_loss", "cwd_losses", "fitnets_loss",
+            "fitnets_losses"]

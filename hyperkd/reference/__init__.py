@@ -24,3 +24,6 @@ from hyperkd.reference.similarity_preserving import (similarity_matrix,  # noqa:
 
 __all__ += ["angles", "normalised_distances", "rkd_losses", "similarity_matrix",
             "similarity_preserving_losses"]
+from hyperkd.reference.channelwise import cwd_losses, fitnets_losses  # noqa: E402
+
+__all__ += ["cwd_losses", "fitnets_losses"]
