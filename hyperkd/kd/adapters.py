@@ -9,6 +9,8 @@ from hyperkd.ops import attention_transfer as at_ops
 from hyperkd.ops import channelwise as cw_ops
 from hyperkd.ops import relational as rel_ops
 from hyperkd.ops._checks import accumulation_dtype, layer_weights
+from hyperkd.reference.fsp import fsp_losses
+from hyperkd.reference.logit import logit_kd_loss
 
 
 def _positive(x):
@@ -22,7 +24,7 @@ class AttentionTransfer(LayerwiseMethod):
         self.kind, self.p = kind, p
         self.name = f"at{kind}:p={p:g}"
 
-    def summarise(self, g):
+    def summarise(self, g, layer):
         return at_ops.attention_teacher_summary(g, self.kind, self.p)
 
     def weighted(self, student, summaries, lambdas):
@@ -41,7 +43,7 @@ class ActivationBoundary(LayerwiseMethod):
         self.margin = margin
         self.name = f"ab:margin={margin:g}"
 
-    def summarise(self, g):
+    def summarise(self, g, layer):
         return ab_ops.activation_boundary_teacher_summary(g)
 
     def layer_losses(self, student, summaries):
@@ -53,7 +55,7 @@ class SimilarityPreserving(LayerwiseMethod):
 
     name = "sp"
 
-    def summarise(self, g):
+    def summarise(self, g, layer):
         return rel_ops.similarity_teacher_summary(g)
 
     def layer_losses(self, student, summaries):
@@ -66,7 +68,7 @@ class Relational(LayerwiseMethod):
     def __init__(self, name: str, w_dist: float, w_angle: float):
         self.name, self.w_dist, self.w_angle = name, w_dist, w_angle
 
-    def summarise(self, g):
+    def summarise(self, g, layer):
         return rel_ops.gram(g)
 
     def layer_losses(self, student, summaries):
@@ -93,12 +95,41 @@ class FitNets(LayerwiseMethod):
         return cw_ops.fitnets_losses(student, summaries)
 
 
+class FlowOfSolution(LayerwiseMethod):
+    """FSP, Eq. 28–29: M − 1 terms from adjacent layer pairs. Eager: each term is one batched matmul
+    of pooled maps, which fusion would not speed up; the teacher keeps its raw features, as each
+    FSP matrix needs two of them."""
+
+    name = "fsp"
+    pairs = True
+
+    def layer_losses(self, student, summaries):
+        return fsp_losses(student, summaries)
+
+
+class LogitKD(LayerwiseMethod):
+    """Hinton et al.'s logit KD at temperature T on tapped B×K outputs (e.g. the classifier)."""
+
+    feature_rank = 2
+
+    def __init__(self, T: float):
+        self.T = T
+        self.name = f"logit:T={T:g}"
+
+    def layer_losses(self, student, summaries):
+        for m, (s, t) in enumerate(zip(student, summaries)):
+            if s.dim() != 2 or s.shape != t.shape:
+                raise ValueError(f"{self.name}: layer {m} expects B×K logits of equal shapes, got student "
+                                 f"{tuple(s.shape)} and teacher {tuple(t.shape)}")
+        return torch.stack([logit_kd_loss(s, t, self.T) for s, t in zip(student, summaries)])
+
+
 class NoKD(LayerwiseMethod):
     """The No-KD baseline: every term is zero and the teacher keeps nothing."""
 
     name = "none"
 
-    def summarise(self, g):
+    def summarise(self, g, layer):
         return g.new_empty(0)
 
     def layer_losses(self, student, summaries):
@@ -127,4 +158,7 @@ register("rkd-da", MethodEntry(lambda: Relational("rkd-da", 0.5, 0.5), {}, {}, "
 register("cwd", MethodEntry(ChannelWiseDistillation, {"tau": 4.0}, {"tau": (_positive, "> 0")},
                             "channel-wise distillation (Eq. 20-21)"))
 register("fitnets", MethodEntry(FitNets, {}, {}, "FitNets hint loss at every layer (Eq. 11)"))
+register("fsp", MethodEntry(FlowOfSolution, {}, {}, "flow of solution procedure, adjacent pairs (Eq. 28-29)"))
+register("logit", MethodEntry(LogitKD, {"T": 4.0}, {"T": (_positive, "> 0")},
+                              "Hinton logit KD at temperature T"))
 register("none", MethodEntry(NoKD, {}, {}, "no KD (baseline)"))

@@ -8,16 +8,19 @@ from hyperkd.ops._checks import layer_weights
 class LayerwiseMethod:
     """A KD method applied at M tapped layers.
 
-    ``summarise`` reduces one teacher feature to the smallest statistic the loss needs, and is called
-    inside the teacher's forward hook (without autograd), so the raw activation can be freed at once.
+    ``summarise(g, layer)`` reduces the teacher feature of tapped layer ``layer`` to the smallest
+    statistic the loss needs, and is called inside the teacher's forward hook (without autograd), so
+    the raw activation can be freed at once.
     ``layer_losses`` returns the M per-layer terms L_m, differentiable w.r.t. the student features.
     """
 
     name = "?"
     #: True for methods whose terms couple adjacent layers (FSP): M layers give M − 1 terms.
     pairs = False
+    #: Rank of the tapped outputs: B×C×H×W features (4), or B×K logits (2).
+    feature_rank = 4
 
-    def summarise(self, g: torch.Tensor) -> torch.Tensor:
+    def summarise(self, g: torch.Tensor, layer: int) -> torch.Tensor:
         return g.detach()
 
     def layer_losses(self, student: list, summaries: list) -> torch.Tensor:

@@ -21,7 +21,8 @@ def layerwise_terms(method, student_feats, teacher, lambdas=None, *, teacher_sum
     method = make_method(method)
     student = as_layer_list(student_feats, "student_feats")
     teacher = as_layer_list(teacher, "teacher_feats")
-    check_features(student, "student_feats")
+    if method.feature_rank == 4:
+        check_features(student, "student_feats")
     if teacher_summarised:
         if len(teacher) != len(student):
             raise ValueError(f"teacher_feats: expected {len(student)} summaries to match "
@@ -30,7 +31,7 @@ def layerwise_terms(method, student_feats, teacher, lambdas=None, *, teacher_sum
     else:
         check_pairs(student, teacher)
         with torch.no_grad():
-            summaries = [method.summarise(g) for g in teacher]
+            summaries = [method.summarise(g, m) for m, g in enumerate(teacher)]
     if method.pairs and len(student) < 2:
         raise ValueError(f"{method.name}: needs at least 2 tapped layers (it pairs adjacent layers), "
                          f"got {len(student)}")

@@ -27,14 +27,15 @@ def resolve_modules(model: nn.Module, names: Sequence[str], role: str) -> List[n
 
 
 class FeatureTaps:
-    """Forward hooks on ``names`` of ``model``; ``keep(output)`` decides what is stored per layer.
+    """Forward hooks on ``names`` of ``model``; ``keep(output, index of the tap)`` decides what is
+    stored per layer (the output itself when ``keep`` is None).
 
     ``features[name]`` holds what ``keep`` returned for the last forward, ``shapes[name]`` the raw
     output's shape (checked against the other net's). :meth:`clear` drops them after the loss.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], role: str,
-                 keep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 keep: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
         self.names, self.role = list(names), role
         self.features: Dict[str, torch.Tensor] = {}
         self.shapes: Dict[str, Tuple[int, ...]] = {}
@@ -43,6 +44,8 @@ class FeatureTaps:
                          for name, module in zip(self.names, resolve_modules(model, self.names, role))]
 
     def _hook(self, name):
+        index = self.names.index(name)
+
         def hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"{self.role}: module {name!r} returned {type(output).__name__}, "
@@ -52,7 +55,7 @@ class FeatureTaps:
                 self.features[name] = output
             else:
                 with torch.no_grad():
-                    self.features[name] = self._keep(output.detach())
+                    self.features[name] = self._keep(output.detach(), index)
         return hook
 
     def collected(self) -> List[torch.Tensor]:

@@ -27,3 +27,7 @@ __all__ += ["angles", "normalised_distances", "rkd_losses", "similarity_matrix",
 from hyperkd.reference.channelwise import cwd_losses, fitnets_losses  # noqa: E402
 
 __all__ += ["cwd_losses", "fitnets_losses"]
+from hyperkd.reference.fsp import fsp_losses, fsp_matrix  # noqa: E402
+from hyperkd.reference.logit import logit_kd_loss  # noqa: E402
+
+__all__ += ["fsp_losses", "fsp_matrix", "logit_kd_loss"]

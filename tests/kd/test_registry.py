@@ -13,6 +13,8 @@ def test_methods_lists_every_name_with_defaults():
     assert listed["at1"] == {"p": 2.0}
     assert listed["ab"] == {"margin": 1.0}
     assert listed["none"] == {}
+    assert listed["cwd"] == {"tau": 4.0} and listed["logit"] == {"T": 4.0}
+    assert {"fitnets", "fsp", "rkd-d", "rkd-a", "rkd-da", "sp"} <= set(listed)
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -60,7 +62,7 @@ def test_attention_transfer_is_wired_to_the_fused_op(spec, kind, p):
 def test_layerwise_loss_accepts_teacher_summaries():
     student, teacher = feature_pair(ODD_SHAPES, torch.float64)
     method = kd.make_method("ab:margin=0.5")
-    summaries = [method.summarise(g) for g in teacher]
+    summaries = [method.summarise(g, m) for m, g in enumerate(teacher)]
     a = kd.layerwise_loss(method, student, summaries, teacher_summarised=True)
     b = kd.layerwise_loss("ab:margin=0.5", student, teacher)
     assert_close(a, b, torch.float64)

@@ -85,7 +85,7 @@ def test_triton_gram_matches_matmul():
 @pytest.mark.parametrize("method", ["sp", "rkd-da"])
 def test_gradcheck_fp64(method):
     student, teacher = feature_pair([(4, 2, 2, 2), (4, 3, 1, 2)], torch.float64)
-    summaries = [kd.make_method(method).summarise(t) for t in teacher]
+    summaries = [kd.make_method(method).summarise(t, m) for m, t in enumerate(teacher)]
     fn = (lambda a, b: rel.similarity_preserving_losses([a, b], summaries)) if method == "sp" else \
         (lambda a, b: rel.rkd_losses([a, b], summaries, w_dist=0.5, w_angle=0.5))
     assert torch.autograd.gradcheck(fn, tuple(student))
@@ -110,7 +110,7 @@ def test_opcheck():
 @pytest.mark.parametrize("method", ["sp", "rkd-da"])
 def test_compile_fullgraph(method):
     student, teacher = feature_pair(SHAPES[:2], torch.float32)
-    summaries = [kd.make_method(method).summarise(t) for t in teacher]
+    summaries = [kd.make_method(method).summarise(t, m) for m, t in enumerate(teacher)]
 
     def loss(a, b):
         return kd.layerwise_loss(method, [a, b], summaries, [1.0, 0.5], teacher_summarised=True)
