@@ -3,6 +3,8 @@ them. Each adapter is a :class:`~hyperkd.kd.base.LayerwiseMethod`."""
 import torch
 
 from hyperkd.kd.base import LayerwiseMethod
+from hyperkd.kd.factor_transfer import FactorTransfer
+from hyperkd.kd.jacobian import JacobianMatching
 from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import activation_boundary as ab_ops
 from hyperkd.ops import attention_transfer as at_ops
@@ -161,4 +163,8 @@ register("fitnets", MethodEntry(FitNets, {}, {}, "FitNets hint loss at every lay
 register("fsp", MethodEntry(FlowOfSolution, {}, {}, "flow of solution procedure, adjacent pairs (Eq. 28-29)"))
 register("logit", MethodEntry(LogitKD, {"T": 4.0}, {"T": (_positive, "> 0")},
                               "Hinton logit KD at temperature T"))
+register("ft", MethodEntry(FactorTransfer, {"rate": 2.0, "p": 1.0},
+                           {"rate": (_positive, "> 0"), "p": (_positive, "> 0")},
+                           "factor transfer with pretrained paraphrasers (Eq. 12-13)"))
+register("jacobian", MethodEntry(JacobianMatching, {}, {}, "Jacobian matching of input gradients (Eq. 19)"))
 register("none", MethodEntry(NoKD, {}, {}, "no KD (baseline)"))

@@ -19,6 +19,9 @@ class LayerwiseMethod:
     pairs = False
     #: Rank of the tapped outputs: B×C×H×W features (4), or B×K logits (2).
     feature_rank = 4
+    #: True when ``summarise`` differentiates the teacher output (JacobianKD): it then runs with
+    #: autograd on the undetached output.
+    summary_needs_graph = False
 
     def summarise(self, g: torch.Tensor, layer: int) -> torch.Tensor:
         return g.detach()

@@ -34,7 +34,8 @@ class LayerKD(nn.Module):
         self.schedule = schedule if schedule is not None else Uniform()
         self.debug = debug
         self.student_taps = FeatureTaps(student, self.layers, "student")
-        self.teacher_taps = FeatureTaps(teacher, self.layers, "teacher", keep=self.method.summarise)
+        self.teacher_taps = FeatureTaps(teacher, self.layers, "teacher", keep=self.method.summarise,
+                                        keep_graph=self.method.summary_needs_graph)
 
     def term_names(self):
         if self.method.pairs:

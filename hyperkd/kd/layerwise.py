@@ -30,8 +30,9 @@ def layerwise_terms(method, student_feats, teacher, lambdas=None, *, teacher_sum
         summaries = teacher
     else:
         check_pairs(student, teacher)
-        with torch.no_grad():
-            summaries = [method.summarise(g, m) for m, g in enumerate(teacher)]
+        with torch.set_grad_enabled(method.summary_needs_graph):
+            summaries = [method.summarise(g if method.summary_needs_graph else g.detach(), m)
+                         for m, g in enumerate(teacher)]
     if method.pairs and len(student) < 2:
         raise ValueError(f"{method.name}: needs at least 2 tapped layers (it pairs adjacent layers), "
                          f"got {len(student)}")

@@ -28,18 +28,19 @@ def resolve_modules(model: nn.Module, names: Sequence[str], role: str) -> List[n
 
 class FeatureTaps:
     """Forward hooks on ``names`` of ``model``; ``keep(output, index of the tap)`` decides what is
-    stored per layer (the output itself when ``keep`` is None).
+    stored per layer (the output itself when ``keep`` is None). ``keep`` runs without autograd on the
+    detached output, unless ``keep_graph`` (JacobianKD differentiates the output w.r.t. the input).
 
     ``features[name]`` holds what ``keep`` returned for the last forward, ``shapes[name]`` the raw
     output's shape (checked against the other net's). :meth:`clear` drops them after the loss.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], role: str,
-                 keep: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
+                 keep: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None, keep_graph: bool = False):
         self.names, self.role = list(names), role
         self.features: Dict[str, torch.Tensor] = {}
         self.shapes: Dict[str, Tuple[int, ...]] = {}
-        self._keep = keep
+        self._keep, self._keep_graph = keep, keep_graph
         self._handles = [module.register_forward_hook(self._hook(name))
                          for name, module in zip(self.names, resolve_modules(model, self.names, role))]
 
@@ -53,6 +54,8 @@ class FeatureTaps:
             self.shapes[name] = tuple(output.shape)
             if self._keep is None:
                 self.features[name] = output
+            elif self._keep_graph:
+                self.features[name] = self._keep(output, index)
             else:
                 with torch.no_grad():
                     self.features[name] = self._keep(output.detach(), index)
