@@ -1,9 +1,11 @@
 """Forward+backward time and peak memory of the fused layer-wise KD ops against their eager
-references and ``torch.compile`` of those references, on the 19 conv outputs of ResNet-20
-(16×32×32 ×7, 32×16×16 ×6, 64×8×8 ×6).
+references and ``torch.compile`` of those references, on the conv outputs of a CIFAR network:
+ResNet-20's 19 (16×32×32 ×7, 32×16×16 ×6, 64×8×8 ×6, the default) or VGG-19-bn's 16
+(``HYPERKD_BENCH_NET=vgg19``).
 
     python bench/bench_kd.py                       # all ops, writes bench/results/kd-<device>-<date>.json
     python bench/bench_kd.py -k "rkd" --batch 64   # extra arguments go to pytest
+    python bench/bench_kd.py --summary bench/results/kd-resnet20-cpu-b16-<date>.json   # markdown table
 
 Each row's ``extra_info`` holds the device, torch/triton versions, date, batch and the peak memory
 of one fwd+bwd above the inputs, measured in a fresh subprocess (on the CPU: the peak RSS, reset
@@ -21,7 +23,12 @@ import torch
 
 BATCH = int(os.environ.get("HYPERKD_BENCH_BATCH", "16"))
 DEVICE = os.environ.get("HYPERKD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-RESNET20 = [(16, 32, 32)] * 7 + [(32, 16, 16)] * 6 + [(64, 8, 8)] * 6
+NETS = {
+    "resnet20": [(16, 32, 32)] * 7 + [(32, 16, 16)] * 6 + [(64, 8, 8)] * 6,
+    "vgg19": [(64, 32, 32)] * 2 + [(128, 16, 16)] * 2 + [(256, 8, 8)] * 4 + [(512, 4, 4)] * 4
+             + [(512, 2, 2)] * 4,
+}
+NET = os.environ.get("HYPERKD_BENCH_NET", "resnet20")
 IMPLS = ("fused", "eager", "compiled")
 
 
@@ -45,8 +52,8 @@ def _ops():
 
 def _features(batch, device):
     gen = torch.Generator().manual_seed(0)
-    student = [torch.randn(batch, *shape, generator=gen).to(device).requires_grad_() for shape in RESNET20]
-    teacher = [torch.randn(batch, *shape, generator=gen).to(device) for shape in RESNET20]
+    student = [torch.randn(batch, *shape, generator=gen).to(device).requires_grad_() for shape in NETS[NET]]
+    teacher = [torch.randn(batch, *shape, generator=gen).to(device) for shape in NETS[NET]]
     return student, teacher
 
 
@@ -72,7 +79,7 @@ def stamp():
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()}"
     return {"device": name, "torch": torch.__version__, "triton": triton.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "batch": BATCH, "layers": "resnet20 (19 conv outputs)", "threads": torch.get_num_threads()}
+            "batch": BATCH, "net": NET, "layers": len(NETS[NET]), "threads": torch.get_num_threads()}
 
 
 def _rss(key):
@@ -100,8 +107,11 @@ def measure_peak(op, impl, batch, device):
 
 
 def peak_bytes(op, impl):
+    # A fixed mmap threshold makes glibc return every block ≥ 64 KiB to the OS when it is freed, so
+    # buffers freed by the warm-up cannot hide the measured call's peak from the RSS.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, __file__, "--peak", op, impl, str(BATCH), DEVICE],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.split()[-1])
 
 
@@ -123,7 +133,28 @@ def test_fwd_bwd(benchmark, op, impl):
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
 
 
+def summary(path):
+    """A markdown table of a results file: median ms and peak MiB per op and implementation, and
+    the fused op's speed-up and memory ratio against each baseline."""
+    with open(path) as f:
+        rows = json.load(f)["benchmarks"]
+    table = {}
+    for row in rows:
+        info = row["extra_info"]
+        table.setdefault(row["group"], {})[info["impl"]] = (row["stats"]["median"] * 1e3, info["peak_bytes"] / 2 ** 20)
+    lines = ["| op | impl | median ms | peak MiB | fused speed-up | fused memory ratio |", "|---|---|---|---|---|---|"]
+    for op, impls in table.items():
+        fused_ms, fused_mib = impls.get("fused", (float("nan"), float("nan")))
+        for impl, (ms, mib) in impls.items():
+            lines.append(f"| {op} | {impl} | {ms:.1f} | {mib:.1f} | {ms / fused_ms:.2f}x | "
+                         f"{mib / max(fused_mib, 1e-9):.1f}x |")
+    return "\n".join(lines)
+
+
 def main(argv):
+    if argv[:1] == ["--summary"]:
+        print(summary(argv[1]))
+        return 0
     if argv[:1] == ["--peak"]:
         op, impl, batch, device = argv[1], argv[2], int(argv[3]), argv[4]
         print(measure_peak(op, impl, batch, device))
@@ -134,7 +165,7 @@ def main(argv):
         argv = argv[:i] + argv[i + 2:]
     batch = os.environ.get("HYPERKD_BENCH_BATCH", str(BATCH))
     date = datetime.date.today().isoformat()
-    out = os.path.join(os.path.dirname(__file__), "results", f"kd-{DEVICE}-b{batch}-{date}.json")
+    out = os.path.join(os.path.dirname(__file__), "results", f"kd-{NET}-{DEVICE}-b{batch}-{date}.json")
     return subprocess.call([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
                             f"--benchmark-json={out}", "--benchmark-columns=min,median,max",
                             "--benchmark-sort=name", *argv])

@@ -17,7 +17,8 @@ class LayerwiseMethod:
     name = "?"
     #: True for methods whose terms couple adjacent layers (FSP): M layers give M − 1 terms.
     pairs = False
-    #: Rank of the tapped outputs: B×C×H×W features (4), or B×K logits (2).
+    #: Rank of the tapped outputs: B×C×H×W features (4, checked as such), B×K logits (2), or 0 for
+    #: methods that check their inputs themselves (JacobianKD takes either).
     feature_rank = 4
     #: True when ``summarise`` differentiates the teacher output (JacobianKD): it then runs with
     #: autograd on the undetached output.
