@@ -44,13 +44,19 @@ def test_layerkd_equals_layerwise_loss_on_raw_features(method):
     assert student.features[0].weight.grad.abs().sum() > 0
 
 
-def test_teacher_keeps_only_the_summary():
+@pytest.mark.parametrize("method, shape, dtype", [
+    ("ab", (2, (6 * 8 * 8 + 7) // 8), torch.uint8),  # ρ packed to bits
+    ("at0", (2, 8 * 8), torch.float32),  # normalised attention map
+    ("sp", (2, 2), torch.float32),  # normalised Gram
+    ("rkd-da", (2, 2), torch.float32),  # Gram
+])
+def test_teacher_keeps_only_the_summary(method, shape, dtype):
     student, teacher = nets()
-    layerkd = kd.LayerKD("ab", student, teacher)
+    layerkd = kd.LayerKD(method, student, teacher)
     with torch.no_grad():
         teacher(torch.randn(2, 3, 8, 8))
     kept = layerkd.teacher_taps.collected()
-    assert all(t.dtype == torch.uint8 and t.shape == (2, (6 * 8 * 8 + 7) // 8) for t in kept)
+    assert all(t.dtype == dtype and t.shape == shape for t in kept)
 
 
 def test_taps_after_batchnorm_are_configurable():
