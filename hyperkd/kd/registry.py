@@ -31,9 +31,18 @@ def methods() -> Dict[str, Dict[str, float]]:
     return {name: dict(entry.defaults) for name, entry in sorted(_REGISTRY.items())}
 
 
+def describe() -> str:
+    """One line per method: its name, default parameters and what it computes."""
+    return "\n".join(f"{name}{_defaults_text(entry.defaults)}: {entry.summary}"
+                     for name, entry in sorted(_REGISTRY.items()))
+
+
+def _defaults_text(defaults) -> str:
+    return f"({', '.join(f'{k}={v:g}' for k, v in defaults.items())})" if defaults else ""
+
+
 def _valid_names() -> str:
-    return ", ".join(f"{n}({', '.join(f'{k}={v:g}' for k, v in d.items())})" if d else n
-                     for n, d in methods().items())
+    return ", ".join(f"{name}{_defaults_text(entry.defaults)}" for name, entry in sorted(_REGISTRY.items()))
 
 
 def parse_method(spec: str):

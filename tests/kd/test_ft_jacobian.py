@@ -12,7 +12,7 @@ from tests.tolerances import assert_close
 CONVS = ["features.0", "features.3", "features.6"]
 
 
-def _ft(student, teacher):
+def _ft():
     method = kd.make_method("ft:rate=2")
     method.build([6, 6, 6])
     return method
@@ -20,7 +20,7 @@ def _ft(student, teacher):
 
 def test_paraphraser_pretraining_reduces_the_reconstruction_loss():
     _, teacher = nets()
-    method = _ft(None, teacher)
+    method = _ft()
     batches = [torch.randn(4, 3, 4, 4) for _ in range(2)]
     history = kd.pretrain_paraphrasers(method, teacher, CONVS, batches, epochs=4, lr=1e-2,
                                        lrs={"features.6": 5e-3})
@@ -39,7 +39,7 @@ def test_paraphraser_schedulers_follow_section_3_4(monkeypatch):
 
     monkeypatch.setattr(torch.optim.lr_scheduler, "ReduceLROnPlateau", spy)
     _, teacher = nets()
-    method = _ft(None, teacher)
+    method = _ft()
     kd.pretrain_paraphrasers(method, teacher, CONVS, [torch.randn(2, 3, 8, 8)], epochs=1,
                              lrs={"features.6": 1e-4})
     assert [lr for lr, _ in created] == [1e-3, 1e-3, 1e-4]
@@ -48,7 +48,7 @@ def test_paraphraser_schedulers_follow_section_3_4(monkeypatch):
 
 def test_ft_loss_is_eq_13_and_trains_translators_and_student():
     student, teacher = nets()
-    method = _ft(student, teacher)
+    method = _ft()
     layerkd = kd.LayerKD(method, student, teacher)
     x = torch.randn(4, 3, 8, 8)
     raw_s = kd.FeatureTaps(student, CONVS, "student")

@@ -27,6 +27,12 @@ def test_parse_fills_defaults_and_reads_parameters(spec, expected):
     assert kd.parse_method(spec) == expected
 
 
+def test_describe_has_one_line_per_method():
+    lines = kd.describe().splitlines()
+    assert len(lines) == len(kd.methods())
+    assert "cwd(tau=4): channel-wise distillation (Eq. 20-21)" in lines
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown KD method 'atx'.*at0\(p=1\).*none"):
         kd.parse_method("atx")
