@@ -143,37 +143,47 @@ inline acc_t huber(acc_t x) { const acc_t a = std::abs(x); return a <= 1 ? acc_t
 template <typename acc_t>
 inline acc_t huber_grad(acc_t x) { return std::clamp(x, acc_t(-1), acc_t(1)); }
 
-// Pairwise distances from a Gram matrix (zero on the diagonal and where rounding makes d² < 0),
-// and their mean over the B(B − 1) pairs i ≠ j (Eq. 24).
+// Pairwise distances from a Gram matrix, symmetric by construction (zero on the diagonal and
+// where rounding makes d² ≤ 0), and their mean over the B(B − 1) pairs i ≠ j (Eq. 24).
 template <typename acc_t>
 acc_t distances(const acc_t* G, int64_t B, acc_t* d) {
   acc_t sum = 0;
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t j = 0; j < B; ++j) {
+  for (int64_t i = 0; i < B; ++i) {
+    d[i * B + i] = 0;
+    for (int64_t j = i + 1; j < B; ++j) {
       const acc_t sq = G[i * B + i] + G[j * B + j] - 2 * G[i * B + j];
-      d[i * B + j] = (i == j || sq <= 0) ? acc_t(0) : std::sqrt(sq);
-      sum += d[i * B + j];
+      const acc_t v = sq <= 0 ? acc_t(0) : std::sqrt(sq);
+      d[i * B + j] = d[j * B + i] = v;
+      sum += 2 * v;
     }
+  }
   return sum / acc_t(B * (B - 1));
 }
 
-// cos∠(i, j, k) at anchor j from the Gram; degenerate triplets (d_ij = 0 or d_kj = 0, which
-// includes i = j and k = j) are zero, as the normalised zero vector is in Park et al.
-template <typename acc_t>
-inline acc_t cosine(const acc_t* G, const acc_t* d, int64_t B, int64_t i, int64_t j, int64_t k) {
-  const acc_t nij = d[i * B + j], nkj = d[k * B + j];
-  if (nij == 0 || nkj == 0) return 0;
-  return (G[i * B + k] - G[i * B + j] - G[j * B + k] + G[j * B + j]) / (nij * nkj);
-}
-
-// Per-layer geometry of one net: the Gram, its distances and their mean.
+// Per-layer geometry of one net: the Gram, its distances, their mean, and the inverse distances,
+// zero where d = 0: multiplying by them zeroes the degenerate triplets (d_ij = 0 or d_kj = 0, which
+// includes i = j and k = j) without a branch, as Park et al.'s normalised zero vector does.
 template <typename acc_t>
 struct Geometry {
   const acc_t* G;
-  std::vector<acc_t> d;
+  std::vector<acc_t> d, inv;
   acc_t mean;
-  Geometry(const acc_t* g, int64_t B) : G(g), d(B * B) { mean = distances(g, B, d.data()); }
+  Geometry(const acc_t* g, int64_t B) : G(g), d(B * B), inv(B * B) {
+    mean = distances(g, B, d.data());
+    for (int64_t k = 0; k < B * B; ++k) inv[k] = d[k] > 0 ? acc_t(1) / d[k] : acc_t(0);
+  }
 };
+
+// cos∠(i, j, k) at anchor j for every k, from rows of the Gram (contiguous, so the loop
+// vectorises): (G_ik − G_jk + G_jj − G_ij) / (d_ij d_jk).
+template <typename acc_t>
+inline void cosines(const Geometry<acc_t>& g, int64_t B, int64_t i, int64_t j, acc_t* out) {
+  const acc_t* Gi = g.G + i * B;
+  const acc_t* Gj = g.G + j * B;
+  const acc_t* inv_j = g.inv.data() + j * B;
+  const acc_t base = g.G[j * B + j] - g.G[i * B + j], inv_ij = g.inv[i * B + j];
+  for (int64_t k = 0; k < B; ++k) out[k] = (Gi[k] - Gj[k] + base) * inv_ij * inv_j[k];
+}
 
 // L_D = Σ_{i≠j} huber(d_s/μ_s − d_t/μ_t) / B² (Eq. 25, Park et al.'s mean over the B² matrix).
 template <typename acc_t>
@@ -187,10 +197,13 @@ acc_t distance_loss(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int64_t 
 template <typename acc_t>
 acc_t angle_loss(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int64_t B) {
   return at::parallel_reduce(0, B, 1, acc_t(0), [&](int64_t begin, int64_t end, acc_t sum) {
+    std::vector<acc_t> cs(B), ct(B);
     for (int64_t j = begin; j < end; ++j)
-      for (int64_t i = 0; i < B; ++i)
-        for (int64_t k = 0; k < B; ++k)
-          sum += huber(cosine(s.G, s.d.data(), B, i, j, k) - cosine(t.G, t.d.data(), B, i, j, k));
+      for (int64_t i = 0; i < B; ++i) {
+        cosines(s, B, i, j, cs.data());
+        cosines(t, B, i, j, ct.data());
+        for (int64_t k = 0; k < B; ++k) sum += huber(cs[k] - ct[k]);
+      }
     return sum;
   }, std::plus<acc_t>()) / acc_t(B * B * B);
 }
@@ -236,24 +249,37 @@ void angle_loss_backward(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int
   std::vector<std::vector<acc_t>> dd_part(chunks, std::vector<acc_t>(B * B, 0));
   const acc_t w0 = scale / acc_t(B * B * B);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<acc_t> cs(B), ct(B);
     for (int64_t c = c0; c < c1; ++c) {
       acc_t* g = dG_part[c].data();
       acc_t* dd = dd_part[c].data();
-      for (int64_t j = c * B / chunks; j < (c + 1) * B / chunks; ++j)
-        for (int64_t i = 0; i < B; ++i)
+      for (int64_t j = c * B / chunks; j < (c + 1) * B / chunks; ++j) {
+        const acc_t* inv_j = s.inv.data() + j * B;
+        for (int64_t i = 0; i < B; ++i) {
+          const acc_t inv_ij = s.inv[i * B + j];
+          if (inv_ij == 0) continue;  // every triplet (i, j, ·) is degenerate
+          cosines(s, B, i, j, cs.data());
+          cosines(t, B, i, j, ct.data());
+          // cos = N·(1/d_ij)(1/d_jk), N = G_ik − G_ij − G_jk + G_jj: dN spreads a = w/(d_ij d_jk) over
+          // four Gram entries, and d(1/d) gives −w·cos/d to each distance (d_jk stored at [j, k]).
+          acc_t* gi = g + i * B;
+          acc_t* gj = g + j * B;
+          acc_t* dd_j = dd + j * B;
+          acc_t sum_a = 0, sum_wc = 0;
           for (int64_t k = 0; k < B; ++k) {
-            const acc_t nij = s.d[i * B + j], nkj = s.d[k * B + j];
-            if (nij == 0 || nkj == 0) continue;
-            const acc_t cs = cosine(s.G, s.d.data(), B, i, j, k);
-            const acc_t w = w0 * huber_grad(cs - cosine(t.G, t.d.data(), B, i, j, k));
-            const acc_t a = w / (nij * nkj);
-            g[i * B + k] += a;
-            g[i * B + j] -= a;
-            g[j * B + k] -= a;
-            g[j * B + j] += a;
-            dd[i * B + j] -= w * cs / nij;
-            dd[k * B + j] -= w * cs / nkj;
+            const acc_t w = w0 * huber_grad(cs[k] - ct[k]);
+            const acc_t a = w * inv_ij * inv_j[k];
+            gi[k] += a;
+            gj[k] -= a;
+            sum_a += a;
+            sum_wc += w * cs[k];
+            dd_j[k] -= w * cs[k] * inv_j[k];
           }
+          g[i * B + j] -= sum_a;
+          g[j * B + j] += sum_a;
+          dd[i * B + j] -= sum_wc * inv_ij;
+        }
+      }
     }
   });
   std::vector<acc_t> dd(B * B, 0);

@@ -153,3 +153,17 @@ def test_negative_weights_are_rejected():
     student, teacher = feature_pair(SHAPES)
     with pytest.raises(ValueError, match="w_angle: expected w_angle >= 0"):
         rel.rkd_losses(student, teacher, w_angle=-1.0)
+
+
+@pytest.mark.parametrize("method", ["rkd-d", "rkd-a"])
+def test_degenerate_triplets_of_coincident_samples_are_masked(method):
+    # Samples 0 and 1 coincide in the student: d_01 = 0, so every triplet using that pair is
+    # degenerate and contributes a zero cosine, as in the reference's normalised zero vector.
+    student, teacher = feature_pair([(4, 3, 2, 2)], torch.float64, requires_grad=False)
+    student[0][1] = student[0][0]
+    student[0].requires_grad_()
+    terms = _fused(student, teacher, method)
+    ref_terms, _, _ = _reference(student, teacher, method)
+    assert_close(terms, ref_terms, torch.float64)
+    (grad,) = torch.autograd.grad(terms.sum(), student)
+    assert torch.isfinite(grad).all()
