@@ -64,16 +64,28 @@ inline void for_each_position(const FeatureView& v, const FeatureView& u, Fn&& f
 
 // ------------------------------------------------------------------------------------------ CwD
 
-// log Σ exp(x/τ) over one channel, with the running-max rescaling of an online softmax.
+// KL(softmax(g/τ) ‖ softmax(f/τ)) of one channel and both log-sum-exps, in two passes: the maxima,
+// then one exp per element of each map. With log p = x/τ − lse and Σ p_t = 1,
+// KL = Σ p_t (g − f)/τ − lse_t + lse_s.
 template <typename scalar_t, typename acc_t>
-acc_t log_sum_exp(const FeatureView& v, const scalar_t* x, acc_t inv_tau) {
-  acc_t mx = -std::numeric_limits<acc_t>::infinity(), z = 0;
-  for_each_position(v, v, [&](int64_t o, int64_t) {
-    const acc_t a = static_cast<acc_t>(x[o]) * inv_tau;
-    if (a > mx) { z = z * std::exp(mx - a) + 1; mx = a; }
-    else z += std::exp(a - mx);
+acc_t channel_kl(const FeatureView& s, const scalar_t* f, const FeatureView& t, const scalar_t* g,
+                 acc_t inv_tau, acc_t& lse_s, acc_t& lse_t) {
+  acc_t mx_s = -std::numeric_limits<acc_t>::infinity(), mx_t = mx_s;
+  for_each_position(s, t, [&](int64_t o, int64_t p) {
+    mx_s = std::max(mx_s, static_cast<acc_t>(f[o]) * inv_tau);
+    mx_t = std::max(mx_t, static_cast<acc_t>(g[p]) * inv_tau);
   });
-  return mx + std::log(z);
+  acc_t z_s = 0, z_t = 0, weighted = 0;
+  for_each_position(s, t, [&](int64_t o, int64_t p) {
+    const acc_t fs = static_cast<acc_t>(f[o]) * inv_tau, gt = static_cast<acc_t>(g[p]) * inv_tau;
+    const acc_t e_t = std::exp(gt - mx_t);
+    z_s += std::exp(fs - mx_s);
+    z_t += e_t;
+    weighted += e_t * (gt - fs);
+  });
+  lse_s = mx_s + std::log(z_s);
+  lse_t = mx_t + std::log(z_t);
+  return weighted / z_t - lse_t + lse_s;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList student, at::TensorList teacher,
@@ -99,15 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList stude
         const scalar_t* f = row_ptr<scalar_t>(s, b, c);
         const scalar_t* g = row_ptr<scalar_t>(t, b, c);
         const int64_t k = off[m] + b * s.C + c;
-        ls[k] = log_sum_exp(s, f, inv_tau);
-        lt[k] = log_sum_exp(t, g, inv_tau);
-        // KL = Σ p_t (log p_t − log p_s) = Σ p_t (g − f)/τ − lse_t + lse_s.
-        acc_t kl = 0;
-        for_each_position(s, t, [&](int64_t o, int64_t p) {
-          const acc_t gt = static_cast<acc_t>(g[p]) * inv_tau;
-          kl += std::exp(gt - lt[k]) * (gt - static_cast<acc_t>(f[o]) * inv_tau);
-        });
-        kl_sum += kl - lt[k] + ls[k];
+        kl_sum += channel_kl(s, f, t, g, inv_tau, ls[k], lt[k]);
       }
       r_all[m * B + b] = kl_sum;
     });
