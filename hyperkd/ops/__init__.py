@@ -6,3 +6,20 @@ from hyperkd.ops.masks import pack_positive_mask
 
 __all__ = ["AttentionTransferLoss", "attention_teacher_summary", "attention_transfer_loss",
            "pack_positive_mask"]
+from hyperkd.ops.activation_boundary import (ActivationBoundaryLoss,  # noqa: E402
+                                             activation_boundary_loss, activation_boundary_losses,
+                                             activation_boundary_teacher_summary)
+
+__all__ += ["ActivationBoundaryLoss", "activation_boundary_loss", "activation_boundary_losses",
+            "activation_boundary_teacher_summary"]
+from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gram,  # noqa: E402
+                                    rkd_loss, rkd_losses, similarity_preserving_loss,
+                                    similarity_preserving_losses, similarity_teacher_summary)
+
+__all__ += ["RelationalLoss", "SimilarityPreservingLoss", "gram", "rkd_loss", "rkd_losses",
+            "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary"]
+from hyperkd.ops.channelwise import (ChannelWiseDistillationLoss, FitNetsLoss, cwd_loss,  # noqa: E402
+                                     cwd_losses, fitnets_loss, fitnets_losses)
+
+__all__ += ["ChannelWiseDistillationLoss", "FitNetsLoss", "cwd_loss", "cwd_losses", "fitnets_loss",
+            "fitnets_losses"]

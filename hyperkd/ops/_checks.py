@@ -65,3 +65,23 @@ def layer_weights(lambdas, count: int, like: torch.Tensor, dtype: torch.dtype) -
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Losses and statistics are kept in fp64 for fp64 inputs and in fp32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_number(value, name: str, *, minimum: float, strict: bool) -> float:
+    """A real number ≥ minimum (> minimum when strict), returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name}: expected {name} {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def summarise_raw(teacher: list, summarise) -> list:
+    """Teacher entries that are raw 4-D features go through ``summarise`` (one batched call for
+    all of them); entries that are already summaries pass through unchanged."""
+    raw = [m for m, t in enumerate(teacher) if t.dim() == 4]
+    out = list(teacher)
+    if raw:
+        for m, s in zip(raw, summarise([teacher[m] for m in raw])):
+            out[m] = s
+    return out

@@ -1,0 +1,118 @@
+// Fused activation-boundary KD on the CPU (LayerKD-HN Eq. 8 and 10, squared hinge of Heo et al.):
+// the teacher is a bit mask (1/32 of an fp32 feature); one parallel pass per (layer, sample) row
+// sums the hinge, and backward re-reads the feature and the mask to write the gradient. Nothing of
+// feature size is kept between the passes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "kd_traversal.h"
+#include "layers.h"
+
+namespace hyperkd {
+namespace {
+
+void check_masks(at::TensorList student, at::TensorList masks, double margin) {
+  TORCH_CHECK(margin >= 0, "margin: expected margin >= 0, got ", margin);
+  TORCH_CHECK(masks.size() == student.size(), "masks: expected ", student.size(), " masks, got ",
+              masks.size());
+  for (size_t m = 0; m < student.size(); ++m) {
+    const auto& s = student[m];
+    const int64_t bytes = (s.size(1) * s.size(2) * s.size(3) + 7) / 8;
+    TORCH_CHECK(masks[m].scalar_type() == at::kByte && masks[m].is_contiguous() &&
+                    masks[m].dim() == 2 && masks[m].size(0) == s.size(0) && masks[m].size(1) == bytes,
+                "masks[", m, "]: expected a contiguous uint8 ", s.size(0), "×", bytes,
+                " packed mask, got ", masks[m].sizes(), " ", masks[m].scalar_type());
+  }
+}
+
+// One sample's Σ ℓ(f, ρ), ℓ = (f+μ)²[f>−μ ∧ ¬ρ] + (f−μ)²[f≤μ ∧ ρ].
+template <typename scalar_t, typename acc_t>
+acc_t hinge_row(const FeatureView& v, const scalar_t* f, const uint8_t* bits, acc_t mu) {
+  acc_t sum = 0;
+  for_each_logical(v, v, [&](int64_t e, int64_t off, int64_t) {
+    const acc_t x = static_cast<acc_t>(f[off]);
+    if (mask_bit(bits, e)) { if (x <= mu) sum += (x - mu) * (x - mu); }
+    else if (x > -mu) sum += (x + mu) * (x + mu);
+  });
+  return sum;
+}
+
+at::Tensor ab_loss_cpu(at::TensorList student, at::TensorList masks, double margin) {
+  check_feature_list(student, "student");
+  check_masks(student, masks, margin);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  const auto views = feature_views(student);
+  at::Tensor rows = at::empty({M, B}, student[0].options().dtype(acc));
+  at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* r_all = rows.data_ptr<acc_t>();
+    at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t m = r / B, b = r % B;
+        const auto& v = views[m];
+        r_all[r] = hinge_row(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
+                             masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin));
+      }
+    });
+    sum_rows(r_all, M, B, acc_t(B), losses.data_ptr<acc_t>());
+  });
+  return losses;
+}
+
+std::vector<at::Tensor> ab_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
+                                             at::TensorList masks, double margin) {
+  check_feature_list(student, "student");
+  check_masks(student, masks, margin);
+  const int64_t B = student[0].size(0), M = student.size();
+  TORCH_CHECK(grad.numel() == M, "grad: expected ", M, " per-layer gradients, got ", grad.numel());
+  const auto views = feature_views(student);
+  std::vector<at::Tensor> grads;
+  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const auto grad_views = feature_views(grads);
+  const at::Tensor g_layers = grad.to(acc_type_of(student[0].scalar_type())).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* g = g_layers.data_ptr<acc_t>();
+    const acc_t mu = acc_t(margin);
+    at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t m = r / B, b = r % B;
+        const auto& v = views[m];
+        const auto& dv = grad_views[m];
+        const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
+        scalar_t* df = static_cast<scalar_t*>(dv.data) + b * dv.sb;
+        const uint8_t* bits = masks[m].data_ptr<uint8_t>() + b * masks[m].size(1);
+        const acc_t coef = 2 * g[m] / acc_t(B);
+        for_each_logical(v, dv, [&](int64_t e, int64_t off, int64_t doff) {
+          const acc_t x = static_cast<acc_t>(f[off]);
+          acc_t d = 0;
+          if (mask_bit(bits, e)) { if (x <= mu) d = x - mu; }
+          else if (x > -mu) d = x + mu;
+          df[doff] = static_cast<scalar_t>(coef * d);
+        });
+      }
+    });
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
+  m.def("ab_loss(Tensor[] student, Tensor[] masks, float margin) -> Tensor");
+  m.def("ab_loss_backward(Tensor grad, Tensor[] student, Tensor[] masks, float margin) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
+  m.impl("ab_loss", &ab_loss_cpu);
+  m.impl("ab_loss_backward", &ab_loss_backward_cpu);
+}
+
+}  // namespace hyperkd

@@ -1,0 +1,256 @@
+// Fused per-channel KD losses on the CPU, each a reduction over the H·W positions of one
+// (sample, channel) row of student f and teacher g:
+//   CwD (LayerKD-HN Eq. 20–21): KL(softmax(g/τ) ‖ softmax(f/τ)) per row, × τ²/(C·B) per layer;
+//   FitNets (Eq. 11): ‖f − g‖₂ per row, summed.
+// Forward is one pass per row; only per-row statistics (log-sum-exps, norms) are kept for backward,
+// never a softmax or a difference of feature size.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "layers.h"
+
+namespace hyperkd {
+namespace {
+
+void check_teacher_features(at::TensorList student, at::TensorList teacher) {
+  TORCH_CHECK(teacher.size() == student.size(), "teacher: expected ", student.size(), " features, got ",
+              teacher.size());
+  for (size_t m = 0; m < student.size(); ++m)
+    TORCH_CHECK(teacher[m].sizes() == student[m].sizes() &&
+                    teacher[m].scalar_type() == student[m].scalar_type(),
+                "teacher[", m, "]: expected shape ", student[m].sizes(), " and dtype ",
+                student[m].scalar_type(), ", got ", teacher[m].sizes(), " ", teacher[m].scalar_type());
+}
+
+// Start of each layer's B×C block in the flat per-row statistics.
+std::vector<int64_t> row_offsets(at::TensorList feats) {
+  std::vector<int64_t> off(feats.size() + 1, 0);
+  for (size_t m = 0; m < feats.size(); ++m) off[m + 1] = off[m] + feats[m].size(0) * feats[m].size(1);
+  return off;
+}
+
+template <typename T>
+inline const T* row_ptr(const FeatureView& v, int64_t b, int64_t c) {
+  return static_cast<const T*>(v.data) + b * v.sb + c * v.sc;
+}
+
+template <typename T>
+inline T* row_ptr_mut(const FeatureView& v, int64_t b, int64_t c) {
+  return static_cast<T*>(v.data) + b * v.sb + c * v.sc;
+}
+
+// Runs fn(m, b) for every (layer, sample) row in parallel, with the views of student and teacher.
+template <typename Fn>
+void for_each_sample(at::TensorList student, Fn&& fn) {
+  const int64_t B = student[0].size(0), M = student.size();
+  at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r / B, r % B);
+  });
+}
+
+// Visits the H·W positions of one channel: fn(offset in v, offset in u).
+template <typename Fn>
+inline void for_each_position(const FeatureView& v, const FeatureView& u, Fn&& fn) {
+  for (int64_t h = 0; h < v.H; ++h)
+    for (int64_t w = 0; w < v.W; ++w) fn(h * v.sh + w * v.sw, h * u.sh + w * u.sw);
+}
+
+// ------------------------------------------------------------------------------------------ CwD
+
+// KL(softmax(g/τ) ‖ softmax(f/τ)) of one channel and both log-sum-exps, in two passes: the maxima,
+// then one exp per element of each map. With log p = x/τ − lse and Σ p_t = 1,
+// KL = Σ p_t (g − f)/τ − lse_t + lse_s.
+template <typename scalar_t, typename acc_t>
+acc_t channel_kl(const FeatureView& s, const scalar_t* f, const FeatureView& t, const scalar_t* g,
+                 acc_t inv_tau, acc_t& lse_s, acc_t& lse_t) {
+  acc_t mx_s = -std::numeric_limits<acc_t>::infinity(), mx_t = mx_s;
+  for_each_position(s, t, [&](int64_t o, int64_t p) {
+    mx_s = std::max(mx_s, static_cast<acc_t>(f[o]) * inv_tau);
+    mx_t = std::max(mx_t, static_cast<acc_t>(g[p]) * inv_tau);
+  });
+  acc_t z_s = 0, z_t = 0, weighted = 0;
+  for_each_position(s, t, [&](int64_t o, int64_t p) {
+    const acc_t fs = static_cast<acc_t>(f[o]) * inv_tau, gt = static_cast<acc_t>(g[p]) * inv_tau;
+    const acc_t e_t = std::exp(gt - mx_t);
+    z_s += std::exp(fs - mx_s);
+    z_t += e_t;
+    weighted += e_t * (gt - fs);
+  });
+  lse_s = mx_s + std::log(z_s);
+  lse_t = mx_t + std::log(z_t);
+  return weighted / z_t - lse_t + lse_s;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList student, at::TensorList teacher,
+                                                            double tau) {
+  check_feature_list(student, "student");
+  check_teacher_features(student, teacher);
+  TORCH_CHECK(tau > 0, "tau: expected tau > 0, got ", tau);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  const auto sv = feature_views(student), tv = feature_views(teacher);
+  const auto off = row_offsets(student);
+  auto opts = student[0].options().dtype(acc);
+  at::Tensor lse_s = at::empty({off[M]}, opts), lse_t = at::empty({off[M]}, opts);
+  at::Tensor rows = at::empty({M, B}, opts), losses = at::empty({M}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t inv_tau = acc_t(1) / acc_t(tau);
+    acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
+    for_each_sample(student, [&](int64_t m, int64_t b) {
+      const auto &s = sv[m], &t = tv[m];
+      acc_t kl_sum = 0;
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
+        const scalar_t* g = row_ptr<scalar_t>(t, b, c);
+        const int64_t k = off[m] + b * s.C + c;
+        kl_sum += channel_kl(s, f, t, g, inv_tau, ls[k], lt[k]);
+      }
+      r_all[m * B + b] = kl_sum;
+    });
+    acc_t* out = losses.data_ptr<acc_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      acc_t sum = 0;
+      for (int64_t b = 0; b < B; ++b) sum += r_all[m * B + b];
+      out[m] = sum * acc_t(tau * tau) / acc_t(sv[m].C * B);
+    }
+  });
+  return {losses, lse_s, lse_t};
+}
+
+std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
+                                              at::TensorList teacher, const at::Tensor& lse_s,
+                                              const at::Tensor& lse_t, double tau) {
+  check_feature_list(student, "student");
+  check_teacher_features(student, teacher);
+  const int64_t B = student[0].size(0);
+  const auto acc = acc_type_of(student[0].scalar_type());
+  const auto sv = feature_views(student), tv = feature_views(teacher);
+  const auto off = row_offsets(student);
+  std::vector<at::Tensor> grads;
+  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const auto dv = feature_views(grads);
+  const at::Tensor g_layers = grad.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t inv_tau = acc_t(1) / acc_t(tau);
+    const acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
+    for_each_sample(student, [&](int64_t m, int64_t b) {
+      const auto &s = sv[m], &t = tv[m], &d = dv[m];
+      // dL/df = g_m · τ²/(C·B) · (p_s − p_t)/τ.
+      const acc_t coef = g[m] * acc_t(tau) / acc_t(s.C * B);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
+        const scalar_t* gt = row_ptr<scalar_t>(t, b, c);
+        scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
+        const int64_t k = off[m] + b * s.C + c;
+        for (int64_t h = 0; h < s.H; ++h)
+          for (int64_t w = 0; w < s.W; ++w) {
+            const acc_t ps = std::exp(static_cast<acc_t>(f[h * s.sh + w * s.sw]) * inv_tau - ls[k]);
+            const acc_t pt = std::exp(static_cast<acc_t>(gt[h * t.sh + w * t.sw]) * inv_tau - lt[k]);
+            df[h * d.sh + w * d.sw] = static_cast<scalar_t>(coef * (ps - pt));
+          }
+      }
+    });
+  });
+  return grads;
+}
+
+// -------------------------------------------------------------------------------------- FitNets
+
+std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::TensorList teacher) {
+  check_feature_list(student, "student");
+  check_teacher_features(student, teacher);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  const auto sv = feature_views(student), tv = feature_views(teacher);
+  const auto off = row_offsets(student);
+  auto opts = student[0].options().dtype(acc);
+  at::Tensor norms = at::empty({off[M]}, opts), rows = at::empty({M, B}, opts), losses = at::empty({M}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t *n = norms.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
+    for_each_sample(student, [&](int64_t m, int64_t b) {
+      const auto &s = sv[m], &t = tv[m];
+      acc_t sum = 0;
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
+        const scalar_t* g = row_ptr<scalar_t>(t, b, c);
+        acc_t sq = 0;
+        for_each_position(s, t, [&](int64_t o, int64_t p) {
+          const acc_t diff = static_cast<acc_t>(f[o]) - static_cast<acc_t>(g[p]);
+          sq += diff * diff;
+        });
+        n[off[m] + b * s.C + c] = std::sqrt(sq);
+        sum += std::sqrt(sq);
+      }
+      r_all[m * B + b] = sum;
+    });
+    acc_t* out = losses.data_ptr<acc_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      acc_t sum = 0;
+      for (int64_t b = 0; b < B; ++b) sum += r_all[m * B + b];
+      out[m] = sum;
+    }
+  });
+  return {losses, norms};
+}
+
+std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
+                                                  at::TensorList teacher, const at::Tensor& norms) {
+  check_feature_list(student, "student");
+  check_teacher_features(student, teacher);
+  const auto acc = acc_type_of(student[0].scalar_type());
+  const auto sv = feature_views(student), tv = feature_views(teacher);
+  const auto off = row_offsets(student);
+  std::vector<at::Tensor> grads;
+  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const auto dv = feature_views(grads);
+  const at::Tensor g_layers = grad.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *n = norms.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
+    for_each_sample(student, [&](int64_t m, int64_t b) {
+      const auto &s = sv[m], &t = tv[m], &d = dv[m];
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
+        const scalar_t* gt = row_ptr<scalar_t>(t, b, c);
+        scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
+        const acc_t norm = n[off[m] + b * s.C + c];
+        // d‖f − g‖/df = (f − g)/‖f − g‖, taken as 0 where f = g on the whole row.
+        const acc_t coef = norm > 0 ? g[m] / norm : acc_t(0);
+        for (int64_t h = 0; h < s.H; ++h)
+          for (int64_t w = 0; w < s.W; ++w)
+            df[h * d.sh + w * d.sw] = static_cast<scalar_t>(
+                coef * (static_cast<acc_t>(f[h * s.sh + w * s.sw]) - static_cast<acc_t>(gt[h * t.sh + w * t.sw])));
+      }
+    });
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
+  m.def("cwd_loss(Tensor[] student, Tensor[] teacher, float tau) -> (Tensor losses, Tensor lse_s, Tensor lse_t)");
+  m.def("cwd_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor lse_s, Tensor lse_t, "
+        "float tau) -> Tensor[]");
+  m.def("fitnets_loss(Tensor[] student, Tensor[] teacher) -> (Tensor losses, Tensor norms)");
+  m.def("fitnets_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor norms) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
+  m.impl("cwd_loss", &cwd_loss_cpu);
+  m.impl("cwd_loss_backward", &cwd_loss_backward_cpu);
+  m.impl("fitnets_loss", &fitnets_loss_cpu);
+  m.impl("fitnets_loss_backward", &fitnets_loss_backward_cpu);
+}
+
+}  // namespace hyperkd

@@ -1,0 +1,116 @@
+"""Fused activation-boundary KD (Eq. 8, 10): C++ and Triton parity with the eager reference,
+gradients, opcheck, compile, memory discipline and bad input."""
+import pytest
+import torch
+
+from hyperkd import reference as R
+from hyperkd.kernels import activation_boundary as triton_ab
+from hyperkd.ops import (activation_boundary_loss, activation_boundary_losses,
+                         activation_boundary_teacher_summary)
+from tests.kd.features import ODD_SHAPES, feature_pair
+from tests.kd.op_checks import compiled_matches_eager, saved_tensor_shapes
+from tests.tolerances import assert_close
+
+
+def _reference(student, teacher, margin):
+    ref_student = [s.detach().double().requires_grad_() for s in student]
+    terms = R.activation_boundary_losses(ref_student, [t.double() for t in teacher], margin)
+    weights = torch.arange(1, len(student) + 1, dtype=torch.float64)
+    grads = torch.autograd.grad((weights * terms).sum(), ref_student)
+    return terms, grads, weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("margin", [1.0, 0.25, 0.0])
+def test_cpu_matches_reference(dtype, margin):
+    student, teacher = feature_pair(ODD_SHAPES, dtype, channels_last_layer=1)
+    terms = activation_boundary_losses(student, teacher, margin=margin)
+    ref_terms, ref_grads, weights = _reference(student, teacher, margin)
+    assert terms.dtype == dtype
+    assert_close(terms, ref_terms, dtype)
+    grads = torch.autograd.grad((weights.to(dtype) * terms).sum(), student)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cpu_batch_one_and_two(batch):
+    student, teacher = feature_pair([(batch, 3, 5, 7), (batch, 1, 1, 9)], torch.float64)
+    expected = R.activation_boundary_loss(student, teacher, margin=1.0, lambdas=[2.0, 0.5])
+    assert_close(activation_boundary_loss(student, teacher, lambdas=[2.0, 0.5]), expected, torch.float64)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_matches_reference(dtype):
+    student, teacher = feature_pair([(2, 5, 3, 7), (2, 3, 4, 4)], dtype, channels_last_layer=1,
+                                    requires_grad=False)
+    masks = activation_boundary_teacher_summary(teacher)
+    ref_terms, ref_grads, weights = _reference(student, teacher, 0.5)
+    terms = triton_ab.ab_loss(student, masks, 0.5)
+    grads = triton_ab.ab_loss_backward(weights.float(), student, masks, 0.5)
+    assert_close(terms, ref_terms, dtype)
+    for g, s, r in zip(grads, student, ref_grads):
+        assert g.dtype == dtype and g.stride() == s.stride()
+        assert_close(g, r, dtype)
+
+
+def test_gradcheck_fp64():
+    student, teacher = feature_pair([(2, 3, 2, 3), (2, 2, 3, 1)], torch.float64)
+    masks = activation_boundary_teacher_summary(teacher)
+    # Keep inputs away from the hinge's kinks at ±μ, where finite differences are not defined.
+    with torch.no_grad():
+        for s in student:
+            s.add_(torch.where((s.abs() - 0.5).abs() < 0.05, 0.2, 0.0))
+    assert torch.autograd.gradcheck(
+        lambda a, b: activation_boundary_losses([a, b], masks, margin=0.5), tuple(student))
+
+
+def test_opcheck():
+    student, teacher = feature_pair(ODD_SHAPES, torch.float32)
+    masks = activation_boundary_teacher_summary(teacher)
+    torch.library.opcheck(torch.ops.hyperkd.ab_loss.default, (student, masks, 1.0))
+    grad = torch.rand(len(student))
+    torch.library.opcheck(torch.ops.hyperkd.ab_loss_backward.default,
+                          (grad, [s.detach() for s in student], masks, 1.0))
+
+
+def test_compile_fullgraph():
+    student, teacher = feature_pair(ODD_SHAPES[:2], torch.float32)
+    masks = activation_boundary_teacher_summary(teacher)
+
+    def loss(a, b):
+        return activation_boundary_loss([a, b], masks, margin=1.0, lambdas=[1.0, 0.5])
+
+    eager, compiled, eager_grad, compiled_grad = compiled_matches_eager(loss, student, student)
+    assert_close(compiled, eager, torch.float32)
+    for c, e in zip(compiled_grad, eager_grad):
+        assert_close(c, e, torch.float32)
+
+
+def test_saves_only_inputs_and_masks():
+    student, teacher = feature_pair(ODD_SHAPES, torch.float32)
+    masks = activation_boundary_teacher_summary(teacher)
+    shapes = saved_tensor_shapes(lambda: activation_boundary_losses(student, masks))
+    assert sorted(shapes) == sorted([tuple(s.shape) for s in student] + [tuple(m.shape) for m in masks])
+
+
+def test_teacher_mask_is_a_32nd_of_the_feature():
+    g = torch.randn(4, 16, 32, 32)
+    mask = activation_boundary_teacher_summary(g)
+    assert mask.dtype == torch.uint8 and mask.numel() * mask.element_size() * 32 == g.numel() * g.element_size()
+    assert torch.equal(R.unpack_mask(mask, g[0].numel()).view_as(g), g > 0)
+
+
+def test_negative_margin_is_rejected():
+    student, teacher = feature_pair(ODD_SHAPES)
+    with pytest.raises(ValueError, match="margin: expected margin >= 0, got -0.5"):
+        activation_boundary_loss(student, teacher, margin=-0.5)
+
+
+def test_wrong_mask_shape_is_rejected():
+    student, teacher = feature_pair(ODD_SHAPES)
+    masks = activation_boundary_teacher_summary(teacher)
+    masks[1] = masks[1][:, :-1]
+    with pytest.raises(ValueError, match=r"teacher\[1\]: expected a raw feature of shape \(3, 7, 3, 3\) or a packed uint8 mask"):
+        activation_boundary_loss(student, masks)

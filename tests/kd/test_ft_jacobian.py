@@ -1,0 +1,121 @@
+"""Factor transfer (Eq. 12–13, §3.4 pretraining) and JacobianKD (Eq. 19) on tiny nets."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hyperkd.kd as kd
+from tests.kd.nets import nets
+from tests.tolerances import assert_close
+
+CONVS = ["features.0", "features.3", "features.6"]
+
+
+def _ft():
+    method = kd.make_method("ft:rate=2")
+    method.build([6, 6, 6])
+    return method
+
+
+def test_paraphraser_pretraining_reduces_the_reconstruction_loss():
+    _, teacher = nets()
+    method = _ft()
+    batches = [torch.randn(4, 3, 4, 4) for _ in range(2)]
+    history = kd.pretrain_paraphrasers(method, teacher, CONVS, batches, epochs=4, lr=1e-2,
+                                       lrs={"features.6": 5e-3})
+    assert len(history) == 4 and all(len(h) == 3 for h in history)
+    assert all(last < first for first, last in zip(history[0], history[-1]))
+    assert not method.paraphrasers.training
+
+
+def test_paraphraser_schedulers_follow_section_3_4(monkeypatch):
+    created = []
+    original = torch.optim.lr_scheduler.ReduceLROnPlateau
+
+    def spy(optimiser, **kwargs):
+        created.append((optimiser.param_groups[0]["lr"], kwargs))
+        return original(optimiser, **kwargs)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "ReduceLROnPlateau", spy)
+    _, teacher = nets()
+    method = _ft()
+    kd.pretrain_paraphrasers(method, teacher, CONVS, [torch.randn(2, 3, 8, 8)], epochs=1,
+                             lrs={"features.6": 1e-4})
+    assert [lr for lr, _ in created] == [1e-3, 1e-3, 1e-4]
+    assert all(kw == {"mode": "min", "patience": 3, "factor": 0.5} for _, kw in created)
+
+
+def test_ft_loss_is_eq_13_and_trains_translators_and_student():
+    student, teacher = nets()
+    method = _ft()
+    layerkd = kd.LayerKD(method, student, teacher)
+    x = torch.randn(4, 3, 8, 8)
+    raw_s = kd.FeatureTaps(student, CONVS, "student")
+    raw_t = kd.FeatureTaps(teacher, CONVS, "teacher")
+    with torch.no_grad():
+        teacher(x)
+    student(x)
+    total, terms = layerkd()
+    f, g = raw_s.collected()[1], raw_t.collected()[1]
+    s_factor = F.normalize(method.translators[1](f).flatten(1), dim=1)
+    t_factor = F.normalize(method.paraphrasers[1].encoder(g).flatten(1), dim=1)
+    assert_close(terms["features.3"], (s_factor - t_factor).abs().sum(dim=1).mean().detach(), torch.float32)
+    total.backward()
+    assert method.translators[0].body[0].weight.grad.abs().sum() > 0
+    assert student.features[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.paraphrasers.parameters())
+
+
+def test_ft_needs_build_first():
+    f = torch.randn(2, 6, 4, 4)
+    with pytest.raises(RuntimeError, match="ft: call build"):
+        kd.layerwise_loss("ft", [f], [f])
+
+
+def _jacobian_run(student, teacher, x, y, layers):
+    method = kd.make_method("jacobian")
+    layerkd = kd.LayerKD(method, student, teacher, layers=layers)
+    xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    method.bind(xs, xt, y)
+    teacher(xt)
+    student(xs)
+    result = layerkd()
+    layerkd.remove()
+    return result
+
+
+def test_jacobian_matches_a_direct_computation():
+    student, teacher = nets()
+    x, y = torch.randn(3, 3, 8, 8), torch.tensor([0, 4, 7])
+    total, terms = _jacobian_run(student, teacher, x, y, ["features.3", "head"])
+
+    def direct(net, layer, create_graph):
+        xi = x.clone().requires_grad_()
+        out = {}
+        handle = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: out.update(o=o))
+        net(xi)
+        handle.remove()
+        o = out["o"]
+        r = o[torch.arange(3), y % o.shape[1]]
+        r = r.flatten(1).sum(dim=1) if r.dim() > 1 else r
+        (grad,) = torch.autograd.grad(r.sum(), xi, create_graph=create_graph)
+        return F.normalize(grad.flatten(1), dim=1)
+
+    for layer in ("features.3", "head"):
+        expected = (direct(student, layer, True) - direct(teacher, layer, False)).pow(2).sum()
+        assert_close(terms[layer], expected.detach(), torch.float32)
+    total.backward()  # double backward reaches the student's weights
+    assert student.features[0].weight.grad.abs().sum() > 0
+
+
+def test_jacobian_is_zero_for_an_identical_teacher():
+    student, _ = nets()
+    teacher = copy.deepcopy(student)
+    _, terms = _jacobian_run(student, teacher, torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), ["features.6"])
+    assert terms["features.6"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_jacobian_needs_inputs_that_require_grad():
+    with pytest.raises(ValueError, match="student_inputs: JacobianKD differentiates"):
+        kd.make_method("jacobian").bind(torch.randn(2, 3), torch.randn(2, 3).requires_grad_(), torch.zeros(2))
