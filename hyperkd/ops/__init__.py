@@ -6,3 +6,4 @@ from hyperkd.ops.masks import pack_positive_mask
 
 __all__ = ["AttentionTransferLoss", "attention_teacher_summary", "attention_transfer_loss",
            "pack_positive_mask"]
+from hyperkd.ops.hyper_generate import hyper_generate  # noqa: E402,F401

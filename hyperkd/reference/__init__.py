@@ -13,3 +13,4 @@ __all__ = [
     "pack_positive_mask",
     "unpack_mask",
 ]
+from hyperkd.reference.hyper_generate import encode_gamma, hidden_code, hyper_generate  # noqa: E402,F401
