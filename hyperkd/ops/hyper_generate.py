@@ -12,6 +12,7 @@ import math
 import torch
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
+from hyperkd.kernels import hyper_fused_step as triton_fs
 from hyperkd.kernels import hyper_generate as triton_hg
 
 torch.library.register_kernel("hyperkd::hyper_generate", "cuda", triton_hg.hyper_generate)
@@ -104,3 +105,13 @@ def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
     out = torch.ops.hyperkd.hyper_generate(W.contiguous(), z.contiguous(), b.contiguous(),
                                            theta0.contiguous(), *op_geometry(shapes, channels_last))
     return list(out)
+
+
+# The fused optimizer step of W (no autograd: it is an update, not a function of its inputs).
+torch.library.register_kernel("hyperkd::hyper_fused_step_", "cuda", triton_fs.hyper_fused_step_)
+
+
+@torch.library.register_fake("hyperkd::hyper_fused_step_")
+def _hyper_fused_step_fake(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay,
+                           step, seed):
+    return None

@@ -39,3 +39,31 @@ def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
             t = t.reshape(-1, *shape[1:]).contiguous(memory_format=torch.channels_last).view(t.shape)
         out.append(t)
     return out
+
+
+SGD, ADAM, ADAMW = 0, 1, 2
+
+
+def output_layer_step(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay, step):
+    """One optimizer step of W from its gradient dW = dθᵀ·z (Eq. 2), as torch.optim writes it.
+
+    SGD: g += wd·W; buf = β1·buf + g (β1 is the momentum); W −= lr·buf.
+    Adam: g += wd·W; AdamW: W ·= 1 − lr·wd. Then m += (1−β1)(g − m), v = β2·v + (1−β2)·g²,
+    W −= lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + eps). Updates W and the state in place.
+    """
+    g = dtheta.t() @ z
+    if algorithm == SGD:
+        g = g + weight_decay * W
+        if beta1 != 0.0:
+            state1.mul_(beta1).add_(g)
+            g = state1
+        W.sub_(lr * g)
+        return
+    if algorithm == ADAM:
+        g = g + weight_decay * W
+    else:
+        W.mul_(1 - lr * weight_decay)
+    state1.lerp_(g, 1 - beta1)
+    state2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = state2.sqrt() / math.sqrt(1 - beta2 ** step) + eps
+    W.addcdiv_(state1, denom, value=-lr / (1 - beta1 ** step))
