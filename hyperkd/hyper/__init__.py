@@ -3,5 +3,8 @@ generation op, ``hypernetize``, the fused output-layer optimizer step and memory
 from hyperkd.hyper.hypernet import HyperNet
 from hyperkd.hyper.hypernetize import HyperNetized, hypernetize
 from hyperkd.hyper.layout import LayoutEntry, LayoutPlan, find_modules
+from hyperkd.hyper.memory import memory_estimate
+from hyperkd.hyper.optim import HyperOptimizer
 
-__all__ = ["HyperNet", "HyperNetized", "LayoutEntry", "LayoutPlan", "find_modules", "hypernetize"]
+__all__ = ["HyperNet", "HyperNetized", "HyperOptimizer", "LayoutEntry", "LayoutPlan", "find_modules",
+           "hypernetize", "memory_estimate"]
