@@ -33,6 +33,21 @@ struct LayerGeometry {
   }
 };
 
+// Σ_k w[k]·z[k] with kLanes independent partial sums: a single running sum is a serial chain
+// the compiler may not reorder, so it would not vectorise.
+constexpr int64_t kLanes = 8;
+template <typename scalar_t, typename acc_t>
+inline acc_t dot(const scalar_t* w, const acc_t* z, int64_t d) {
+  acc_t lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(w[k + j]) * z[k + j];
+  acc_t acc = 0;
+  for (; k < d; ++k) acc += static_cast<acc_t>(w[k]) * z[k];
+  for (int64_t j = 0; j < kLanes; ++j) acc += lanes[j];
+  return acc;
+}
+
 std::vector<LayerGeometry> geometry(at::IntArrayRef ndims, at::IntArrayRef sizes,
                                     at::IntArrayRef channels_last) {
   const int64_t L = ndims.size();
@@ -113,11 +128,7 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
           const scalar_t* row = w + (g.offset + p) * d;
           const acc_t base = bb[g.offset + p] + t0[g.offset + p];
           const int64_t a = g.address(p);
-          for (int64_t s = 0; s < B; ++s) {
-            acc_t acc = 0;
-            for (int64_t k = 0; k < d; ++k) acc += static_cast<acc_t>(row[k]) * zz[s * d + k];
-            o[s * g.numel + a] = acc + base;
-          }
+          for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = dot(row, zz + s * d, d) + base;
         }
       });
     }

@@ -55,7 +55,7 @@ class HyperNet(nn.Module):
         for e, part in zip(self.plan, self.theta0.split(self.plan.numels)):
             sigma = delta_ratio * part.pow(2).mean().sqrt() / z_norm
             rows = self.W[e.offset:e.offset + e.numel]
-            rows.copy_(torch.randn(rows.shape) * sigma)
+            rows.normal_(0.0, float(sigma))  # in place: no P×d temporary
         self.b.zero_()
 
     def code(self, gamma: torch.Tensor) -> torch.Tensor:

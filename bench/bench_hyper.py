@@ -1,0 +1,68 @@
+"""Hypernetised training step: fused generation + fused W step against the eager
+functional_call + split + torch-optimizer implementation (issue 4's workloads), on CPU.
+
+Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
+Each configuration is also run in a fresh process for its peak RSS; the summary, stamped with the
+device, torch/triton versions and date, goes to ``bench/results/hyper-<date>.json``. Needs the model
+zoo (``hyperkd.models``); without it every case is skipped with that reason.
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _hyper_step import build, create_network  # noqa: E402
+
+NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
+HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
+OPTIMIZERS = ["sgd", "sgd_momentum"]
+RESULTS = []
+
+
+def _stamp() -> dict:
+    import triton
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"device": device, "torch": torch.__version__, "triton": triton.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_results():
+    yield
+    if RESULTS:
+        stamp = _stamp()
+        path = os.path.join(os.path.dirname(__file__), "results", f"hyper-{stamp['date'][:10]}.json")
+        with open(path, "w") as f:
+            json.dump({**stamp, "batch": 16, "results": RESULTS}, f, indent=1)
+
+
+def _zoo_or_skip(network):
+    try:
+        create_network(network)
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("hidden", sorted(HIDDEN))
+@pytest.mark.parametrize("impl", ["fused", "eager"])
+@pytest.mark.parametrize("network", NETWORKS)
+def test_step(benchmark, network, impl, hidden, optimizer):
+    _zoo_or_skip(network)
+    _, _, step = build(network, impl, HIDDEN[hidden], optimizer)
+    step()
+    benchmark.pedantic(step, rounds=3, iterations=1)
+    # Peak RSS only means something in a process that ran nothing else.
+    script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
+    run = subprocess.run([sys.executable, script, network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer],
+                         capture_output=True, text=True, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    benchmark.extra_info.update(measured)
+    RESULTS.append(measured)
