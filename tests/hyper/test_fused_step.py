@@ -182,3 +182,26 @@ def test_optimizer_state_dict_round_trip_continues_the_same_trajectory():
     other.load_state_dict(saved_model)
     other_opt.load_state_dict(saved_opt)
     torch.testing.assert_close(train(other, other_opt, data[2:]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm, beta1, wd", CASES)
+def test_cuda_step_matches_reference(algorithm, beta1, wd):
+    W, dtheta, z = step_inputs(P=5000, d=128, B=2)
+    fused = run_steps(lambda *a: torch.ops.hyperkd.hyper_fused_step_(*a, 0), W.cuda(), dtheta.cuda(), z.cuda(),
+                      algorithm, beta1, wd)
+    ref = run_steps(output_layer_step, W, dtheta, z, algorithm, beta1, wd)
+    for name, f, r in zip(("W", "state1", "state2"), fused, ref):
+        assert_close(f.cpu(), r, torch.float32, msg=name)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_storage_rounds_stochastically_without_bias():
+    W = torch.ones(256, 64, dtype=torch.bfloat16, device="cuda")
+    dtheta, z = torch.full((1, 256), 1e-3, device="cuda"), torch.zeros(1, 64, device="cuda")
+    z[0, 0] = 1.0
+    empty = torch.empty(0, device="cuda")
+    torch.ops.hyperkd.hyper_fused_step_(W, empty, empty, dtheta, z, SGD, 1.0, 0.0, 0.999, 1e-8, 0.0, 1, 123)
+    moved = W[:, 0].float()
+    # 1 − 1e-3 lies 0.128 of the way from 1 down to 1 − 2^-8; σ of the mean of 256 roundings.
+    assert abs(moved.mean().item() - (1 - 1e-3)) < 5 * 2 ** -8 * (0.256 * 0.744 / 256) ** 0.5

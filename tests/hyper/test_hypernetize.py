@@ -210,3 +210,14 @@ def test_materialize_exports_a_plain_network(net):
         assert not torch.allclose(plain(x), model.primary(x))
     assert math.isclose(sum(p.numel() for p in plain.parameters()),
                         sum(p.numel() for p in model.primary.parameters()))
+
+
+def test_generated_weights_follow_eq3_for_every_zoo_model():
+    zoo = pytest.importorskip("hyperkd.models", reason="the model zoo (hyperkd.models) is not installed")
+    for name in zoo.available():
+        # d = 2 keeps W (P × d) small even for RepVGG-A2's 26 M generated parameters.
+        model = hypernetize(zoo.create(name), hidden=(2,), memory_format="channels_last")
+        with torch.no_grad():
+            for gamma in (0.0, 0.6):
+                for e, w, ref in zip(model.plan, model.generate(gamma), reference_weights(model, gamma)):
+                    assert_close(w[0], ref, torch.float32, msg=f"{name} {e.name}")
