@@ -2,8 +2,8 @@
 functional_call + split + torch-optimizer implementation (issue 4's workloads), on CPU.
 
 Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
-Each configuration is also run in a fresh process for its peak RSS; the summary, stamped with the
-device, torch/triton versions and date, goes to ``bench/results/hyper-<date>.json``. Needs the model
+Each configuration is also run in a fresh process for its peak RSS; each result, stamped with the
+device, torch/triton versions and date, is appended to ``bench/results/hyper-<date>.json``. Needs the model
 zoo (``hyperkd.models``); without it every case is skipped with that reason.
 """
 import datetime
@@ -22,7 +22,6 @@ from _hyper_step import build, create_network  # noqa: E402
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
-RESULTS = []
 
 
 def _stamp() -> dict:
@@ -33,16 +32,19 @@ def _stamp() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def write_results():
-    yield
-    if RESULTS:
-        stamp = _stamp()
-        folder = os.path.join(os.path.dirname(__file__), "results")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"hyper-{stamp['date'][:10]}.json")
-        with open(path, "w") as f:
-            json.dump({**stamp, "batch": 16, "results": RESULTS}, f, indent=1)
+def _record(measured: dict) -> None:
+    """Appends one result to today's file right away, so an interrupted run keeps what it measured."""
+    stamp = _stamp()
+    folder = os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"hyper-{stamp['date'][:10]}.json")
+    results = []
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)["results"]
+    results.append({**measured, "date": stamp["date"]})
+    with open(path, "w") as f:
+        json.dump({**stamp, "batch": 16, "results": results}, f, indent=1)
 
 
 def _zoo_or_skip(network):
@@ -67,4 +69,4 @@ def test_step(benchmark, network, impl, hidden, optimizer):
     step()
     benchmark.pedantic(step, rounds=2, iterations=1)
     benchmark.extra_info.update(measured)
-    RESULTS.append(measured)
+    _record({**measured, "benchmark_min_s": benchmark.stats.stats.min})

@@ -24,7 +24,8 @@ def _store(ptr, offs, x, mask, seed, BF16: tl.constexpr):
 def _fused_step_kernel(W, S1, S2, dtheta, z, B, P, D, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt,
                        seed, ALGO: tl.constexpr, MOMENTUM: tl.constexpr, W_BF16: tl.constexpr,
                        S_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    # int64: P·d passes 2^31 for the large networks (VGG-19-bn: 2.6·10^9 elements).
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     k = tl.arange(0, BLOCK_D)
     mask = (p < P)[:, None] & (k < D)[None, :]
     offs = p[:, None] * D + k[None, :]

@@ -7,8 +7,6 @@ import numbers
 
 import torch
 
-from hyperkd.reference.hyper_generate import encode_gamma  # noqa: F401  (re-exported)
-
 
 def as_gamma_batch(gamma, k: int, *, training: bool, device=None) -> torch.Tensor:
     """γ as a B_γ×k tensor (a Python float becomes fp64, so no precision is lost before the

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkd.hyper.gamma import encode_gamma
 from hyperkd.hyper.layout import LayoutPlan
 from hyperkd.ops.hyper_generate import op_geometry
+from hyperkd.reference.hyper_generate import encode_gamma
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 

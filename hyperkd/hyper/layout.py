@@ -131,14 +131,5 @@ class LayoutPlan:
         params = dict(model.named_parameters())
         return torch.cat([params[e.name].detach().reshape(-1).float() for e in self.entries])
 
-    def op_geometry(self):
-        """(ndims, sizes padded to 4 per tensor, channels_last flags) as ``hyper_generate`` takes them."""
-        ndims, sizes, channels_last = [], [], []
-        for e in self.entries:
-            ndims.append(len(e.shape))
-            sizes.extend([1] * (4 - len(e.shape)) + list(e.shape))
-            channels_last.append(e.memory_format == "channels_last")
-        return ndims, sizes, channels_last
-
     def __repr__(self) -> str:
         return f"LayoutPlan({len(self.entries)} tensors, P={self.total})"
