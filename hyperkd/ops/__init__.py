@@ -1,25 +1,23 @@
 """The public fused ops: custom-op registration (CPU C++, CUDA Triton or CUDA C++), fake impls for
 ``torch.compile``, autograd, and the functional wrappers that check their arguments."""
+from hyperkd.ops.activation_boundary import (ActivationBoundaryLoss, activation_boundary_loss,
+                                             activation_boundary_losses,
+                                             activation_boundary_teacher_summary)
 from hyperkd.ops.attention_transfer import (AttentionTransferLoss, attention_teacher_summary,
                                             attention_transfer_loss)
+from hyperkd.ops.channelwise import (ChannelWiseDistillationLoss, FitNetsLoss, cwd_loss, cwd_losses,
+                                     fitnets_loss, fitnets_losses)
+from hyperkd.ops.hyper_generate import hyper_generate
 from hyperkd.ops.masks import pack_positive_mask
+from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gram, rkd_loss, rkd_losses,
+                                    similarity_preserving_loss, similarity_preserving_losses,
+                                    similarity_teacher_summary)
 
-__all__ = ["AttentionTransferLoss", "attention_teacher_summary", "attention_transfer_loss",
-           "pack_positive_mask"]
-from hyperkd.ops.activation_boundary import (ActivationBoundaryLoss,  # noqa: E402
-                                             activation_boundary_loss, activation_boundary_losses,
-                                             activation_boundary_teacher_summary)
-
-__all__ += ["ActivationBoundaryLoss", "activation_boundary_loss", "activation_boundary_losses",
-            "activation_boundary_teacher_summary"]
-from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gram,  # noqa: E402
-                                    rkd_loss, rkd_losses, similarity_preserving_loss,
-                                    similarity_preserving_losses, similarity_teacher_summary)
-
-__all__ += ["RelationalLoss", "SimilarityPreservingLoss", "gram", "rkd_loss", "rkd_losses",
-            "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary"]
-from hyperkd.ops.channelwise import (ChannelWiseDistillationLoss, FitNetsLoss, cwd_loss,  # noqa: E402
-                                     cwd_losses, fitnets_loss, fitnets_losses)
-
-__all__ += ["ChannelWiseDistillationLoss", "FitNetsLoss", "cwd_loss", "cwd_losses", "fitnets_loss",
-            "fitnets_losses"]
+__all__ = [
+    "ActivationBoundaryLoss", "AttentionTransferLoss", "ChannelWiseDistillationLoss", "FitNetsLoss",
+    "RelationalLoss", "SimilarityPreservingLoss",
+    "activation_boundary_loss", "activation_boundary_losses", "activation_boundary_teacher_summary",
+    "attention_teacher_summary", "attention_transfer_loss", "cwd_loss", "cwd_losses", "fitnets_loss",
+    "fitnets_losses", "gram", "hyper_generate", "pack_positive_mask", "rkd_loss", "rkd_losses",
+    "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary",
+]

@@ -1,0 +1,72 @@
+"""Hypernetised training step: fused generation + fused W step against the eager
+functional_call + split + torch-optimizer implementation (issue 4's workloads), on CPU.
+
+Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
+Each configuration is also run in a fresh process for its peak RSS; each result, stamped with the
+device, torch/triton versions and date, is appended to ``bench/results/hyper-<date>.json``. Needs the model
+zoo (``hyperkd.models``); without it every case is skipped with that reason.
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _hyper_step import build, create_network  # noqa: E402
+
+NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
+HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
+OPTIMIZERS = ["sgd", "sgd_momentum"]
+
+
+def _stamp() -> dict:
+    import triton
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"device": device, "torch": torch.__version__, "triton": triton.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _record(measured: dict) -> None:
+    """Appends one result to today's file right away, so an interrupted run keeps what it measured."""
+    stamp = _stamp()
+    folder = os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"hyper-{stamp['date'][:10]}.json")
+    results = []
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)["results"]
+    results.append({**measured, "date": stamp["date"]})
+    with open(path, "w") as f:
+        json.dump({**stamp, "batch": 16, "results": results}, f, indent=1)
+
+
+def _zoo_or_skip(network):
+    try:
+        create_network(network)
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("hidden", sorted(HIDDEN))
+@pytest.mark.parametrize("impl", ["fused", "eager"])
+@pytest.mark.parametrize("network", NETWORKS)
+def test_step(benchmark, network, impl, hidden, optimizer):
+    _zoo_or_skip(network)
+    # Peak RSS first, in a process that runs nothing else (and before this one holds a model).
+    script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
+    run = subprocess.run([sys.executable, script, network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer, "2"],
+                         capture_output=True, text=True, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    _, _, step = build(network, impl, HIDDEN[hidden], optimizer)
+    step()
+    benchmark.pedantic(step, rounds=2, iterations=1)
+    benchmark.extra_info.update(measured)
+    _record({**measured, "benchmark_min_s": benchmark.stats.stats.min})

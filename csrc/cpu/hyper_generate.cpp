@@ -1,0 +1,218 @@
+// Fused MIP weight generation on the CPU (LayerKD-HN Eq. 2–3): θ = W·z + b + θ0 for B_γ codes z,
+// read W once and write every layer's kernel straight into its final (contiguous or
+// channels_last) layout. Backward makes one pass over W for dz, and packs dθ (B_γ×P, the factor
+// of W's rank-B_γ gradient dθᵀ·z) and Σ_γ dθ (the gradient of b and of θ0).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+namespace hyperkd {
+namespace {
+
+// Rows of W handled by one task; its partial dz (B_γ×d) is reduced after the parallel pass.
+constexpr int64_t kRowsPerTask = 4096;
+
+// One generated tensor: its logical sizes padded to 4-D, the strides it is written with inside
+// one γ's sample, and its first row in θ.
+struct LayerGeometry {
+  std::array<int64_t, 4> size, stride;
+  int64_t offset, numel;
+  // Element offset of logical (row-major) index p.
+  int64_t address(int64_t p) const {
+    int64_t a = 0;
+    for (int k = 3; k >= 0; --k) {
+      a += (p % size[k]) * stride[k];
+      p /= size[k];
+    }
+    return a;
+  }
+};
+
+// Σ_k w[k]·z[k] with kLanes independent partial sums: a single running sum is a serial chain
+// the compiler may not reorder, so it would not vectorise.
+constexpr int64_t kLanes = 8;
+template <typename scalar_t, typename acc_t>
+inline acc_t dot(const scalar_t* w, const acc_t* z, int64_t d) {
+  acc_t lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(w[k + j]) * z[k + j];
+  acc_t acc = 0;
+  for (; k < d; ++k) acc += static_cast<acc_t>(w[k]) * z[k];
+  for (int64_t j = 0; j < kLanes; ++j) acc += lanes[j];
+  return acc;
+}
+
+std::vector<LayerGeometry> geometry(at::IntArrayRef ndims, at::IntArrayRef sizes,
+                                    at::IntArrayRef channels_last) {
+  const int64_t L = ndims.size();
+  TORCH_CHECK(L > 0, "ndims: expected at least one generated tensor");
+  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == 4 * L, "sizes: expected 4 sizes per tensor (",
+              4 * L, "), got ", sizes.size());
+  TORCH_CHECK(static_cast<int64_t>(channels_last.size()) == L, "channels_last: expected ", L,
+              " flags, got ", channels_last.size());
+  std::vector<LayerGeometry> geo(L);
+  int64_t offset = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    auto& g = geo[l];
+    TORCH_CHECK(ndims[l] >= 1 && ndims[l] <= 4, "ndims[", l, "]: expected 1 to 4, got ", ndims[l]);
+    for (int k = 0; k < 4; ++k) {
+      g.size[k] = sizes[4 * l + k];
+      TORCH_CHECK(g.size[k] > 0, "sizes[", 4 * l + k, "]: expected a positive size");
+    }
+    const auto& n = g.size;
+    if (channels_last[l]) {
+      TORCH_CHECK(ndims[l] == 4, "channels_last[", l, "]: needs a 4-D tensor");
+      g.stride = {n[1] * n[2] * n[3], 1, n[3] * n[1], n[1]};
+    } else {
+      g.stride = {n[1] * n[2] * n[3], n[2] * n[3], n[3], 1};
+    }
+    g.numel = n[0] * n[1] * n[2] * n[3];
+    g.offset = offset;
+    offset += g.numel;
+  }
+  return geo;
+}
+
+std::vector<int64_t> output_shape(int64_t B, const LayerGeometry& g, int64_t ndim) {
+  std::vector<int64_t> shape{B};
+  for (int k = 4 - ndim; k < 4; ++k) shape.push_back(g.size[k]);
+  return shape;
+}
+
+std::vector<int64_t> output_strides(const LayerGeometry& g, int64_t ndim) {
+  std::vector<int64_t> strides{g.numel};
+  for (int k = 4 - ndim; k < 4; ++k) strides.push_back(g.stride[k]);
+  return strides;
+}
+
+void check_generation_inputs(const at::Tensor& W, const at::Tensor& z) {
+  TORCH_CHECK(W.dim() == 2 && W.is_contiguous(), "W: expected a contiguous P×d matrix");
+  TORCH_CHECK(z.dim() == 2 && z.is_contiguous() && z.size(1) == W.size(1),
+              "z: expected a contiguous B_γ×", W.size(1), " code matrix, got ", z.sizes());
+  const auto acc = W.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(z.scalar_type() == acc, "z: expected dtype ", acc, " for W of dtype ", W.scalar_type());
+}
+
+std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor& z, const at::Tensor& b,
+                                           const at::Tensor& theta0, at::IntArrayRef ndims,
+                                           at::IntArrayRef sizes, at::IntArrayRef channels_last) {
+  check_generation_inputs(W, z);
+  const auto geo = geometry(ndims, sizes, channels_last);
+  const int64_t P = W.size(0), d = W.size(1), B = z.size(0), L = geo.size();
+  TORCH_CHECK(geo.back().offset + geo.back().numel == P, "sizes: the tensors hold ",
+              geo.back().offset + geo.back().numel, " values but W has ", P, " rows");
+  for (const auto* t : {&b, &theta0})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == P && t->is_contiguous() && t->scalar_type() == z.scalar_type(),
+                "b and theta0: expected contiguous P-vectors of z's dtype");
+  std::vector<at::Tensor> out;
+  for (int64_t l = 0; l < L; ++l)
+    out.push_back(at::empty_strided(output_shape(B, geo[l], ndims[l]), output_strides(geo[l], ndims[l]),
+                                    z.options()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, W.scalar_type(), "hyper_generate", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = W.data_ptr<scalar_t>();
+    const acc_t* zz = z.data_ptr<acc_t>();
+    const acc_t* bb = b.data_ptr<acc_t>();
+    const acc_t* t0 = theta0.data_ptr<acc_t>();
+    for (int64_t l = 0; l < L; ++l) {
+      const auto& g = geo[l];
+      acc_t* o = out[l].data_ptr<acc_t>();
+      at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          const scalar_t* row = w + (g.offset + p) * d;
+          const acc_t base = bb[g.offset + p] + t0[g.offset + p];
+          const int64_t a = g.address(p);
+          for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = dot(row, zz + s * d, d) + base;
+        }
+      });
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_generate_backward_cpu(
+    at::TensorList grads, const at::Tensor& W, const at::Tensor& z, at::IntArrayRef ndims,
+    at::IntArrayRef sizes, at::IntArrayRef channels_last) {
+  check_generation_inputs(W, z);
+  const auto geo = geometry(ndims, sizes, channels_last);
+  const int64_t P = W.size(0), d = W.size(1), B = z.size(0), L = geo.size();
+  TORCH_CHECK(static_cast<int64_t>(grads.size()) == L, "grads: expected ", L, " tensors, got ", grads.size());
+  // Gradients arrive in whatever strides autograd produced: read each through its own strides.
+  std::vector<std::vector<int64_t>> grad_strides(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const auto& gr = grads[l];
+    TORCH_CHECK(gr.scalar_type() == z.scalar_type() && gr.numel() == B * geo[l].numel &&
+                    gr.dim() == ndims[l] + 1 && gr.size(0) == B,
+                "grads[", l, "]: expected a ", z.scalar_type(), " tensor of the generated shape");
+    std::vector<int64_t> st(5, 0);
+    for (int64_t k = 0; k < ndims[l]; ++k) st[1 + 4 - ndims[l] + k] = gr.stride(k + 1);
+    st[0] = gr.stride(0);
+    grad_strides[l] = st;
+  }
+  struct Task { int64_t layer, begin, end; };
+  std::vector<Task> tasks;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t r = 0; r < geo[l].numel; r += kRowsPerTask)
+      tasks.push_back({l, r, std::min(r + kRowsPerTask, geo[l].numel)});
+  const int64_t T = tasks.size();
+  auto opts = z.options();
+  at::Tensor partial = at::zeros({T, B, d}, opts);
+  at::Tensor dtheta = at::empty({B, P}, opts);
+  at::Tensor dsum = at::empty({P}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, W.scalar_type(), "hyper_generate_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = W.data_ptr<scalar_t>();
+    acc_t* part = partial.data_ptr<acc_t>();
+    acc_t* dt = dtheta.data_ptr<acc_t>();
+    acc_t* ds = dsum.data_ptr<acc_t>();
+    at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const auto& task = tasks[t];
+        const auto& g = geo[task.layer];
+        const auto& st = grad_strides[task.layer];
+        const acc_t* gr = grads[task.layer].data_ptr<acc_t>();
+        acc_t* dz = part + t * B * d;
+        for (int64_t p = task.begin; p < task.end; ++p) {
+          // Logical index → the gradient's own strides (dims padded to 4 like the geometry).
+          int64_t rem = p, a = 0;
+          for (int k = 3; k >= 0; --k) {
+            a += (rem % g.size[k]) * st[1 + k];
+            rem /= g.size[k];
+          }
+          const scalar_t* row = w + (g.offset + p) * d;
+          acc_t total = 0;
+          for (int64_t s = 0; s < B; ++s) {
+            const acc_t gv = gr[s * st[0] + a];
+            dt[s * P + g.offset + p] = gv;
+            total += gv;
+            for (int64_t k = 0; k < d; ++k) dz[s * d + k] += gv * static_cast<acc_t>(row[k]);
+          }
+          ds[g.offset + p] = total;
+        }
+      }
+    });
+  });
+  return {partial.sum(0), dtheta, dsum};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
+  m.def("hyper_generate(Tensor W, Tensor z, Tensor b, Tensor theta0, int[] ndims, int[] sizes, "
+        "int[] channels_last) -> Tensor[]");
+  m.def("hyper_generate_backward(Tensor[] grads, Tensor W, Tensor z, int[] ndims, int[] sizes, "
+        "int[] channels_last) -> (Tensor dz, Tensor dtheta, Tensor dsum)");
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
+  m.impl("hyper_generate", &hyper_generate_cpu);
+  m.impl("hyper_generate_backward", &hyper_generate_backward_cpu);
+}
+
+}  // namespace hyperkd

@@ -1,0 +1,89 @@
+"""The MIP hypernetwork h(γ; W) of LayerKD-HN §3.2: encoding, hidden MLP (Eq. 1) and the fused
+output layer θ = W·z + b + θ0 (Eq. 2–3)."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hyperkd.hyper.layout import LayoutPlan
+from hyperkd.ops.hyper_generate import op_geometry
+from hyperkd.reference.hyper_generate import encode_gamma
+
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class HyperNet(nn.Module):
+    """h(γ): B_γ×k γ → one B_γ×(*shape) tensor per entry of ``plan``.
+
+    Parameters: the hidden layers ``hidden`` (Eq. 1), the output layer ``W`` (P×d) and ``b`` (P),
+    and the additive base weights ``theta0`` (P), all trainable. ``W`` may be stored in bf16
+    (``weight_dtype``); it is then updated only by the fused step, with stochastic rounding.
+    """
+
+    def __init__(self, plan: LayoutPlan, theta0: torch.Tensor, gamma_dim: int = 1,
+                 hidden=(16, 64, 128), negative_slope: float = 0.01, delta_ratio: float = 0.1,
+                 weight_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not isinstance(gamma_dim, int) or gamma_dim < 1:
+            raise ValueError(f"gamma_dim: expected a positive int, got {gamma_dim!r}")
+        hidden = tuple(hidden)
+        if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+            raise ValueError(f"hidden: expected a non-empty sequence of positive widths, got {hidden!r}")
+        if not delta_ratio >= 0:
+            raise ValueError(f"delta_ratio: expected a number ≥ 0, got {delta_ratio!r}")
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype}")
+        if theta0.shape != (plan.total,):
+            raise ValueError(f"theta0: expected {plan.total} values, got shape {tuple(theta0.shape)}")
+        self.plan, self.gamma_dim, self.negative_slope = plan, gamma_dim, negative_slope
+        widths = (2 * gamma_dim,) + hidden
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.W = nn.Parameter(torch.empty(plan.total, hidden[-1], dtype=weight_dtype),
+                              requires_grad=weight_dtype == torch.float32)
+        self.b = nn.Parameter(torch.zeros(plan.total))
+        self.theta0 = nn.Parameter(theta0.detach().clone().float())
+        self._geometry = op_geometry([e.shape for e in plan], [e.memory_format == "channels_last" for e in plan])
+        self.fused_step = None  # set by hyperkd.hyper.HyperOptimizer(fused=True)
+        self.reset_output_layer(delta_ratio)
+
+    @torch.no_grad()
+    def reset_output_layer(self, delta_ratio: float) -> None:
+        """W rows of layer m ~ N(0, σ_m²) with σ_m = ratio·rms(θ0_m)/‖z(γ=0.5)‖, so the generated
+        Δθ_m = W_m·z starts at ≈ ``delta_ratio`` of θ0_m in RMS, layer by layer."""
+        z_norm = self.code(torch.full((1, self.gamma_dim), 0.5)).norm().clamp_min(1e-12)
+        for e, part in zip(self.plan, self.theta0.split(self.plan.numels)):
+            sigma = delta_ratio * part.pow(2).mean().sqrt() / z_norm
+            rows = self.W[e.offset:e.offset + e.numel]
+            rows.normal_(0.0, float(sigma))  # in place: no P×d temporary
+        self.b.zero_()
+
+    def code(self, gamma: torch.Tensor) -> torch.Tensor:
+        """z_{H−1} of Eq. 1 for a B_γ×k γ (input encoded as [sin(πγ/2), cos(πγ/2)])."""
+        z = encode_gamma(gamma.to(self.theta0))
+        for layer in self.hidden:
+            z = F.leaky_relu(layer(z), self.negative_slope)
+        return z
+
+    def forward(self, gamma: torch.Tensor) -> list:
+        """Eq. 2–3 for every γ row: the generated tensors, each B_γ×(*shape) in its final layout."""
+        z = self.code(gamma)
+        if self.fused_step is not None and torch.is_grad_enabled():
+            return self.fused_step.generate(self, z)
+        return list(torch.ops.hyperkd.hyper_generate(self.W, z, self.b, self.theta0, *self._geometry))
+
+    def extra_repr(self) -> str:
+        return (f"P={self.plan.total}, d={self.W.shape[1]}, gamma_dim={self.gamma_dim}, "
+                f"W dtype={self.W.dtype}")
+
+
+def theta0_kaiming(plan: LayoutPlan) -> torch.Tensor:
+    """θ0 drawn like a fresh network: Kaiming-normal (fan-in, ReLU gain) weights, zero biases."""
+    parts = []
+    for e in plan:
+        if e.param == "bias" or len(e.shape) < 2:
+            parts.append(torch.zeros(e.numel))
+        else:
+            fan_in = math.prod(e.shape[1:])
+            parts.append(torch.randn(e.numel) * math.sqrt(2.0 / fan_in))
+    return torch.cat(parts)

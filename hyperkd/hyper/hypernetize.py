@@ -1,0 +1,106 @@
+"""``hypernetize``: wire a primary network to a MIP hypernetwork (LayerKD-HN §3.1–3.2).
+
+The primary network is left untouched: its generated tensors are injected on every forward with
+``torch.func.functional_call``, so its own parameters (and any code that holds them) survive.
+"""
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from hyperkd.hyper.gamma import as_gamma_batch
+from hyperkd.hyper.hypernet import HyperNet, theta0_kaiming
+from hyperkd.hyper.layout import LayoutPlan, find_modules
+
+INIT_THETA0 = ("model", "kaiming")
+
+
+class HyperNetized(nn.Module):
+    """A primary network whose planned tensors come from ``hypernet``; call as ``model(x, gamma)``.
+
+    ``gamma``: a float, a (k,) tensor or a (B_γ, k) tensor in [0, 1]; ``None`` draws γ ~ U[0, 1]
+    while training and uses 0.5 in eval. With B_γ > 1 the batch is split into B_γ equal sample
+    groups, group g running with the weights of γ_g; all B_γ weight sets come from one GEMM.
+    """
+
+    def __init__(self, primary: nn.Module, plan: LayoutPlan, hypernet: HyperNet):
+        super().__init__()
+        plan.check(primary)
+        self.primary, self.plan, self.hypernet = primary, plan, hypernet
+        # The primary's own copies of the generated tensors are overridden on every call.
+        params = dict(primary.named_parameters())
+        for name in plan.names:
+            params[name].requires_grad_(False)
+
+    def generate(self, gamma=None) -> list:
+        """The generated tensors for γ, each B_γ×(*shape)."""
+        g = as_gamma_batch(gamma, self.hypernet.gamma_dim, training=self.training,
+                           device=self.hypernet.theta0.device)
+        return self.hypernet(g)
+
+    def forward(self, x, gamma=None):
+        self.plan.check(self.primary)
+        weights = self.generate(gamma)
+        groups = weights[0].shape[0]
+        names = self.plan.names
+        if groups == 1:
+            return functional_call(self.primary, {n: w[0] for n, w in zip(names, weights)}, (x,))
+        if x.shape[0] % groups:
+            raise ValueError(f"x: a batch of {x.shape[0]} cannot be split into {groups} equal groups, "
+                             f"one per γ")
+        xs = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        if self.training:
+            # vmap cannot update BatchNorm running statistics in place: run the groups one by one
+            # (each group normalises with its own batch statistics).
+            outs = [functional_call(self.primary, {n: w[g] for n, w in zip(names, weights)}, (xs[g],))
+                    for g in range(groups)]
+            return torch.cat(outs)
+        run = vmap(lambda params, xg: functional_call(self.primary, params, (xg,)))
+        out = run(dict(zip(names, weights)), xs)
+        return out.reshape(x.shape[0], *out.shape[2:])
+
+    @torch.no_grad()
+    def materialize(self, gamma=0.5) -> nn.Module:
+        """A plain copy of the primary network with the weights generated for one γ baked in."""
+        weights = self.generate(gamma)
+        if weights[0].shape[0] != 1:
+            raise ValueError(f"gamma: materialize takes one γ, got {weights[0].shape[0]}")
+        net = copy.deepcopy(self.primary)
+        params = dict(net.named_parameters())
+        for e, w in zip(self.plan, weights):
+            p = params[e.name]
+            fmt = torch.channels_last if e.memory_format == "channels_last" else torch.contiguous_format
+            p.data = w[0].to(p.dtype).contiguous(memory_format=fmt).clone(memory_format=fmt)
+            p.requires_grad_(True)
+        return net
+
+
+def hypernetize(model: nn.Module, hidden=(16, 64, 128), gamma_dim: int = 1, modules=None,
+                init_theta0: str = "model", *, types=(nn.Conv2d,), memory_format: str = "contiguous",
+                delta_ratio: float = 0.1, negative_slope: float = 0.01,
+                weight_dtype: torch.dtype = torch.float32) -> HyperNetized:
+    """Hypernetise every module of ``types`` (default: all Conv2d, with their biases) of ``model``.
+
+    ``modules``: explicit module paths, or a :class:`LayoutPlan`, instead of searching by type.
+    ``init_theta0="model"`` copies the model's current weights into θ0, ``"kaiming"`` draws fresh
+    ones. W starts so that the generated Δθ is ≈ ``delta_ratio`` of θ0 in RMS per layer.
+    ``memory_format="channels_last"`` generates 4-D kernels in channels_last layout.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if init_theta0 not in INIT_THETA0:
+        raise ValueError(f"init_theta0: expected one of {INIT_THETA0}, got {init_theta0!r}")
+    if isinstance(modules, LayoutPlan):
+        plan = modules
+    else:
+        paths = find_modules(model, types) if modules is None else list(modules)
+        if not paths:
+            raise ValueError(f"model: no module of type {[t.__name__ for t in types]} to hypernetise")
+        plan = LayoutPlan.from_modules(model, paths, memory_format=memory_format)
+    plan.check(model)
+    theta0 = plan.gather(model) if init_theta0 == "model" else theta0_kaiming(plan)
+    hypernet = HyperNet(plan, theta0, gamma_dim=gamma_dim, hidden=hidden, negative_slope=negative_slope,
+                        delta_ratio=delta_ratio, weight_dtype=weight_dtype)
+    device = next(model.parameters()).device
+    return HyperNetized(model, plan, hypernet.to(device))

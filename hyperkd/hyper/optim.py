@@ -1,0 +1,150 @@
+"""The optimizer of a hypernetised model, with the fused output-layer step (the memory win).
+
+W's gradient is the rank-B_γ product dθᵀ·z (LayerKD-HN Eq. 2). With ``fused=True`` the backward
+pass of the generation op applies W's update in place from those factors
+(``hyperkd::hyper_fused_step_``) and never allocates the P×d gradient; everything else (hidden
+MLP, b, θ0, BatchNorm, classifier) is stepped by an ordinary torch optimizer. ``fused=False`` is
+the opt-out: W becomes an ordinary parameter of that torch optimizer.
+
+The fused step cannot support what needs W's gradient after backward has finished:
+gradient accumulation over several backward calls, global gradient-norm clipping, and a second
+backward through the same graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
+"""
+import torch
+
+from hyperkd.hyper.hypernetize import HyperNetized
+from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
+
+ALGORITHMS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
+STATE_DTYPES = (torch.float32, torch.bfloat16)
+_OPT_OUT = "construct HyperOptimizer(..., fused=False) to keep W's full gradient"
+
+
+class _FusedGeneration(torch.autograd.Function):
+    """Generation whose backward steps W in place instead of returning its gradient."""
+
+    @staticmethod
+    def forward(ctx, step, W, z, b, theta0, geometry):
+        ctx.step, ctx.W, ctx.geometry, ctx.used = step, W, geometry, False
+        ctx.save_for_backward(z)
+        return tuple(torch.ops.hyperkd.hyper_generate(W, z, b, theta0, *geometry))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if ctx.used:
+            raise RuntimeError("fused step: a second backward through the same generation would apply "
+                               f"W's update twice; {_OPT_OUT}")
+        ctx.used = True
+        (z,) = ctx.saved_tensors
+        grads = [torch.zeros_like(g) if g is None else g for g in grads]
+        dz, dtheta, dsum = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
+        ctx.step.apply(dtheta, z.detach())
+        return None, None, dz, dsum, dsum, None
+
+
+class FusedOutputStep:
+    """W's optimizer state and its in-place update from the factors (dθ, z)."""
+
+    def __init__(self, W, algorithm, hyper, state_dtype, lr_source):
+        self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
+        slots = 0 if algorithm == SGD and hyper["beta1"] == 0.0 else (1 if algorithm == SGD else 2)
+        empty = W.new_empty(0, dtype=torch.float32)
+        self.state = [torch.zeros(W.shape, dtype=state_dtype, device=W.device) if i < slots else empty
+                      for i in range(2)]
+        self.step_count, self.pending = 0, False
+        self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+
+    def generate(self, hypernet, z):
+        return list(_FusedGeneration.apply(self, self.W, z, hypernet.b, hypernet.theta0, hypernet._geometry))
+
+    def apply(self, dtheta, z):
+        if self.pending:
+            raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
+                               f"accumulation) cannot be fused, W was already updated; {_OPT_OUT}")
+        self.pending = True
+        self.step_count += 1
+        h = self.hyper
+        torch.ops.hyperkd.hyper_fused_step_(self.W, self.state[0], self.state[1], dtheta, z, self.algorithm,
+                                            self.lr_source(), h["beta1"], h["beta2"], h["eps"],
+                                            h["weight_decay"], self.step_count, self.seed + self.step_count)
+
+
+class HyperOptimizer:
+    """SGD (with momentum), Adam or AdamW over a :class:`HyperNetized` model.
+
+    ``fused=True`` steps W inside backward (see the module docstring); W's learning rate follows
+    ``param_groups[0]["lr"]`` of the torch optimizer, so schedulers built on :attr:`inner` drive
+    both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
+    rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
+    """
+
+    def __init__(self, model: HyperNetized, algorithm: str = "sgd", lr: float = 1e-3, *, momentum: float = 0.0,
+                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 state_dtype: torch.dtype = torch.float32, fused: bool = True):
+        if not isinstance(model, HyperNetized):
+            raise TypeError(f"model: expected a HyperNetized model, got {type(model).__name__}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype: expected one of {STATE_DTYPES}, got {state_dtype}")
+        if not lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+        hypernet = model.hypernet
+        W = hypernet.W
+        if W.dtype == torch.bfloat16 and not fused:
+            raise ValueError("fused: a bf16 W is updated only by the fused step (stochastic rounding); "
+                             "use fused=True or weight_dtype=torch.float32")
+        if state_dtype != torch.float32 and not fused:
+            raise ValueError("state_dtype: bf16 optimizer state is available with fused=True only")
+        self.model, self.fused = model, fused
+        others = [p for p in model.parameters() if p.requires_grad and p is not W]
+        params = others if fused else others + [W]
+        if algorithm == "sgd":
+            self.inner = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        else:
+            cls = torch.optim.Adam if algorithm == "adam" else torch.optim.AdamW
+            self.inner = cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        hypernet.fused_step = None
+        W.requires_grad_(not fused)
+        if fused:
+            beta1 = momentum if algorithm == "sgd" else betas[0]
+            hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
+                         weight_decay=float(weight_decay))
+            hypernet.fused_step = FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
+                                                  lambda: self.inner.param_groups[0]["lr"])
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        """Steps everything but W (W was stepped in backward when fused)."""
+        self.inner.step()
+        if self.fused:
+            self.model.hypernet.fused_step.pending = False
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Global gradient-norm clipping over all trainable parameters (needs ``fused=False``)."""
+        if self.fused:
+            raise RuntimeError("fused step: global gradient clipping needs W's gradient norm before W "
+                               f"is updated, but the fused step updates W inside backward; {_OPT_OUT}")
+        return torch.nn.utils.clip_grad_norm_([p for g in self.inner.param_groups for p in g["params"]],
+                                              max_norm)
+
+    def state_dict(self) -> dict:
+        out = {"inner": self.inner.state_dict()}
+        if self.fused:
+            fs = self.model.hypernet.fused_step
+            out["fused"] = {"state": fs.state, "step": fs.step_count, "seed": fs.seed}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["inner"])
+        if self.fused:
+            fs = self.model.hypernet.fused_step
+            for dst, src in zip(fs.state, state["fused"]["state"]):
+                dst.copy_(src)
+            fs.step_count, fs.seed = state["fused"]["step"], state["fused"]["seed"]

@@ -1,0 +1,223 @@
+"""hypernetize, LayoutPlan, HyperNet and materialize against the equations of LayerKD-HN §3.2."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hyperkd.hyper import LayoutPlan, find_modules, hypernetize
+from hyperkd.reference import encode_gamma, hidden_code, hyper_generate
+from tests.hyper.nets import NETS, tiny_vgg
+from tests.tolerances import assert_close
+
+GAMMAS = [0.0, 0.25, 1.0]
+
+
+def reference_weights(model, gamma):
+    """Eq. 1–3 in eager PyTorch, from the hypernetwork's parameters."""
+    hn = model.hypernet
+    z = hidden_code(encode_gamma(torch.tensor([[gamma]])), [l.weight for l in hn.hidden],
+                    [l.bias for l in hn.hidden])
+    flat = z @ hn.W.t() + hn.b + hn.theta0
+    return [part.reshape(e.shape) for part, e in zip(flat[0].split(model.plan.numels), model.plan)]
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_plan_lists_every_conv_with_biases(net):
+    model = NETS[net]()
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    plan = LayoutPlan.from_modules(model, find_modules(model))
+    params = dict(model.named_parameters())
+    expected = [f"{c}.{p}" for c in convs for p in ("weight", "bias") if params.get(f"{c}.{p}") is not None]
+    assert plan.names == expected
+    assert plan.total == sum(params[n].numel() for n in expected)
+    assert [e.offset for e in plan] == [0] + list(torch.tensor(plan.numels).cumsum(0)[:-1].tolist())
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_generated_weights_follow_eq3(net, gamma):
+    model = hypernetize(NETS[net](), hidden=(8, 12))
+    with torch.no_grad():
+        generated = model.generate(gamma)
+        for w, ref in zip(generated, reference_weights(model, gamma)):
+            assert_close(w[0], ref, torch.float32)
+
+
+def test_theta0_copies_the_model_and_primary_weights_survive():
+    net = tiny_vgg()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    model = hypernetize(net)
+    theta0 = model.hypernet.theta0.detach().split(model.plan.numels)
+    for e, t in zip(model.plan, theta0):
+        torch.testing.assert_close(t.reshape(e.shape), before[e.name], rtol=0, atol=0)
+    for n, p in model.primary.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("init", ["model", "kaiming"])
+def test_initial_delta_is_the_requested_fraction_of_theta0(init):
+    torch.manual_seed(1)
+    model = hypernetize(NETS["resnet"](), init_theta0=init, delta_ratio=0.1)
+    hn = model.hypernet
+    with torch.no_grad():
+        delta = hn.code(torch.tensor([[0.5]])) @ hn.W.t()
+    ratio = (delta.norm() / hn.theta0.norm()).item()
+    # W is random: ‖Δθ‖/‖θ0‖ concentrates around the target with a spread of ~1/sqrt(d·P).
+    assert 0.07 < ratio < 0.13
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_gradients_of_all_hypernet_parameters_match_autograd_through_the_reference(net):
+    torch.manual_seed(2)
+    model = hypernetize(NETS[net](), hidden=(8, 12)).double()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    model(x, 0.4).square().sum().backward()
+    fused = {n: p.grad.clone() for n, p in model.hypernet.named_parameters()}
+    model.zero_grad()
+    hn = model.hypernet
+    z = hidden_code(encode_gamma(torch.tensor([[0.4]], dtype=torch.float64)), [l.weight for l in hn.hidden],
+                    [l.bias for l in hn.hidden])
+    weights = hyper_generate(hn.W, z, hn.b, hn.theta0, [e.shape for e in model.plan])
+    out = torch.func.functional_call(model.primary, {n: w[0] for n, w in zip(model.plan.names, weights)}, (x,))
+    out.square().sum().backward()
+    for n, p in model.hypernet.named_parameters():
+        assert_close(fused[n], p.grad, torch.float64, msg=n)
+
+
+def test_channels_last_generation_and_forward():
+    model = hypernetize(NETS["resnet"](), memory_format="channels_last").eval()
+    plain = hypernetize(NETS["resnet"](), memory_format="contiguous").eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for e, w in zip(model.plan, model.generate(0.3)):
+            if len(e.shape) == 4:
+                assert w[0].is_contiguous(memory_format=torch.channels_last), e.name
+                assert not w[0].is_contiguous() or e.shape[2:] == (1, 1), e.name
+        x = torch.randn(2, 3, 8, 8)
+        assert_close(model(x, 0.3), plain(x, 0.3), torch.float32)
+
+
+def test_batched_gamma_matches_each_gamma_alone():
+    model = hypernetize(NETS["resnet"]()).eval()
+    x = torch.randn(6, 3, 8, 8)
+    gammas = torch.tensor([[0.1], [0.5], [0.9]])
+    with torch.no_grad():
+        batched = model(x, gammas)
+        for g in range(3):
+            assert_close(batched[2 * g:2 * g + 2], model(x[2 * g:2 * g + 2], gammas[g]), torch.float32)
+        assert not torch.allclose(batched[:2], model(x[:2], gammas[2]))
+
+
+def test_batched_gamma_in_training_runs_each_group_with_its_weights():
+    model = hypernetize(NETS["vgg"]()).train()
+    x = torch.randn(4, 3, 8, 8)
+    batched = model(x, torch.tensor([[0.2], [0.8]]))
+    torch.testing.assert_close(batched[2:], model(x[2:], 0.8), rtol=2e-5, atol=1e-6)
+    batched.sum().backward()
+    assert model.hypernet.W.grad.abs().sum() > 0
+
+
+def test_gamma_none_samples_in_training_and_uses_half_in_eval():
+    model = hypernetize(NETS["vgg"]())
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        assert_close(model(x), model(x, 0.5), torch.float32)
+        model.train()
+        torch.manual_seed(5)
+        sampled = model(x)
+        torch.manual_seed(5)
+        assert_close(sampled, model(x, torch.rand(1, 1)), torch.float32)
+
+
+@pytest.mark.parametrize("gamma, error, match", [
+    (1.5, ValueError, r"gamma: expected values in \[0, 1\]"),
+    (-0.1, ValueError, r"gamma: expected values in \[0, 1\]"),
+    (torch.zeros(2), ValueError, r"gamma: expected shape \(1,\) or \(B_γ, 1\)"),
+    (torch.zeros(1, 1, 1), ValueError, r"gamma: expected shape"),
+    ("0.5", TypeError, r"gamma: expected None, a float or a tensor"),
+])
+def test_bad_gamma_raises_naming_gamma(gamma, error, match):
+    model = hypernetize(NETS["vgg"]())
+    with pytest.raises(error, match=match):
+        model(torch.randn(1, 3, 8, 8), gamma)
+
+
+def test_gamma_vector_for_multi_dimensional_gamma():
+    model = hypernetize(NETS["vgg"](), gamma_dim=3)
+    assert model(torch.randn(2, 3, 8, 8), torch.tensor([0.1, 0.2, 0.3])).shape == (2, 5)
+    with pytest.raises(ValueError, match="gamma: a single number needs gamma_dim=1"):
+        model(torch.randn(2, 3, 8, 8), 0.5)
+
+
+def test_model_without_matching_modules_raises():
+    with pytest.raises(ValueError, match="model: no module of type"):
+        hypernetize(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def test_batch_not_divisible_by_gamma_count_raises():
+    model = hypernetize(NETS["vgg"]()).eval()
+    with pytest.raises(ValueError, match="x: a batch of 3 cannot be split into 2"):
+        model(torch.randn(3, 3, 8, 8), torch.tensor([[0.1], [0.2]]))
+
+
+def test_stale_layout_plan_raises():
+    net = tiny_vgg()
+    plan = LayoutPlan.from_modules(net, find_modules(net))
+    net[4] = nn.Conv2d(6, 11, 3, padding=1)
+    with pytest.raises(ValueError, match="plan: 4.weight is planned with shape .* no longer matches"):
+        hypernetize(net, modules=plan)
+    model = hypernetize(tiny_vgg())
+    model.primary[4] = nn.Conv2d(6, 10, 3, padding=1, bias=False)
+    with pytest.raises(ValueError, match="plan: 4.bias is planned but the model has no such tensor"):
+        model(torch.randn(1, 3, 8, 8), 0.5)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="init_theta0: expected one of"):
+        hypernetize(tiny_vgg(), init_theta0="zeros")
+    with pytest.raises(ValueError, match="hidden: expected a non-empty sequence"):
+        hypernetize(tiny_vgg(), hidden=())
+    with pytest.raises(ValueError, match="modules: 'nope' is not a submodule"):
+        hypernetize(tiny_vgg(), modules=["nope"])
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        hypernetize("vgg")
+
+
+def test_state_dict_round_trip():
+    model = hypernetize(NETS["resnet"]())
+    other = hypernetize(NETS["resnet"](), init_theta0="kaiming")
+    x = torch.randn(2, 3, 8, 8)
+    model.eval(), other.eval()
+    assert not torch.allclose(model(x, 0.3), other(x, 0.3))
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other(x, 0.3), model(x, 0.3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_materialize_exports_a_plain_network(net):
+    model = hypernetize(NETS[net](), memory_format="channels_last")
+    with torch.no_grad():
+        model.hypernet.b.add_(0.01)  # so that the exported net differs from the original one
+    plain = model.materialize(0.7).eval()
+    model.eval()
+    assert not any(isinstance(m, type(model)) for m in plain.modules())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert_close(plain(x), model(x, 0.7), torch.float32)
+        assert not torch.allclose(plain(x), model.primary(x))
+    assert math.isclose(sum(p.numel() for p in plain.parameters()),
+                        sum(p.numel() for p in model.primary.parameters()))
+
+
+def test_generated_weights_follow_eq3_for_every_zoo_model():
+    zoo = pytest.importorskip("hyperkd.models", reason="the model zoo (hyperkd.models) is not installed")
+    for name in zoo.available():
+        # d = 2 keeps W (P × d) small even for RepVGG-A2's 26 M generated parameters.
+        model = hypernetize(zoo.create(name), hidden=(2,), memory_format="channels_last")
+        with torch.no_grad():
+            for gamma in (0.0, 0.6):
+                for e, w, ref in zip(model.plan, model.generate(gamma), reference_weights(model, gamma)):
+                    assert_close(w[0], ref, torch.float32, msg=f"{name} {e.name}")
