@@ -5,11 +5,13 @@ from hyperkd.reference.attention_transfer import (
     attention_transfer_loss,
 )
 from hyperkd.reference.masks import pack_positive_mask, unpack_mask
+from hyperkd.reference.siren_decode import siren_decode
 
 __all__ = [
     "attention_map",
     "attention_teacher_summary",
     "attention_transfer_loss",
     "pack_positive_mask",
+    "siren_decode",
     "unpack_mask",
 ]
