@@ -3,94 +3,30 @@
 //   z₀ = T_ℓ[ℓ] + T_f[f] + T_c[c]         (first layer of a separable encoding, as three tables)
 //   hᵢ = act(zᵢ),  zᵢ₊₁ = hᵢ Wᵢᵀ + bᵢ      (hidden layers, act = ReLU or sin)
 //   out = h_last W_outᵀ + b_out
+// Each block of kBlockRows coordinates is carried through all layers by single-threaded BLAS
+// calls (at::parallel_for runs one chunk of blocks per thread, where ATen does not nest threads),
+// so the N×H activations of a layer never exist: only a block's, in cache.
 // Backward recomputes the block's pre-activations instead of storing them: they are N×H per
 // layer (hundreds of MB for a wide predictor over a large net) while a block's recomputation is
-// one forward GEMM chain that is already in cache. sin' = cos needs z, not sin(z), so the
-// pre-activations (not the outputs) are what is kept, per block, during backward.
+// one forward GEMM chain. sin' = cos needs z, not sin(z), so the recomputed pre-activations
+// (not the outputs) are what the block keeps during its backward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <vector>
 
 namespace hyperkd {
 namespace {
 
-constexpr int64_t kBlockRows = 32;
+constexpr int64_t kBlockRows = 256;
 enum Activation { kReLU = 0, kSine = 1 };
 
-template <typename T>
-inline T activate(T z, int64_t act) { return act == kSine ? std::sin(z) : (z > 0 ? z : T(0)); }
+at::Tensor activate(const at::Tensor& z, int64_t act) { return act == kSine ? z.sin() : z.relu(); }
 
-template <typename T>
-inline T activation_grad(T z, int64_t act) { return act == kSine ? std::cos(z) : T(z > 0); }
-
-// Everything one block needs, as raw pointers; weights are pre-transposed to in×out so the inner
-// loops are contiguous axpys that vectorise without fast-math.
-template <typename T>
-struct Net {
-  const int64_t* index;
-  const T *tl, *tf, *tc;
-  const T* hidden_wt;  // NH × H(in) × H(out)
-  const T* hidden_w;   // NH × H(out) × H(in)
-  const T* hidden_b;   // NH × H
-  const T* out_wt;     // H × O
-  const T* out_w;      // O × H
-  const T* out_b;      // O
-  int64_t NH, H, O, act;
-};
-
-// Pre-activations z₀..z_NH of rows [r0, r0+B) into z ((NH+1)×B×H).
-template <typename T>
-void block_forward(const Net<T>& n, int64_t r0, int64_t B, T* z) {
-  const int64_t H = n.H;
-  for (int64_t r = 0; r < B; ++r) {
-    const int64_t* ix = n.index + (r0 + r) * 3;
-    const T *a = n.tl + ix[0] * H, *b = n.tf + ix[1] * H, *c = n.tc + ix[2] * H;
-    T* zr = z + r * H;
-    for (int64_t j = 0; j < H; ++j) zr[j] = a[j] + b[j] + c[j];
-  }
-  for (int64_t layer = 0; layer < n.NH; ++layer) {
-    const T* zin = z + layer * B * H;
-    T* zout = z + (layer + 1) * B * H;
-    const T* wt = n.hidden_wt + layer * H * H;
-    const T* bias = n.hidden_b + layer * H;
-    for (int64_t r = 0; r < B; ++r) std::copy(bias, bias + H, zout + r * H);
-    for (int64_t i = 0; i < H; ++i) {
-      const T* wrow = wt + i * H;
-      for (int64_t r = 0; r < B; ++r) {
-        const T h = activate(zin[r * H + i], n.act);
-        T* zr = zout + r * H;
-        for (int64_t j = 0; j < H; ++j) zr[j] += h * wrow[j];
-      }
-    }
-  }
-}
-
-template <typename T>
-void block_output(const Net<T>& n, const T* zlast, int64_t B, T* out) {
-  const int64_t H = n.H, O = n.O;
-  for (int64_t r = 0; r < B; ++r) std::copy(n.out_b, n.out_b + O, out + r * O);
-  for (int64_t i = 0; i < H; ++i) {
-    const T* wrow = n.out_wt + i * O;
-    for (int64_t r = 0; r < B; ++r) {
-      const T h = activate(zlast[r * H + i], n.act);
-      T* orow = out + r * O;
-      for (int64_t j = 0; j < O; ++j) orow[j] += h * wrow[j];
-    }
-  }
-}
-
-template <typename T>
-Net<T> make_net(const at::Tensor& index, at::TensorList tables, const at::Tensor& hidden_wt,
-                const at::Tensor& hidden_w, const at::Tensor& hidden_b, const at::Tensor& out_wt,
-                const at::Tensor& out_w, const at::Tensor& out_b, int64_t act) {
-  return {index.data_ptr<int64_t>(), tables[0].data_ptr<T>(), tables[1].data_ptr<T>(),
-          tables[2].data_ptr<T>(), hidden_wt.data_ptr<T>(), hidden_w.data_ptr<T>(),
-          hidden_b.data_ptr<T>(), out_wt.data_ptr<T>(), out_w.data_ptr<T>(), out_b.data_ptr<T>(),
-          hidden_w.size(0), out_w.size(1), out_w.size(0), act};
+at::Tensor activation_grad(const at::Tensor& z, int64_t act) {
+  return act == kSine ? z.cos() : (z > 0).to(z.scalar_type());
 }
 
 void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
@@ -108,129 +44,120 @@ void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tenso
   TORCH_CHECK(ob.dim() == 1 && ob.size(0) == ow.size(0), "out_bias: expected ", ow.size(0), " entries");
   TORCH_CHECK(act == kReLU || act == kSine, "activation: expected 0 (ReLU) or 1 (sin), got ", act);
   for (const auto* t : {&tl, &tf, &tc, &hw, &hb, &ow, &ob})
-    TORCH_CHECK(t->scalar_type() == ow.scalar_type(), "siren_decode: all weights must share one dtype");
+    TORCH_CHECK(t->scalar_type() == ow.scalar_type() && t->scalar_type() != at::kHalf &&
+                    t->scalar_type() != at::kBFloat16,
+                "siren_decode: on the CPU all weights must share one dtype, fp32 or fp64");
 }
 
-at::Tensor siren_decode_cpu(const at::Tensor& index_, const at::Tensor& tl, const at::Tensor& tf,
+// The first layer's pre-activation of rows [r0, r0+B): the sum of three gathered table rows.
+template <typename T>
+void gather_first_layer(const int64_t* index, const T* tl, const T* tf, const T* tc, int64_t H,
+                        int64_t r0, int64_t B, T* z) {
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t* ix = index + (r0 + r) * 3;
+    const T *a = tl + ix[0] * H, *b = tf + ix[1] * H, *c = tc + ix[2] * H;
+    T* zr = z + r * H;
+    for (int64_t j = 0; j < H; ++j) zr[j] = a[j] + b[j] + c[j];
+  }
+}
+
+struct Weights {
+  at::Tensor index, tl, tf, tc, hw, hb, ow, ob;
+  int64_t act;
+  int64_t NH() const { return hw.size(0); }
+  int64_t H() const { return ow.size(1); }
+};
+
+Weights contiguous(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
+                   const at::Tensor& tc, const at::Tensor& hw, const at::Tensor& hb,
+                   const at::Tensor& ow, const at::Tensor& ob, int64_t act) {
+  check_inputs(index, tl, tf, tc, hw, hb, ow, ob, act);
+  return {index.contiguous(), tl.contiguous(), tf.contiguous(), tc.contiguous(), hw.contiguous(),
+          hb.contiguous(), ow.contiguous(), ob.contiguous(), act};
+}
+
+// Pre-activations z₀..z_NH of rows [r0, r0+B), written into the (NH+1)×kBlockRows×H buffer `z`.
+std::vector<at::Tensor> block_forward(const Weights& w, at::Tensor& z, int64_t r0, int64_t B) {
+  const int64_t H = w.H();
+  std::vector<at::Tensor> zs;
+  for (int64_t i = 0; i <= w.NH(); ++i) zs.push_back(z[i].narrow(0, 0, B));
+  AT_DISPATCH_FLOATING_TYPES(w.ow.scalar_type(), "siren_decode_gather", [&] {
+    gather_first_layer(w.index.data_ptr<int64_t>(), w.tl.data_ptr<scalar_t>(),
+                       w.tf.data_ptr<scalar_t>(), w.tc.data_ptr<scalar_t>(), H, r0, B,
+                       zs[0].data_ptr<scalar_t>());
+  });
+  for (int64_t i = 0; i < w.NH(); ++i)
+    at::addmm_out(zs[i + 1], w.hb[i], activate(zs[i], w.act), w.hw[i].t());
+  return zs;
+}
+
+int64_t block_count(int64_t N) { return (N + kBlockRows - 1) / kBlockRows; }
+
+at::Tensor siren_decode_cpu(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
                             const at::Tensor& tc, const at::Tensor& hw, const at::Tensor& hb,
                             const at::Tensor& ow, const at::Tensor& ob, int64_t act) {
-  check_inputs(index_, tl, tf, tc, hw, hb, ow, ob, act);
-  auto index = index_.contiguous();
-  const int64_t N = index.size(0), H = ow.size(1), O = ow.size(0), NH = hw.size(0);
-  auto out = at::empty({N, O}, ow.options());
-  std::vector<at::Tensor> tables = {tl.contiguous(), tf.contiguous(), tc.contiguous()};
-  auto hwt = hw.transpose(1, 2).contiguous(), owt = ow.t().contiguous();
-  auto hwc = hw.contiguous(), hbc = hb.contiguous(), owc = ow.contiguous(), obc = ob.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(ow.scalar_type(), "siren_decode_cpu", [&] {
-    const auto net = make_net<scalar_t>(index, tables, hwt, hwc, hbc, owt, owc, obc, act);
-    scalar_t* po = out.data_ptr<scalar_t>();
-    const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> z((NH + 1) * kBlockRows * H);
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-        block_forward(net, r0, B, z.data());
-        block_output(net, z.data() + NH * B * H, B, po + r0 * O);
-      }
-    });
+  const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
+  const int64_t N = index.size(0), H = w.H();
+  auto out = at::empty({N, ow.size(0)}, ow.options());
+  at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
+    // Kernels run below autograd; worker threads must be told so for their own ATen calls.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto z = at::empty({w.NH() + 1, kBlockRows, H}, ow.options());
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
+      auto zs = block_forward(w, z, r0, B);
+      auto o = out.narrow(0, r0, B);
+      at::addmm_out(o, w.ob, activate(zs.back(), act), w.ow.t());
+    }
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index_, const at::Tensor& tl,
+siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, const at::Tensor& tl,
                           const at::Tensor& tf, const at::Tensor& tc, const at::Tensor& hw,
                           const at::Tensor& hb, const at::Tensor& ow, const at::Tensor& ob,
                           int64_t act) {
-  check_inputs(index_, tl, tf, tc, hw, hb, ow, ob, act);
-  auto index = index_.contiguous();
-  auto grad = grad_.contiguous().to(ow.scalar_type());
-  const int64_t N = index.size(0), H = ow.size(1), O = ow.size(0), NH = hw.size(0);
-  std::vector<at::Tensor> tables = {tl.contiguous(), tf.contiguous(), tc.contiguous()};
-  auto hwt = hw.transpose(1, 2).contiguous(), owt = ow.t().contiguous();
-  auto hwc = hw.contiguous(), hbc = hb.contiguous(), owc = ow.contiguous(), obc = ob.contiguous();
-  // One accumulator per chunk of rows (not per thread) so the sums do not depend on scheduling.
-  const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+  const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
+  const auto grad = grad_.contiguous().to(ow.scalar_type());
+  const int64_t N = index.size(0), H = w.H(), NH = w.NH();
+  // One accumulator per chunk of blocks (not per thread), so the sums do not depend on scheduling.
+  const int64_t blocks = block_count(N);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
-  const int64_t rows_l = tl.size(0), rows_f = tf.size(0), rows_c = tc.size(0);
-  const int64_t sizes[7] = {rows_l * H, rows_f * H, rows_c * H, NH * H * H, NH * H, O * H, O};
-  int64_t total = 0;
-  for (auto s : sizes) total += s;
-  auto acc = at::zeros({chunks, total}, ow.options());
-  AT_DISPATCH_FLOATING_TYPES(ow.scalar_type(), "siren_decode_backward_cpu", [&] {
-    const auto net = make_net<scalar_t>(index, tables, hwt, hwc, hbc, owt, owc, obc, act);
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<scalar_t> z((NH + 1) * kBlockRows * H), dh(kBlockRows * H), dz(kBlockRows * H),
-          h(kBlockRows * H);
-      for (int64_t chunk = c0; chunk < c1; ++chunk) {
-        scalar_t* g = acc.data_ptr<scalar_t>() + chunk * total;
-        scalar_t *g_tl = g, *g_tf = g_tl + sizes[0], *g_tc = g_tf + sizes[1];
-        scalar_t *g_hw = g_tc + sizes[2], *g_hb = g_hw + sizes[3], *g_ow = g_hb + sizes[4];
-        scalar_t* g_ob = g_ow + sizes[5];
-        const int64_t first = chunk * blocks / chunks, last = (chunk + 1) * blocks / chunks;
-        for (int64_t blk = first; blk < last; ++blk) {
-          const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-          block_forward(net, r0, B, z.data());
-          // Output layer: dW_out += gᵀ h, db_out += Σ g, dh = g W_out.
-          const scalar_t* zl = z.data() + NH * B * H;
-          for (int64_t k = 0; k < B * H; ++k) h[k] = activate(zl[k], act);
-          std::fill(dh.begin(), dh.begin() + B * H, scalar_t(0));
-          for (int64_t r = 0; r < B; ++r) {
-            const scalar_t* gr = pg + (r0 + r) * O;
-            for (int64_t o = 0; o < O; ++o) {
-              const scalar_t go = gr[o];
-              g_ob[o] += go;
-              scalar_t* dw = g_ow + o * H;
-              const scalar_t* w = net.out_w + o * H;
-              for (int64_t j = 0; j < H; ++j) {
-                dw[j] += go * h[r * H + j];
-                dh[r * H + j] += go * w[j];
-              }
-            }
-          }
-          for (int64_t layer = NH; layer >= 0; --layer) {
-            const scalar_t* zin = z.data() + layer * B * H;
-            for (int64_t k = 0; k < B * H; ++k) dz[k] = dh[k] * activation_grad(zin[k], act);
-            if (layer == 0) break;
-            // Hidden layer `layer-1` maps h_{layer-1} to z_layer.
-            const scalar_t* zprev = z.data() + (layer - 1) * B * H;
-            for (int64_t k = 0; k < B * H; ++k) h[k] = activate(zprev[k], act);
-            const scalar_t* w = net.hidden_w + (layer - 1) * H * H;
-            scalar_t* dw = g_hw + (layer - 1) * H * H;
-            scalar_t* db = g_hb + (layer - 1) * H;
-            std::fill(dh.begin(), dh.begin() + B * H, scalar_t(0));
-            for (int64_t r = 0; r < B; ++r) {
-              for (int64_t o = 0; o < H; ++o) {
-                const scalar_t d = dz[r * H + o];
-                db[o] += d;
-                scalar_t* dwr = dw + o * H;
-                const scalar_t* wr = w + o * H;
-                for (int64_t j = 0; j < H; ++j) {
-                  dwr[j] += d * h[r * H + j];
-                  dh[r * H + j] += d * wr[j];
-                }
-              }
-            }
-          }
-          for (int64_t r = 0; r < B; ++r) {
-            const int64_t* ix = net.index + (r0 + r) * 3;
-            scalar_t *a = g_tl + ix[0] * H, *b = g_tf + ix[1] * H, *c = g_tc + ix[2] * H;
-            for (int64_t j = 0; j < H; ++j) {
-              a[j] += dz[r * H + j];
-              b[j] += dz[r * H + j];
-              c[j] += dz[r * H + j];
-            }
-          }
+  auto g_tl = at::zeros({chunks, tl.size(0), H}, ow.options());
+  auto g_tf = at::zeros({chunks, tf.size(0), H}, ow.options());
+  auto g_tc = at::zeros({chunks, tc.size(0), H}, ow.options());
+  auto g_hw = at::zeros({chunks, NH, H, H}, ow.options());
+  auto g_hb = at::zeros({chunks, NH, H}, ow.options());
+  auto g_ow = at::zeros({chunks, ow.size(0), H}, ow.options());
+  auto g_ob = at::zeros({chunks, ow.size(0)}, ow.options());
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto z = at::empty({NH + 1, kBlockRows, H}, ow.options());
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
+        const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
+        auto zs = block_forward(w, z, r0, B);
+        auto g = grad.narrow(0, r0, B);
+        g_ow[chunk].addmm_(g.t(), activate(zs[NH], act));
+        g_ob[chunk].add_(g.sum(0));
+        auto dh = g.mm(w.ow);
+        for (int64_t i = NH; i > 0; --i) {
+          // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
+          auto dz = dh * activation_grad(zs[i], act);
+          g_hw[chunk][i - 1].addmm_(dz.t(), activate(zs[i - 1], act));
+          g_hb[chunk][i - 1].add_(dz.sum(0));
+          dh = dz.mm(w.hw[i - 1]);
         }
+        auto dz0 = (dh * activation_grad(zs[0], act)).contiguous();
+        auto rows = w.index.narrow(0, r0, B);
+        g_tl[chunk].index_add_(0, rows.select(1, 0), dz0);
+        g_tf[chunk].index_add_(0, rows.select(1, 1), dz0);
+        g_tc[chunk].index_add_(0, rows.select(1, 2), dz0);
       }
-    });
+    }
   });
-  auto sum = acc.sum(0);
-  auto parts = sum.split(at::IntArrayRef(sizes, 7));
-  return {parts[0].view({rows_l, H}), parts[1].view({rows_f, H}), parts[2].view({rows_c, H}),
-          parts[3].view({NH, H, H}), parts[4].view({NH, H}), parts[5].view({O, H}),
-          parts[6].view({O})};
+  return {g_tl.sum(0), g_tf.sum(0), g_tc.sum(0), g_hw.sum(0), g_hb.sum(0), g_ow.sum(0), g_ob.sum(0)};
 }
 
 }  // namespace

@@ -61,7 +61,10 @@ def run(args) -> int:
     device = resolve_device(args.device)
     classes = data.NUM_CLASSES[args.data]
     original = models.create(args.model, classes, args.checkpoint).eval()
-    loaders = data.loaders(args.data, args.batch_size, root=args.data_root, seed=args.seed)
+    # Reconstruction alone never looks at the images: skip their augmentation.
+    uses_images = args.phase == "decouple" or bool(args.kd_weight)
+    loaders = data.loaders(args.data, args.batch_size, root=args.data_root, seed=args.seed,
+                           augment=uses_images)
     options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
                    permutation=args.permutation)
     common = dict(epochs=args.epochs, resume=args.resume, device=device)
