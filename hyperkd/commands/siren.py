@@ -1,12 +1,13 @@
 """``hyperkd siren``: represent a trained CNN's conv weights with a predictor and train it.
 
 Phases (paper §3): ``reconstruct`` (L_recon, or the joint baseline with --kd-weight),
-``progressive --rounds R`` and ``decouple`` (logit KD only, from --from's phase-1 checkpoint).
+``progressive --rounds R`` and ``decouple`` (logit KD only, from --from's phase-1 checkpoint);
+``analyse`` plots per-layer S_ratio and the interpolation curve of --from's decoded net.
 """
 from pathlib import Path
 
 HELP = "NeRN/SIREN weight predictors: reconstruct, progressive rounds, decoupled KD"
-PHASES = ("reconstruct", "progressive", "decouple")
+PHASES = ("reconstruct", "progressive", "decouple", "analyse")
 
 
 def add_arguments(parser):
@@ -22,7 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--width", type=int, default=128, help="hidden width of the predictor")
     parser.add_argument("--depth", type=int, default=5, help="linear layers of the predictor")
     parser.add_argument("--permutation", choices=PERMUTATIONS, default="in-filter")
-    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--epochs", type=int, default=None, help="required by the training phases")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None,
                         help="default 5e-3 for reconstruction, 1e-4 for decouple")
@@ -31,7 +32,7 @@ def add_arguments(parser):
                         help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
     parser.add_argument("--rounds", type=int, default=1, help="progressive rounds (≥ 1)")
     parser.add_argument("--from", dest="source", type=Path, default=None,
-                        help="decouple: the phase-1 checkpoint to fine-tune")
+                        help="decouple: the phase-1 checkpoint to fine-tune; analyse: the one to study")
     parser.add_argument("--teacher-model", default=None, help="decouple: teacher name (default --model)")
     parser.add_argument("--teacher-checkpoint", type=Path, default=None,
                         help="decouple: the teacher's weights (required)")
@@ -54,6 +55,10 @@ def run(args) -> int:
     if args.phase == "decouple" and (args.teacher_checkpoint is None or args.source is None):
         raise ValueError("decouple: needs --teacher-checkpoint (the teacher to distil from) and "
                          "--from (the phase-1 predictor checkpoint)")
+    if args.phase != "analyse" and (args.epochs is None or args.epochs < 1):
+        raise ValueError(f"epochs: {args.phase} needs --epochs ≥ 1, got {args.epochs}")
+    if args.phase == "analyse" and args.source is None:
+        raise ValueError("analyse: needs --from (a phase checkpoint to study)")
     if args.rounds < 1:
         raise ValueError(f"rounds: expected an integer ≥ 1, got {args.rounds}")
     save_config(args, args.out)
@@ -68,6 +73,9 @@ def run(args) -> int:
     options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
                    permutation=args.permutation)
     common = dict(epochs=args.epochs, resume=args.resume, device=device)
+    if args.phase == "analyse":
+        return analyse(original, phases.load_representation(original, args.source, **options),
+                       loaders[2], args.out)
     if args.phase == "decouple":
         teacher = models.create(args.teacher_model or args.model, classes, args.teacher_checkpoint)
         rep = phases.load_representation(original, args.source, **options)
@@ -99,3 +107,21 @@ def evaluate(net, loader, device) -> float:
             correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
             total += len(y)
     return correct / max(total, 1)
+
+
+def analyse(original, rep, loader, out: Path) -> int:
+    """Writes s_ratio.png, interpolation.png and analysis.json (paper §3.1, App. E–F) into ``out``."""
+    import json
+
+    from hyperkd.siren import analysis
+
+    reconstructed = rep.materialise()
+    curve = analysis.interpolation_curve(original, reconstructed, loader)
+    analysis.plot_s_ratios(original, reconstructed, out / "s_ratio.png")
+    analysis.plot_interpolation(curve, out / "interpolation.png")
+    record = {"s_ratio": {"original": analysis.s_ratios(original),
+                          "reconstructed": analysis.s_ratios(reconstructed)},
+              "interpolation": curve}
+    (out / "analysis.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {out / 's_ratio.png'}, {out / 'interpolation.png'}, {out / 'analysis.json'}")
+    return 0
