@@ -173,6 +173,7 @@ def load_representation(seed: nn.Module, checkpoint, **representation_options) -
     return rep
 
 
+@torch.no_grad()
 def distance(a: nn.Module, b: nn.Module) -> float:
     """RMS difference of all conv weights of two nets with the same architecture."""
     pairs = [(m.weight, n.weight) for m, n in zip(a.modules(), b.modules()) if isinstance(m, nn.Conv2d)]
