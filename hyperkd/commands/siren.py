@@ -26,7 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=None, help="required by the training phases")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None,
-                        help="default 5e-3 for reconstruction, 1e-4 for decouple")
+                        help="reconstruction: 1e-4 (siren) or 5e-3 (nern); decouple: 1e-4")
     parser.add_argument("--kernel-batch", type=int, default=4096)
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
@@ -85,14 +85,14 @@ def run(args) -> int:
     elif args.phase == "reconstruct":
         rep = Representation(original, **options)
         print(f"compression ratio CR = {rep.compression_ratio():.4f}")
-        result = phases.reconstruct(rep, original, loaders, args.out, lr=args.lr or 5e-3,
+        result = phases.reconstruct(rep, original, loaders, args.out, lr=args.lr or reconstruction_lr(args.encoding),
                                     kernel_batch=args.kernel_batch, kd_weight=args.kd_weight or 0.0,
                                     **common)
     else:
         baseline = evaluate(original, loaders[1], device)
         result = phases.progressive(original, loaders, args.out, rounds=args.rounds,
                                     baseline_val=baseline, representation_options=options,
-                                    lr=args.lr or 5e-3, kernel_batch=args.kernel_batch, **common)
+                                    lr=args.lr or reconstruction_lr(args.encoding), kernel_batch=args.kernel_batch, **common)
     print(json.dumps(result))
     return 0
 
@@ -125,3 +125,8 @@ def analyse(original, rep, loader, out: Path) -> int:
     (out / "analysis.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 's_ratio.png'}, {out / 'interpolation.png'}, {out / 'analysis.json'}")
     return 0
+
+
+def reconstruction_lr(encoding: str) -> float:
+    """NeRN's 5e-3 for its ReLU predictor; SIREN layers at ω0 = 30 diverge to a ~0 output there."""
+    return 1e-4 if encoding == "siren" else 5e-3
