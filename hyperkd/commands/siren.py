@@ -30,6 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--kernel-batch", type=int, default=4096)
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
+    parser.add_argument("--fmd-weight", type=float, default=0.0,
+                        help="β of L_FMD in reconstruct (joint baseline; default 0)")
     parser.add_argument("--rounds", type=int, default=1, help="progressive rounds (≥ 1)")
     parser.add_argument("--from", dest="source", type=Path, default=None,
                         help="decouple: the phase-1 checkpoint to fine-tune; analyse: the one to study")
@@ -67,7 +69,7 @@ def run(args) -> int:
     classes = data.NUM_CLASSES[args.data]
     original = models.create(args.model, classes, args.checkpoint).eval()
     # Reconstruction alone never looks at the images: skip their augmentation.
-    uses_images = args.phase == "decouple" or bool(args.kd_weight)
+    uses_images = args.phase == "decouple" or bool(args.kd_weight) or bool(args.fmd_weight)
     loaders = data.loaders(args.data, args.batch_size, root=args.data_root, seed=args.seed,
                            augment=uses_images)
     options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
@@ -87,6 +89,7 @@ def run(args) -> int:
         print(f"compression ratio CR = {rep.compression_ratio():.4f}")
         result = phases.reconstruct(rep, original, loaders, args.out, lr=args.lr or reconstruction_lr(args.encoding),
                                     kernel_batch=args.kernel_batch, kd_weight=args.kd_weight or 0.0,
+                                    fmd_weight=args.fmd_weight,
                                     **common)
     else:
         baseline = evaluate(original, loaders[1], device)

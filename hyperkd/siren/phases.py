@@ -2,7 +2,8 @@
 
 - ``reconstruct`` (§3.1, Eq. 1 with α = β = 0): MSE between decoded and target kernels on a kernel
   batch per step; with probability ``p_uniform`` (0.8) a uniform batch, otherwise one drawn ∝ kernel
-  L2 norm (NeRN, App. D.2). ``kd_weight`` > 0 adds α·L_KD (the joint baseline of Eq. 1).
+  L2 norm (NeRN, App. D.2). ``kd_weight`` α and ``fmd_weight`` β > 0 add α·L_KD + β·L_FMD (the
+  joint baseline of Eq. 1).
 - ``progressive`` (§3.1, App. D.2): round r reconstructs round r−1's decoded net; a round is kept
   only if its validation accuracy beats its target's, and the rounds stop at the first that does not.
 - ``decouple`` (§3.2–3.3): phase 2 fine-tunes a reconstructed predictor with logit KD only, from the
@@ -35,6 +36,38 @@ def kd_loss(student_logits, teacher_logits, temperature: float = TEMPERATURE) ->
     return F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean") * temperature ** 2
+
+
+class ConvFeatures:
+    """Forward hooks keeping every conv output of ``net`` from its latest forward (for L_FMD).
+
+    Hooks fire under ``torch.func.functional_call`` too, so the decoded net's features keep their
+    graph to the predictor.
+    """
+
+    def __init__(self, net: nn.Module):
+        self.outputs = []
+        self._handles = [m.register_forward_hook(lambda _m, _i, out: self.outputs.append(out))
+                         for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+    def take(self) -> list:
+        outputs, self.outputs = self.outputs, []
+        return outputs
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.outputs = []
+
+
+def fmd_loss(student_features, teacher_features) -> torch.Tensor:
+    """L_FMD of Eq. 1: (1/|B|) Σ_i Σ_l ‖a_i^l − â_i^l‖₂ with per-sample L2-normalised feature maps."""
+    total = 0.0
+    for s, t in zip(student_features, teacher_features):
+        a = F.normalize(s.flatten(1), dim=1)
+        b = F.normalize(t.flatten(1), dim=1)
+        total = total + (a - b).norm(dim=1).mean()
+    return total
 
 
 class KernelSampler:
@@ -86,34 +119,50 @@ def _trainer(rep, optimizer, loss_fn, loaders, out, device, progress, epochs):
 
 def reconstruct(rep: Representation, target: nn.Module, loaders, out, *, epochs: int,
                 lr: float = 5e-3, kernel_batch: int = KERNEL_BATCH, p_uniform: float = P_UNIFORM,
-                kd_weight: float = 0.0, teacher: Optional[nn.Module] = None, resume: bool = False,
-                device=torch.device("cpu"), progress: bool = False) -> dict:
-    """Phase 1: L_recon (+ ``kd_weight``·L_KD from ``teacher``, default ``target``, for the joint
-    baseline). Returns the Trainer's best record (val/test accuracy of the decoded CNN)."""
-    if kd_weight < 0:
-        raise ValueError(f"kd_weight: expected ≥ 0, got {kd_weight!r}")
+                kd_weight: float = 0.0, fmd_weight: float = 0.0, teacher: Optional[nn.Module] = None,
+                resume: bool = False, device=torch.device("cpu"), progress: bool = False) -> dict:
+    """Phase 1: L_recon, plus ``kd_weight``·L_KD + ``fmd_weight``·L_FMD against ``teacher``
+    (default ``target``) for the joint baseline of Eq. 1. L_FMD compares every conv output, so it
+    needs a teacher of the seed's architecture. Returns the Trainer's best record."""
+    for name, value in (("kd_weight", kd_weight), ("fmd_weight", fmd_weight)):
+        if value < 0:
+            raise ValueError(f"{name}: expected ≥ 0, got {value!r}")
     rep.to(device)
     targets = padded_targets(rep, target).to(device)
     mask = valid_mask(rep).to(device)
     sampler = KernelSampler(targets, kernel_batch, p_uniform)
     teacher = (teacher or target).to(device).eval()
 
+    joint = kd_weight > 0 or fmd_weight > 0
+    if fmd_weight > 0:
+        student_taps, teacher_taps = ConvFeatures(rep.seed), ConvFeatures(teacher)
+
     def loss_fn(x, y):
         batch = sampler().to(device)
-        if kd_weight == 0:
+        if not joint:
             predicted = rep.predictor(rep.coords[batch], backend=rep.backend)
             error = (predicted - targets[batch]).square() * mask[batch]
             return None, {"recon": error.sum() / mask[batch].sum()}
         decoded = rep.decode()
         error = (decoded[batch] - targets[batch]).square() * mask[batch]
+        if fmd_weight > 0:  # drop what evaluation forwards left in the taps
+            student_taps.take(), teacher_taps.take()
         logits = rep.logits(x, decoded)
         with torch.no_grad():
             teacher_logits = teacher(x)
-        return logits, {"recon": error.sum() / mask[batch].sum(),
-                        "kd": kd_weight * kd_loss(logits, teacher_logits)}
+        terms = {"recon": error.sum() / mask[batch].sum(),
+                 "kd": kd_weight * kd_loss(logits, teacher_logits)}
+        if fmd_weight > 0:
+            terms["fmd"] = fmd_weight * fmd_loss(student_taps.take(), teacher_taps.take())
+        return logits, terms
 
     optimizer = torch.optim.Adam(rep.predictor.parameters(), lr=lr)
-    return _trainer(rep, optimizer, loss_fn, loaders, out, device, progress, epochs).fit(epochs, resume=resume)
+    try:
+        return _trainer(rep, optimizer, loss_fn, loaders, out, device, progress, epochs).fit(
+            epochs, resume=resume)
+    finally:
+        if fmd_weight > 0:
+            student_taps.remove(), teacher_taps.remove()
 
 
 def decouple(rep: Representation, teacher: Optional[nn.Module], loaders, out, *, epochs: int,

@@ -6,7 +6,7 @@ import torch
 
 from hyperkd import data
 from hyperkd.siren import Representation, phases
-from hyperkd.siren.phases import (KernelSampler, decouple, interpolate, load_representation,
+from hyperkd.siren.phases import (KernelSampler, decouple, fmd_loss, interpolate, load_representation,
                                   progressive, reconstruct)
 from hyperkd.train.checkpoint import load_checkpoint
 from tests.siren.nets import TinyNet
@@ -110,3 +110,21 @@ def test_interpolation_endpoints():
     a, b = TinyNet(), TinyNet()
     assert torch.equal(interpolate(a, b, 0.0).conv1.weight, a.conv1.weight)
     torch.testing.assert_close(interpolate(a, b, 1.0).conv1.weight, b.conv1.weight)
+
+
+def test_fmd_loss_is_zero_for_equal_features_and_scale_free():
+    f = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    assert fmd_loss(f, [2.0 * t for t in f]).item() < 1e-6
+    # Orthogonal unit features differ by √2 per sample and layer.
+    a, b = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1)
+    a[0, 0], b[0, 1] = 1.0, 1.0
+    assert fmd_loss([a], [b]).item() == pytest.approx(2 ** 0.5)
+
+
+def test_joint_baseline_logs_every_term(loaders, tmp_path):
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    reconstruct(rep, net, loaders, tmp_path, epochs=1, kernel_batch=32, kd_weight=1e-2, fmd_weight=1e-2)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"recon", "kd", "fmd", "train_acc"} <= set(record) and record["fmd"] > 0
+    assert not rep.seed.conv1._forward_hooks  # the taps are gone once the phase returns
