@@ -43,6 +43,15 @@ void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tenso
               "hidden_bias: expected NH×", H, ", got ", hb.sizes());
   TORCH_CHECK(ob.dim() == 1 && ob.size(0) == ow.size(0), "out_bias: expected ", ow.size(0), " entries");
   TORCH_CHECK(act == kReLU || act == kSine, "activation: expected 0 (ReLU) or 1 (sin), got ", act);
+  // The kernels gather table rows by these indices without further checks.
+  const at::Tensor* tables[3] = {&tl, &tf, &tc};
+  const char* axes[3] = {"layer", "filter", "channel"};
+  for (int k = 0; k < 3 && index.size(0) > 0; ++k) {
+    auto [lo, hi] = at::aminmax(index.select(1, k));
+    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < tables[k]->size(0), "index: ",
+                axes[k], " indices must lie in [0, ", tables[k]->size(0), "), got [",
+                lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
+  }
   for (const auto* t : {&tl, &tf, &tc, &hw, &hb, &ow, &ob})
     TORCH_CHECK(t->scalar_type() == ow.scalar_type() && t->scalar_type() != at::kHalf &&
                     t->scalar_type() != at::kBFloat16,

@@ -119,6 +119,13 @@ def test_functional_wrapper_checks_arguments():
         hyperkd.functional.siren_decode(index, tables, rest[0][:, :4], *rest[1:])
 
 
+def test_cpu_kernel_rejects_coordinates_outside_the_tables():
+    index, tensors = make_inputs(4, 8, 1, 9)
+    index[2, 1] = 7  # the filter table has 7 rows
+    with pytest.raises(RuntimeError, match=r"index: filter indices must lie in \[0, 7\), got \[\d+, 7\]"):
+        torch.ops.hyperkd.siren_decode(index, *tensors, 1)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("activation", ["sin", "relu"])
 def test_triton_on_gpu_matches_reference(activation):
