@@ -7,7 +7,7 @@ from pathlib import Path
 
 HELP = "run the fused-op benchmarks (fused vs eager vs torch.compile) and print their tables"
 REPO = Path(__file__).resolve().parents[2]
-SUITES = {"attention_transfer": "bench/bench_attention_transfer.py"}
+SUITES = {"attention_transfer": "bench/bench_attention_transfer.py", "siren": "bench/bench_siren.py"}
 
 
 def add_arguments(parser):
@@ -42,7 +42,9 @@ def render(results: dict) -> str:
     rows = defaultdict(dict)
     for b in results["benchmarks"]:
         info = b["extra_info"]
-        key = (info["network"], info["batch"], info["kind"])
+        # A suite names its case kind with a string ("W128 fwd"); AT's integer kinds read "AT-k".
+        kind = info["kind"] if isinstance(info["kind"], str) else f"AT-{info['kind']}"
+        key = (info["network"], info["batch"], kind)
         rows[key][info["impl"]] = (b["stats"]["median"], info["peak_extra_bytes"])
     stamp = results.get("hyperkd", {})
     lines = [f"device: {stamp.get('device', '?')}, torch {stamp.get('torch', '?')}, "
@@ -55,7 +57,7 @@ def render(results: dict) -> str:
             continue
         (tf, mf), (te, me), (tc, mc) = impls["fused"], impls["eager"], impls["compiled"]
         mib = 2 ** 20
-        lines.append(f"| {net} B={batch} AT-{kind} | {tf * 1e3:.2f} | {te * 1e3:.2f} | {tc * 1e3:.2f} "
+        lines.append(f"| {net} B={batch} {kind} | {tf * 1e3:.2f} | {te * 1e3:.2f} | {tc * 1e3:.2f} "
                      f"| {te / tf:.2f}x | {tc / tf:.2f}x | {mf / mib:.1f} | {me / mib:.1f} "
                      f"| {mc / mib:.1f} | {mf / max(me, 1):.0%} |")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from hyperkd.ops.masks import pack_positive_mask
 from hyperkd.ops.relational import (RelationalLoss, SimilarityPreservingLoss, gram, rkd_loss, rkd_losses,
                                     similarity_preserving_loss, similarity_preserving_losses,
                                     similarity_teacher_summary)
+from hyperkd.ops.siren_decode import siren_decode
 
 __all__ = [
     "ActivationBoundaryLoss", "AttentionTransferLoss", "ChannelWiseDistillationLoss", "FitNetsLoss",
@@ -20,4 +21,5 @@ __all__ = [
     "attention_teacher_summary", "attention_transfer_loss", "cwd_loss", "cwd_losses", "fitnets_loss",
     "fitnets_losses", "gram", "hyper_generate", "pack_positive_mask", "rkd_loss", "rkd_losses",
     "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary",
+    "siren_decode",
 ]

@@ -9,6 +9,7 @@ from hyperkd.reference.hyper_generate import encode_gamma, hidden_code, hyper_ge
 from hyperkd.reference.logit import logit_kd_loss
 from hyperkd.reference.masks import pack_positive_mask, unpack_mask
 from hyperkd.reference.relational import angles, normalised_distances, rkd_losses
+from hyperkd.reference.siren_decode import siren_decode
 from hyperkd.reference.similarity_preserving import similarity_matrix, similarity_preserving_losses
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "attention_map", "attention_teacher_summary", "attention_transfer_loss", "cwd_losses",
     "encode_gamma", "fitnets_losses", "fsp_losses", "fsp_matrix", "hidden_code", "hyper_generate",
     "logit_kd_loss", "normalised_distances", "pack_positive_mask", "rkd_losses", "similarity_matrix",
-    "similarity_preserving_losses", "unpack_mask",
+    "similarity_preserving_losses", "siren_decode", "unpack_mask",
 ]

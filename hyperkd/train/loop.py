@@ -38,6 +38,9 @@ class Trainer:
     terms are summed and minimised; the optional third dict (e.g. per-layer KD terms) is only
     checked for NaN/inf and logged.
 
+    A step whose loss does not classify the batch (e.g. weight reconstruction) returns ``None``
+    logits; its epochs then record no ``train_acc``.
+
     ``predict(x)`` gives the logits used for evaluation (default: ``model(x)`` in eval mode).
     ``stateful`` maps names to extra objects with ``state_dict``/``load_state_dict`` that must be
     checkpointed with the model. ``on_epoch`` is called with the epoch index before it trains (to
@@ -94,8 +97,9 @@ class Trainer:
             for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-            sums["train_acc"] = sums.get("train_acc", 0.0) + float((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", acc=f"{sums['train_acc'] / count:.3f}")
+            if logits is not None:
+                sums["train_acc"] = sums.get("train_acc", 0.0) + float((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
         if self.scheduler is not None:
             self.scheduler.step()
         names = sorted(sums)

@@ -1,0 +1,135 @@
+"""``hyperkd siren``: represent a trained CNN's conv weights with a predictor and train it.
+
+Phases (paper §3): ``reconstruct`` (L_recon, or the joint baseline with --kd-weight),
+``progressive --rounds R`` and ``decouple`` (logit KD only, from --from's phase-1 checkpoint);
+``analyse`` plots per-layer S_ratio and the interpolation curve of --from's decoded net.
+"""
+from pathlib import Path
+
+HELP = "NeRN/SIREN weight predictors: reconstruct, progressive rounds, decoupled KD"
+PHASES = ("reconstruct", "progressive", "decouple", "analyse")
+
+
+def add_arguments(parser):
+    from hyperkd.siren import ENCODINGS, PERMUTATIONS
+
+    parser.add_argument("phase", choices=PHASES)
+    parser.add_argument("--model", required=True, help="a name from `hyperkd models`")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the original net (best.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--encoding", choices=ENCODINGS, default="siren")
+    parser.add_argument("--width", type=int, default=128, help="hidden width of the predictor")
+    parser.add_argument("--depth", type=int, default=5, help="linear layers of the predictor")
+    parser.add_argument("--permutation", choices=PERMUTATIONS, default="in-filter")
+    parser.add_argument("--epochs", type=int, default=None, help="required by the training phases")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="reconstruction: 1e-4 (siren) or 5e-3 (nern); decouple: 1e-4")
+    parser.add_argument("--kernel-batch", type=int, default=4096)
+    parser.add_argument("--kd-weight", type=float, default=None,
+                        help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
+    parser.add_argument("--fmd-weight", type=float, default=0.0,
+                        help="β of L_FMD in reconstruct (joint baseline; default 0)")
+    parser.add_argument("--rounds", type=int, default=1, help="progressive rounds (≥ 1)")
+    parser.add_argument("--from", dest="source", type=Path, default=None,
+                        help="decouple: the phase-1 checkpoint to fine-tune; analyse: the one to study")
+    parser.add_argument("--teacher-model", default=None, help="decouple: teacher name (default --model)")
+    parser.add_argument("--teacher-checkpoint", type=Path, default=None,
+                        help="decouple: the teacher's weights (required)")
+    parser.add_argument("--noise", action="store_true", help="decouple on U[-1,1] inputs (data-free)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from hyperkd import data, models
+    from hyperkd.config import save_config
+    from hyperkd.siren import Representation, phases
+    from hyperkd.train.teacher import resolve_device
+
+    if args.phase == "decouple" and (args.teacher_checkpoint is None or args.source is None):
+        raise ValueError("decouple: needs --teacher-checkpoint (the teacher to distil from) and "
+                         "--from (the phase-1 predictor checkpoint)")
+    if args.phase != "analyse" and (args.epochs is None or args.epochs < 1):
+        raise ValueError(f"epochs: {args.phase} needs --epochs ≥ 1, got {args.epochs}")
+    if args.phase == "analyse" and args.source is None:
+        raise ValueError("analyse: needs --from (a phase checkpoint to study)")
+    if args.rounds < 1:
+        raise ValueError(f"rounds: expected an integer ≥ 1, got {args.rounds}")
+    save_config(args, args.out)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    classes = data.NUM_CLASSES[args.data]
+    original = models.create(args.model, classes, args.checkpoint).eval()
+    # Reconstruction alone never looks at the images: skip their augmentation.
+    uses_images = args.phase == "decouple" or bool(args.kd_weight) or bool(args.fmd_weight)
+    loaders = data.loaders(args.data, args.batch_size, root=args.data_root, seed=args.seed,
+                           augment=uses_images)
+    options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
+                   permutation=args.permutation)
+    common = dict(epochs=args.epochs, resume=args.resume, device=device)
+    if args.phase == "analyse":
+        return analyse(original, phases.load_representation(original, args.source, **options),
+                       loaders[2], args.out)
+    if args.phase == "decouple":
+        teacher = models.create(args.teacher_model or args.model, classes, args.teacher_checkpoint)
+        rep = phases.load_representation(original, args.source, **options)
+        result = phases.decouple(rep, teacher, loaders, args.out, lr=args.lr or 1e-4,
+                                 kd_weight=1.0 if args.kd_weight is None else args.kd_weight,
+                                 noise=args.noise, **common)
+    elif args.phase == "reconstruct":
+        rep = Representation(original, **options)
+        print(f"compression ratio CR = {rep.compression_ratio():.4f}")
+        result = phases.reconstruct(rep, original, loaders, args.out, lr=args.lr or reconstruction_lr(args.encoding),
+                                    kernel_batch=args.kernel_batch, kd_weight=args.kd_weight or 0.0,
+                                    fmd_weight=args.fmd_weight,
+                                    **common)
+    else:
+        baseline = evaluate(original, loaders[1], device)
+        result = phases.progressive(original, loaders, args.out, rounds=args.rounds,
+                                    baseline_val=baseline, representation_options=options,
+                                    lr=args.lr or reconstruction_lr(args.encoding), kernel_batch=args.kernel_batch, **common)
+    print(json.dumps(result))
+    return 0
+
+
+def evaluate(net, loader, device) -> float:
+    import torch
+
+    net = net.to(device).eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
+            total += len(y)
+    return correct / max(total, 1)
+
+
+def analyse(original, rep, loader, out: Path) -> int:
+    """Writes s_ratio.png, interpolation.png and analysis.json (paper §3.1, App. E–F) into ``out``."""
+    import json
+
+    from hyperkd.siren import analysis
+
+    reconstructed = rep.materialise()
+    curve = analysis.interpolation_curve(original, reconstructed, loader)
+    analysis.plot_s_ratios(original, reconstructed, out / "s_ratio.png")
+    analysis.plot_interpolation(curve, out / "interpolation.png")
+    record = {"s_ratio": {"original": analysis.s_ratios(original),
+                          "reconstructed": analysis.s_ratios(reconstructed)},
+              "interpolation": curve}
+    (out / "analysis.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {out / 's_ratio.png'}, {out / 'interpolation.png'}, {out / 'analysis.json'}")
+    return 0
+
+
+def reconstruction_lr(encoding: str) -> float:
+    """NeRN's 5e-3 for its ReLU predictor; SIREN layers at ω0 = 30 diverge to a ~0 output there."""
+    return 1e-4 if encoding == "siren" else 5e-3

@@ -1,0 +1,37 @@
+"""`hyperkd siren`: argument errors exit with 2 and a message naming what is wrong."""
+import pytest
+import torch
+
+from hyperkd import cli, models
+from hyperkd.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("orig") / "best.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, {"model": models.create("resnet20", 10).state_dict()})
+    return path
+
+
+def run(capsys, *argv):
+    code = cli.main(["siren", *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["progressive", "--epochs", "1", "--rounds", "0"], "rounds: expected an integer ≥ 1"),
+    (["decouple", "--epochs", "1", "--from", "x.pt"], "--teacher-checkpoint"),
+    (["reconstruct"], "epochs"),
+    (["analyse"], "--from"),
+])
+def test_bad_arguments_are_rejected_with_a_message(capsys, checkpoint, tmp_path, argv, message):
+    code, err = run(capsys, *argv[:1], "--model", "resnet20", "--checkpoint", str(checkpoint),
+                    "--out", str(tmp_path), *argv[1:])
+    assert code == 2 and message in err
+
+
+def test_unknown_model_is_rejected(capsys, checkpoint, tmp_path):
+    code, err = run(capsys, "reconstruct", "--model", "resnet21", "--checkpoint", str(checkpoint),
+                    "--out", str(tmp_path), "--epochs", "1")
+    assert code == 2 and "unknown model 'resnet21'" in err

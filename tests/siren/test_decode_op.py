@@ -1,0 +1,137 @@
+"""Parity of every siren_decode backend with the eager reference, values and gradients.
+
+SIREN layers multiply pre-activation errors by ω0 and sum ``width`` terms per unit, so their
+tolerances are scaled by ω0·√width (ARCHITECTURE.md: 3e-5..8e-5 in fp32 at ω0 = 30).
+"""
+import math
+
+import pytest
+import torch
+
+import hyperkd
+from hyperkd import reference
+from hyperkd.kernels import siren_decode as triton_decode
+from tests.tolerances import assert_close
+
+OMEGA0 = 30.0
+ACT = {"relu": 0, "sin": 1}
+
+
+def make_inputs(n, width, hidden, out, grid=(3, 7, 5), dtype=torch.float32, activation="sin"):
+    """Decode-op inputs as a SIREN (ω0 folded in) or a ReLU predictor would pass them."""
+    g = torch.Generator().manual_seed(n * 1000 + width)
+    index = torch.stack([torch.randint(0, r, (n,), generator=g) for r in grid], dim=1)
+    scale = OMEGA0 if activation == "sin" else 1.0
+    bound = math.sqrt(6 / width) / OMEGA0 if activation == "sin" else 1 / math.sqrt(width)
+
+    def uniform(*shape, b):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * b).to(dtype)
+
+    tables = [uniform(r, width, b=1.0 if activation == "sin" else 1.0) for r in grid]
+    weights = [scale * uniform(hidden, width, width, b=bound), scale * uniform(hidden, width, b=bound),
+               uniform(out, width, b=bound), uniform(out, b=bound)]
+    return index, [t.requires_grad_() for t in tables + weights]
+
+
+def reference_values_and_grads(index, tensors, activation, grad_out):
+    acc = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    leaves = [t.detach().to(acc).requires_grad_() for t in tensors]
+    y = reference.siren_decode(index, *leaves, ACT[activation])
+    # With no hidden layer the eager graph never touches the empty hidden tensors: zero gradients.
+    return y.detach(), torch.autograd.grad(y, leaves, grad_out.to(acc), materialize_grads=True)
+
+
+def scale_of(activation, width):
+    return OMEGA0 * math.sqrt(width) if activation == "sin" else math.sqrt(width)
+
+
+def check(values, grads, index, tensors, activation, grad_out):
+    dtype = tensors[0].dtype
+    width = tensors[-2].shape[1]
+    ref, ref_grads = reference_values_and_grads(index, tensors, activation, grad_out)
+    scale = scale_of(activation, width)
+    assert_close(values, ref, dtype, scale=scale, msg="values")
+    for name, got, want in zip(["T_l", "T_f", "T_c", "hidden_w", "hidden_b", "out_w", "out_b"],
+                               grads, ref_grads):
+        assert_close(got, want, dtype, scale=scale * max(1.0, want.abs().amax().item() if want.numel() else 1.0), msg=name)
+
+
+CASES = [(37, 16, 3, 9, "sin"), (37, 16, 3, 9, "relu"), (5, 12, 0, 1, "sin"), (70, 33, 2, 9, "relu"),
+         (1, 8, 1, 25, "sin")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,width,hidden,out,activation", CASES)
+def test_cpp_matches_reference(n, width, hidden, out, activation, dtype):
+    index, tensors = make_inputs(n, width, hidden, out, dtype=dtype, activation=activation)
+    y = torch.ops.hyperkd.siren_decode(index, *tensors, ACT[activation])
+    grad_out = torch.randn(y.shape, dtype=dtype)
+    grads = torch.autograd.grad(y, tensors, grad_out)
+    check(y.detach(), grads, index, tensors, activation, grad_out)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("n,width,hidden,out,activation",
+                         [(37, 16, 2, 9, "sin"), (20, 12, 1, 9, "relu"), (9, 16, 0, 9, "sin")])
+def test_triton_matches_reference(n, width, hidden, out, activation):
+    index, tensors = make_inputs(n, width, hidden, out, activation=activation)
+    plain = [t.detach() for t in tensors]
+    y = triton_decode.siren_decode(index, *plain, ACT[activation])
+    grad_out = torch.randn(y.shape)
+    grads = triton_decode.siren_decode_backward(grad_out, index, *plain, ACT[activation])
+    check(y, grads, index, tensors, activation, grad_out)
+
+
+@pytest.mark.parametrize("activation", ["sin", "relu"])
+def test_fp64_gradcheck(activation):
+    index, tensors = make_inputs(6, 4, 2, 4, dtype=torch.float64, activation=activation)
+    assert torch.autograd.gradcheck(
+        lambda *t: torch.ops.hyperkd.siren_decode(index, *t, ACT[activation]), tensors)
+
+
+def test_opcheck():
+    index, tensors = make_inputs(9, 8, 2, 9)
+    torch.library.opcheck(torch.ops.hyperkd.siren_decode.default, (index, *tensors, 1))
+
+
+def test_compile_fullgraph_forward_and_backward():
+    index, tensors = make_inputs(11, 8, 2, 9)
+    fn = torch.compile(lambda *t: torch.ops.hyperkd.siren_decode(index, *t, 1).square().sum(),
+                       fullgraph=True, backend="aot_eager")
+    loss = fn(*tensors)
+    grads = torch.autograd.grad(loss, tensors)
+    eager = torch.ops.hyperkd.siren_decode(index, *tensors, 1).square().sum()
+    assert_close(loss.detach(), eager.detach(), torch.float32, scale=scale_of("sin", 8))
+    for got, want in zip(grads, torch.autograd.grad(eager, tensors)):
+        assert_close(got, want, torch.float32, scale=scale_of("sin", 8))
+
+
+def test_functional_wrapper_checks_arguments():
+    index, tensors = make_inputs(4, 8, 1, 9)
+    tables, rest = tensors[:3], tensors[3:]
+    with pytest.raises(ValueError, match="activation"):
+        hyperkd.functional.siren_decode(index, tables, *rest, activation="tanh")
+    with pytest.raises(ValueError, match="index"):
+        hyperkd.functional.siren_decode(index.int(), tables, *rest)
+    with pytest.raises(ValueError, match="tables"):
+        hyperkd.functional.siren_decode(index, tables[:2], *rest)
+    with pytest.raises(ValueError, match="hidden_weight"):
+        hyperkd.functional.siren_decode(index, tables, rest[0][:, :4], *rest[1:])
+
+
+def test_cpu_kernel_rejects_coordinates_outside_the_tables():
+    index, tensors = make_inputs(4, 8, 1, 9)
+    index[2, 1] = 7  # the filter table has 7 rows
+    with pytest.raises(RuntimeError, match=r"index: filter indices must lie in \[0, 7\), got \[\d+, 7\]"):
+        torch.ops.hyperkd.siren_decode(index, *tensors, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ["sin", "relu"])
+def test_triton_on_gpu_matches_reference(activation):
+    index, tensors = make_inputs(4096, 64, 3, 9, activation=activation)
+    cuda = [t.detach().cuda().requires_grad_() for t in tensors]
+    y = torch.ops.hyperkd.siren_decode(index.cuda(), *cuda, ACT[activation])
+    grad_out = torch.randn(y.shape, device="cuda")
+    grads = torch.autograd.grad(y, cuda, grad_out)
+    check(y.detach().cpu(), [g.cpu() for g in grads], index, tensors, activation, grad_out.cpu())

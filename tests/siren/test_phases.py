@@ -1,0 +1,130 @@
+"""Training phases on digits with a tiny net: reconstruction, resume, progressive, decouple."""
+import json
+
+import pytest
+import torch
+
+from hyperkd import data
+from hyperkd.siren import Representation, phases
+from hyperkd.siren.phases import (KernelSampler, decouple, fmd_loss, interpolate, load_representation,
+                                  progressive, reconstruct)
+from hyperkd.train.checkpoint import load_checkpoint
+from tests.siren.nets import TinyNet
+
+OPTIONS = dict(width=16, depth=4, encoding="siren")
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    return data.loaders("digits", 128, seed=0, augment=False)
+
+
+def test_reconstruction_lowers_the_kernel_error(loaders, tmp_path):
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    before = (rep.decode() - rep.layout.gather_kernels(net)).square().mean()
+    best = reconstruct(rep, net, loaders, tmp_path, epochs=3, lr=1e-3, kernel_batch=64)
+    after = (rep.decode() - rep.layout.gather_kernels(net)).square().mean()
+    assert after < 0.5 * before
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2] and "recon" in lines[0]
+    assert 0.0 <= best["val_acc"] <= 1.0 and (tmp_path / "best.pt").is_file()
+
+
+def test_resume_after_a_kill_is_exact(loaders, tmp_path, monkeypatch):
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        net = TinyNet().eval()
+        torch.manual_seed(1)
+        rep = Representation(net, **OPTIONS)
+        reconstruct(rep, net, loaders, out, epochs=3, lr=1e-3, kernel_batch=32, resume=resume)
+        return rep
+
+    straight = run(tmp_path / "a")
+    draw, calls = phases.KernelSampler.__call__, []
+
+    def killed_inside_the_second_epoch(self):
+        calls.append(1)
+        if len(calls) == len(loaders[0]) + 3:
+            raise KeyboardInterrupt
+        return draw(self)
+
+    monkeypatch.setattr(phases.KernelSampler, "__call__", killed_inside_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(phases.KernelSampler, "__call__", draw)
+    resumed = run(tmp_path / "b", resume=True)
+    for (name, p), q in zip(straight.predictor.named_parameters(), resumed.predictor.parameters()):
+        assert torch.equal(p, q), name
+    a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda r: {k: v for k, v in json.loads(r).items() if k not in ("epoch_time_s", "peak_memory_bytes")}
+    assert len(a) == 3 and [strip(r) for r in a] == [strip(r) for r in b]
+
+
+def test_kernel_sampler_draws_proportionally_to_the_norm():
+    torch.manual_seed(0)
+    targets = torch.tensor([[3.0], [1.0], [0.0]])
+    draws = torch.cat([KernelSampler(targets, batch=100, p_uniform=0.0)() for _ in range(40)])
+    counts = torch.bincount(draws, minlength=3).float() / draws.numel()
+    assert counts[2] == 0 and abs(counts[0] - 0.75) < 0.03
+
+
+def test_decouple_needs_a_teacher_and_distils(loaders, tmp_path):
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    with pytest.raises(ValueError, match="teacher"):
+        decouple(rep, None, loaders, tmp_path, epochs=1)
+    before = [p.detach().clone() for p in rep.predictor.parameters()]
+    decouple(rep, net, loaders, tmp_path, epochs=1, lr=1e-3, noise=True)
+    assert any(not torch.equal(a, b) for a, b in zip(before, rep.predictor.parameters()))
+    assert "kd" in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_progressive_rejects_rounds_below_one(loaders, tmp_path):
+    with pytest.raises(ValueError, match="rounds"):
+        progressive(TinyNet(), loaders, tmp_path, rounds=0, epochs=1, baseline_val=0.0,
+                    representation_options=OPTIONS)
+
+
+def test_progressive_stops_at_the_first_round_without_improvement(loaders, tmp_path):
+    history = progressive(TinyNet().eval(), loaders, tmp_path, rounds=3, epochs=1, baseline_val=1.1,
+                          representation_options=OPTIONS, kernel_batch=32)
+    assert len(history) == 1 and not history[0]["kept"]
+
+
+def test_load_representation_round_trip_and_missing_file(loaders, tmp_path):
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    reconstruct(rep, net, loaders, tmp_path, epochs=1, kernel_batch=32)
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    restored = load_representation(net, tmp_path / "best.pt", **OPTIONS)
+    for k, v in restored.state_dict().items():
+        assert torch.equal(v, best[k])
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        load_representation(net, tmp_path / "missing.pt", **OPTIONS)
+
+
+def test_interpolation_endpoints():
+    a, b = TinyNet(), TinyNet()
+    assert torch.equal(interpolate(a, b, 0.0).conv1.weight, a.conv1.weight)
+    torch.testing.assert_close(interpolate(a, b, 1.0).conv1.weight, b.conv1.weight)
+
+
+def test_fmd_loss_is_zero_for_equal_features_and_scale_free():
+    f = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    assert fmd_loss(f, [2.0 * t for t in f]).item() < 1e-6
+    # Orthogonal unit features differ by √2 per sample and layer.
+    a, b = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1)
+    a[0, 0], b[0, 1] = 1.0, 1.0
+    assert fmd_loss([a], [b]).item() == pytest.approx(2 ** 0.5)
+
+
+def test_joint_baseline_logs_every_term(loaders, tmp_path):
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    reconstruct(rep, net, loaders, tmp_path, epochs=1, kernel_batch=32, kd_weight=1e-2, fmd_weight=1e-2)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"recon", "kd", "fmd", "train_acc"} <= set(record) and record["fmd"] > 0
+    assert not rep.seed.conv1._forward_hooks  # the taps are gone once the phase returns
