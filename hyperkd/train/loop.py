@@ -164,14 +164,15 @@ class Trainer:
             "stateful": self._stateful_dicts(),
             "best": self.best,
             "rng": rng_state(),
-            "train_generator": self._train_generator().get_state(),
+            "train_generator": self._train_generator_state(),
         }
 
+    def _train_generator_state(self):
+        """The shuffling generator's state; None under DDP, where a sharded loader's order
+        depends on (seed, epoch) alone."""
+        return None if distributed.active() else self._train_generator().get_state()
+
     def _train_generator(self) -> torch.Generator:
-        """The shuffling generator; a sharded loader's order depends on (seed, epoch) alone, so
-        a fresh generator stands in for it."""
-        if distributed.active():
-            return torch.Generator()
         generator = getattr(self.train_loader, "generator", None)
         if generator is None:
             raise ValueError("train_loader: expected a DataLoader built with a torch.Generator "
@@ -192,7 +193,8 @@ class Trainer:
             obj.load_state_dict(state["stateful"][name])
         self.best = state["best"]
         restore_rng_state(state["rng"])
-        self._train_generator().set_state(state["train_generator"])
+        if state["train_generator"] is not None:
+            self._train_generator().set_state(state["train_generator"])
         if distributed.is_main():
             self.metrics.resume_after(state["epoch"])
         return state["epoch"]
