@@ -73,8 +73,7 @@ std::vector<at::Tensor> ab_loss_backward_cpu(const at::Tensor& grad, at::TensorL
   const int64_t B = student[0].size(0), M = student.size();
   TORCH_CHECK(grad.numel() == M, "grad: expected ", M, " per-layer gradients, got ", grad.numel());
   const auto views = feature_views(student);
-  std::vector<at::Tensor> grads;
-  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto grad_views = feature_views(grads);
   const at::Tensor g_layers = grad.to(acc_type_of(student[0].scalar_type())).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss_backward", [&] {

@@ -269,8 +269,7 @@ std::vector<at::Tensor> at_loss_backward_cpu(
   const int64_t B = student[0].size(0), M = student.size();
   const auto views = feature_views(student);
   const auto off = map_offsets(student);
-  std::vector<at::Tensor> grads;
-  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto grad_views = feature_views(grads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -134,8 +134,7 @@ std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::Tensor
   const auto acc = acc_type_of(student[0].scalar_type());
   const auto sv = feature_views(student), tv = feature_views(teacher);
   const auto off = row_offsets(student);
-  std::vector<at::Tensor> grads;
-  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto dv = feature_views(grads);
   const at::Tensor g_layers = grad.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss_backward", [&] {
@@ -210,8 +209,7 @@ std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::Te
   const auto acc = acc_type_of(student[0].scalar_type());
   const auto sv = feature_views(student), tv = feature_views(teacher);
   const auto off = row_offsets(student);
-  std::vector<at::Tensor> grads;
-  for (const auto& s : student) grads.push_back(at::empty_like(s));
+  const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto dv = feature_views(grads);
   const at::Tensor g_layers = grad.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss_backward", [&] {

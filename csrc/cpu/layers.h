@@ -27,6 +27,14 @@ inline std::vector<FeatureView> feature_views(at::TensorList ts) {
   return views;
 }
 
+// One uninitialised gradient per feature, with its strides (channels_last stays channels_last).
+inline std::vector<at::Tensor> empty_like_each(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(at::empty_like(t));
+  return out;
+}
+
 // Checks shared by every layer-list op: same batch, dtype and device, 4-D, non-empty.
 void check_feature_list(at::TensorList feats, const char* name);
 
