@@ -2,7 +2,8 @@
 
 ``create("resnet56", num_classes=100, checkpoint="cifar100_resnet56.pt")`` builds a network and,
 optionally, loads a checkpoint from a local file strictly (see ``hyperkd.models.checkpoint`` for
-the accepted layouts). ``available()`` lists the names.
+the accepted layouts). ``available()`` lists the names: the hub's (``HUB``), then ``EXTRAS``,
+small networks of this project for CPU demos and tests.
 """
 import difflib
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 from hyperkd.models import mobilenetv2, repvgg, resnet, shufflenetv2, vgg
 from hyperkd.models.checkpoint import load_checkpoint, read_state_dict
 
-__all__ = ["available", "create", "load_checkpoint", "parameter_count", "read_state_dict"]
+__all__ = ["EXTRAS", "HUB", "available", "create", "load_checkpoint", "parameter_count", "read_state_dict"]
 
 _BUILDERS = {
     **resnet.MODELS,
@@ -22,10 +23,14 @@ _BUILDERS = {
     **shufflenetv2.MODELS,
     **repvgg.MODELS,
 }
+HUB = tuple(_BUILDERS)
+_BUILDERS.update(vgg.EXTRA_MODELS)
+EXTRAS = tuple(vgg.EXTRA_MODELS)
 
 
 def available() -> Tuple[str, ...]:
-    """Names accepted by ``create``, family by family in the order of the hub's table."""
+    """Names accepted by ``create``: the hub's, family by family in the order of its table, then
+    the extras."""
     return tuple(_BUILDERS)
 
 

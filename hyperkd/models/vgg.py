@@ -38,15 +38,17 @@ def make_features(config: Sequence[Union[int, str]]) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    """VGG feature extractor followed by a 512-512-``num_classes`` classifier with dropout."""
+    """VGG feature extractor followed by a two-hidden-layer classifier with dropout, as wide as
+    the last conv (512 for the hub nets)."""
 
     def __init__(self, config: Sequence[Union[int, str]], num_classes: int = 100):
         super().__init__()
         self.features = make_features(config)
+        width = [c for c in config if c != POOL][-1]
         self.classifier = nn.Sequential(
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(512, num_classes),
+            nn.Linear(width, width), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(width, width), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(width, num_classes),
         )
         torchvision_init(self, linear_std=0.01)
 
@@ -55,3 +57,6 @@ class VGG(nn.Module):
 
 
 MODELS = {name: partial(VGG, config) for name, config in CONFIGS.items()}
+# Not in the hub: VGG-11 at a quarter of the width, small enough to hypernetise and distil on a
+# CPU in minutes (the digits demo). Like the hub nets it has no residual connections.
+EXTRA_MODELS = {"vgg11_bn_x0_25": partial(VGG, tuple(c if c == POOL else c // 4 for c in CONFIGS["vgg11_bn"]))}

@@ -32,8 +32,17 @@ def layout(name: str) -> dict:
     return {key: list(tensor.shape) for key, tensor in state_dict.items()}
 
 
-def test_available_lists_the_19_hub_models_in_table_order():
-    assert models.available() == tuple(PUBLISHED_PARAMS_M)
+def test_available_lists_the_19_hub_models_in_table_order_then_the_extras():
+    assert models.HUB == tuple(PUBLISHED_PARAMS_M)
+    assert models.available() == models.HUB + ("vgg11_bn_x0_25",)
+
+
+def test_quarter_width_vgg11_keeps_the_vgg11_layout_at_a_quarter_of_the_channels():
+    small, full = models.create("vgg11_bn_x0_25", num_classes=10), models.create("vgg11_bn", num_classes=10)
+    convs = lambda net: [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels * 4 for c in convs(small)] == [c.out_channels for c in convs(full)]
+    assert small.classifier[0].in_features == 128
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_PARAMS_M))
@@ -52,8 +61,8 @@ def test_state_dict_keys_and_shapes_match_the_snapshot(name):
     assert layout(name) == json.loads(SNAPSHOT.read_text())[name]
 
 
-def test_snapshot_covers_exactly_the_zoo():
-    assert tuple(json.loads(SNAPSHOT.read_text())) == models.available()
+def test_snapshot_covers_exactly_the_hub_models():
+    assert tuple(json.loads(SNAPSHOT.read_text())) == models.HUB
 
 
 @pytest.mark.parametrize("name, classifier", [("resnet20", "fc"), ("vgg11_bn", "classifier.6"),
@@ -92,7 +101,7 @@ def test_num_classes_must_be_a_positive_integer(num_classes):
 
 def _write_snapshot() -> None:
     entries = []
-    for name in models.available():
+    for name in models.HUB:
         lines = [f"    {json.dumps(key)}: {json.dumps(shape)}"
                  for key, shape in layout(name).items()]
         entries.append(f"  {json.dumps(name)}: {{\n" + ",\n".join(lines) + "\n  }")
