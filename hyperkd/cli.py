@@ -7,9 +7,9 @@ import sys
 
 from hyperkd.config import add_config_argument, apply_config
 
-COMMANDS = ("demo", "bench", "models", "eval", "teacher", "siren")
+COMMANDS = ("demo", "train", "sweep", "teacher", "eval", "models", "bench", "siren")
 # Commands whose flags may also come from a YAML --config file.
-CONFIGURABLE = ("teacher", "siren")
+CONFIGURABLE = ("train", "sweep", "teacher", "siren")
 
 
 def build_parser():

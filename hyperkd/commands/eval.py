@@ -1,4 +1,5 @@
-"""``hyperkd eval``: top-1 and top-5 accuracy of a zoo model on a data set's test split."""
+"""``hyperkd eval``: top-1 and top-5 accuracy of a zoo model on a data set's test split. A
+hypernetised student's checkpoint (from ``hyperkd train``) is materialised at ``--gamma`` first."""
 from typing import Dict
 
 import torch
@@ -27,6 +28,8 @@ def add_arguments(parser) -> None:
                         help="data loader processes (default: 0)")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--gamma", type=float, default=0.5,
+                        help="γ at which a hypernetised checkpoint generates its weights (default 0.5)")
 
 
 def _device(name) -> torch.device:
@@ -58,12 +61,23 @@ def evaluate(model: nn.Module, loader, device: torch.device,
     return {**{f"top{k}": 100.0 * correct[k] / seen for k in TOP_K}, "images": seen}
 
 
+def load_model(name: str, checkpoint, num_classes: int, gamma: float) -> nn.Module:
+    """The plain network of ``checkpoint``: loaded strictly, or, for a hypernetised student,
+    rebuilt around its hypernetwork and materialised at ``gamma``."""
+    from hyperkd import models
+    from hyperkd.hyper import hypernetized_from_state
+
+    state = models.read_state_dict(checkpoint)
+    if "hypernet.W" not in state:
+        return models.create(name, num_classes=num_classes, checkpoint=checkpoint)
+    return hypernetized_from_state(models.create(name, num_classes=num_classes), state).materialize(gamma)
+
+
 def run(args) -> int:
     from hyperkd import data, models
 
     device = _device(args.device)
-    model = models.create(args.model, num_classes=data.NUM_CLASSES[args.data],
-                          checkpoint=args.checkpoint)
+    model = load_model(args.model, args.checkpoint, data.NUM_CLASSES[args.data], args.gamma)
     _, _, test = data.loaders(args.data, args.batch_size, root=args.data_root,
                               workers=args.workers, augment=False)
     result = evaluate(model, test, device)

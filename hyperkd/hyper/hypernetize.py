@@ -104,3 +104,20 @@ def hypernetize(model: nn.Module, hidden=(16, 64, 128), gamma_dim: int = 1, modu
                         delta_ratio=delta_ratio, weight_dtype=weight_dtype)
     device = next(model.parameters()).device
     return HyperNetized(model, plan, hypernet.to(device))
+
+
+def hypernetized_from_state(model: nn.Module, state_dict: dict, **options) -> HyperNetized:
+    """Rebuilds the :class:`HyperNetized` model that saved ``state_dict`` around a fresh ``model``
+    of the same architecture and loads it strictly. The hidden widths and γ dimension are read
+    off the state's shapes; ``options`` go to :func:`hypernetize` (e.g. ``memory_format``)."""
+    keys = sorted((k for k in state_dict if k.startswith("hypernet.hidden.") and k.endswith(".weight")),
+                  key=lambda k: int(k.split(".")[2]))
+    if not keys or "hypernet.W" not in state_dict:
+        raise ValueError("state_dict: not a hypernetised model's state (no hypernet.W / hypernet.hidden.*); "
+                         "load a plain checkpoint with hyperkd.models.create(..., checkpoint=)")
+    hidden = tuple(state_dict[k].shape[0] for k in keys)
+    gamma_dim = state_dict[keys[0]].shape[1] // 2
+    net = hypernetize(model, hidden=hidden, gamma_dim=gamma_dim, delta_ratio=0.0,
+                      weight_dtype=state_dict["hypernet.W"].dtype, **options)
+    net.load_state_dict(state_dict)
+    return net

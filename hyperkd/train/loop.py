@@ -10,7 +10,9 @@ minimised; a NaN or inf term stops the run with its name.
 Under ``torchrun`` (DDP) each rank trains on its shard, losses and accuracies are summed over the
 ranks so that every rank takes the same model-selection decisions, and only rank 0 writes.
 """
+import json
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -146,7 +148,20 @@ class Trainer:
             if distributed.is_main():
                 self.metrics.append(record)
                 save_checkpoint(self.out_dir / "last.pt", self._state(epoch))
+        if distributed.is_main():
+            self._write_summary()
         return dict(self.best)
+
+    def _write_summary(self) -> None:
+        """``summary.json``: the selected epoch, mean epoch time and the run's peak memory, from
+        the metrics log (so a resumed run summarises all of its epochs)."""
+        records = self.metrics.records()
+        summary = {**self.best, "epochs": len(records),
+                   "mean_epoch_time_s": sum(r["epoch_time_s"] for r in records) / max(len(records), 1),
+                   "peak_memory_bytes": max((r["peak_memory_bytes"] for r in records), default=0)}
+        tmp = self.out_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.out_dir / "summary.json")
 
     def _model_state(self) -> dict:
         """The model's own state_dict: without DDP's ``module.`` prefix."""

@@ -1,0 +1,39 @@
+"""``hyperkd sweep``: every listed KD method (and the No-KD baseline) over several seeds, with a
+Table-1-style table (mean ± std) and one convergence plot. Finished runs are skipped."""
+from hyperkd.commands.train import add_student_arguments, student_config
+
+HELP = "run several KD methods x seeds; write a Table-1-style table and one convergence plot"
+
+
+def seeds(text: str) -> tuple:
+    try:
+        values = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"seeds: expected distinct comma-separated integers such as 0,1,2, got {text!r}")
+    return values
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated KD methods, e.g. at0,at1:p=2,ab (No-KD is always added)")
+    parser.add_argument("--seeds", type=seeds, default=(0,), help="comma-separated seeds (default 0)")
+    add_student_arguments(parser, single_run=False)
+
+
+def run(args) -> int:
+    from hyperkd.config import save_config
+    from hyperkd.train import sweep
+    from hyperkd.train.teacher import resolve_device
+
+    methods = sweep.parse_methods(args.methods)
+    base = student_config(args, kd=methods[-1], seed=args.seeds[0])
+    base.check()
+    save_config(args, args.out)
+    results = sweep.run_sweep(base, methods, args.seeds, args.out)
+    teacher = sweep.teacher_accuracy(base, resolve_device(base.device)) if base.teacher else None
+    print(sweep.report(results, args.out, methods, args.seeds, teacher,
+                       title=f"{args.model} on {args.data}, MIP {','.join(map(str, base.hidden))}"))
+    print(f"\ntable: {args.out / 'results.md'} (and .csv), plot: {args.out / 'convergence.png'}")
+    return 0
