@@ -9,11 +9,17 @@ the opt-out: W becomes an ordinary parameter of that torch optimizer.
 The fused step cannot support what needs W's gradient after backward has finished:
 gradient accumulation over several backward calls, global gradient-norm clipping, and a second
 backward through the same graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
+
+Under DDP (torch.distributed initialised, world size > 1) W is no DDP parameter (it needs no
+gradient), so the fused step itself applies the rank-mean of dW that DDP gives every other
+parameter, exchanging only the factors (see :func:`rank_mean_factors`).
 """
 import torch
+import torch.distributed as dist
 
 from hyperkd.hyper.hypernetize import HyperNetized
 from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
+from hyperkd.train import distributed
 
 ALGORITHMS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
 STATE_DTYPES = (torch.float32, torch.bfloat16)
@@ -42,8 +48,40 @@ class _FusedGeneration(torch.autograd.Function):
         return None, None, dz, dsum, dsum, None
 
 
+def _same_on_every_rank(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds the same values on every rank: its elementwise maximum and minimum over
+    the ranks agree. One all-reduce of 2·numel values, and every rank reaches the same verdict."""
+    bounds = torch.cat([t, -t])
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    high, negated_low = bounds.chunk(2)
+    return torch.equal(high, -negated_low)
+
+
+def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
+    """Under DDP, factors (dθ', z') with dθ'ᵀ·z' = the mean over the ranks of dθ_rᵀ·z_r, the same
+    on every rank.
+
+    DDP averages every other gradient over the ranks; W's fused update must use the same mean,
+    but never as a P×d gradient. When every rank has the same codes z (a γ shared by all ranks)
+    the mean is (Σ_r dθ_r / world)ᵀ·z: one all-reduce of B_γ×P values. Otherwise the factors are
+    gathered and stacked along B_γ, Σ_r dθ_rᵀ·z_r = [dθ_0; …; dθ_{w−1}]ᵀ·[z_0; …; z_{w−1}]: one
+    all-gather of world×B_γ×(P+d) values. Every rank calls this once per step, in the same
+    order, with the same B_γ.
+    """
+    world = distributed.world_size()
+    if _same_on_every_rank(z):
+        dist.all_reduce(dtheta)
+        return dtheta / world, z
+    packed = torch.cat([dtheta, z], dim=1)
+    stacked = packed.new_empty(world * packed.shape[0], packed.shape[1])
+    dist.all_gather_single(stacked, packed)
+    P = dtheta.shape[1]
+    return stacked[:, :P] / world, stacked[:, P:].contiguous()
+
+
 class FusedOutputStep:
-    """W's optimizer state and its in-place update from the factors (dθ, z)."""
+    """W's optimizer state and its in-place update from the factors (dθ, z), averaged over the
+    DDP ranks."""
 
     def __init__(self, W, algorithm, hyper, state_dtype, lr_source):
         self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
@@ -51,22 +89,35 @@ class FusedOutputStep:
         empty = W.new_empty(0, dtype=torch.float32)
         self.state = [torch.zeros(W.shape, dtype=state_dtype, device=W.device) if i < slots else empty
                       for i in range(2)]
-        self.step_count, self.pending = 0, False
+        self.step_count, self.pending, self.seed_shared = 0, False, False
         self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
     def generate(self, hypernet, z):
         return list(_FusedGeneration.apply(self, self.W, z, hypernet.b, hypernet.theta0, hypernet._geometry))
 
     def apply(self, dtheta, z):
+        """W's update from this backward's factors: dθ (B_γ×P) and z (B_γ×d)."""
         if self.pending:
             raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
                                f"accumulation) cannot be fused, W was already updated; {_OPT_OUT}")
         self.pending = True
+        if distributed.active():
+            self._share_seed()
+            dtheta, z = rank_mean_factors(dtheta, z)
         self.step_count += 1
         h = self.hyper
         torch.ops.hyperkd.hyper_fused_step_(self.W, self.state[0], self.state[1], dtheta, z, self.algorithm,
                                             self.lr_source(), h["beta1"], h["beta2"], h["eps"],
                                             h["weight_decay"], self.step_count, self.seed + self.step_count)
+
+    def _share_seed(self) -> None:
+        """Rank 0's stochastic-rounding seed on every rank, once: the ranks must round W and its
+        state identically, or their bf16 replicas drift apart."""
+        if self.seed_shared:
+            return
+        seed = torch.tensor(self.seed, device=self.W.device)
+        dist.broadcast(seed, src=0)
+        self.seed, self.seed_shared = int(seed), True
 
 
 class HyperOptimizer:
@@ -76,6 +127,9 @@ class HyperOptimizer:
     ``param_groups[0]["lr"]`` of the torch optimizer, so schedulers built on :attr:`inner` drive
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
+
+    Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
+    ``fused=True`` W needs no gradient, and DDP fixes the parameters it reduces when it is built.
     """
 
     def __init__(self, model: HyperNetized, algorithm: str = "sgd", lr: float = 1e-3, *, momentum: float = 0.0,
