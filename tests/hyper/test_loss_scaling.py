@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from hyperkd.hyper import hypernetize
 from hyperkd.hyper.optim import HyperOptimizer
-from tests.hyper.test_fused_step import batches
 from tests.hyper.nets import NETS
+from tests.hyper.test_fused_step import batches
 from tests.tolerances import assert_close
 
 STEPS = 4
