@@ -59,10 +59,15 @@ class HyperNet(nn.Module):
         self.b.zero_()
 
     def code(self, gamma: torch.Tensor) -> torch.Tensor:
-        """z_{H−1} of Eq. 1 for a B_γ×k γ (input encoded as [sin(πγ/2), cos(πγ/2)])."""
-        z = encode_gamma(gamma.to(self.theta0))
-        for layer in self.hidden:
-            z = F.leaky_relu(layer(z), self.negative_slope)
+        """z_{H−1} of Eq. 1 for a B_γ×k γ (input encoded as [sin(πγ/2), cos(πγ/2)]).
+
+        Always fp32, even under autocast: the generation op takes W's accumulation dtype, and W
+        would spread an fp16 rounding of z into every generated weight (the MLP is tiny anyway).
+        """
+        with torch.autocast(self.theta0.device.type, enabled=False):
+            z = encode_gamma(gamma.to(self.theta0))
+            for layer in self.hidden:
+                z = F.leaky_relu(layer(z), self.negative_slope)
         return z
 
     def forward(self, gamma: torch.Tensor) -> list:

@@ -9,11 +9,23 @@ the opt-out: W becomes an ordinary parameter of that torch optimizer.
 The fused step cannot support what needs W's gradient after backward has finished:
 gradient accumulation over several backward calls, global gradient-norm clipping, and a second
 backward through the same graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
+
+Under DDP (torch.distributed initialised, world size > 1) W is no DDP parameter (it needs no
+gradient), so the fused step itself applies the rank-mean of dW that DDP gives every other
+parameter, exchanging only the factors (see :func:`rank_mean_factors`). With fp16 loss scaling
+(``scaler``) dθ arrives multiplied by the loss scale: the step divides it out and skips W's update
+when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. b's and θ0's gradient
+is Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf confined to a
+non-generated parameter's gradient (seen after W was updated) skips the torch step alone.
 """
+from typing import Optional
+
 import torch
+import torch.distributed as dist
 
 from hyperkd.hyper.hypernetize import HyperNetized
 from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
+from hyperkd.train import distributed
 
 ALGORITHMS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
 STATE_DTYPES = (torch.float32, torch.bfloat16)
@@ -42,31 +54,81 @@ class _FusedGeneration(torch.autograd.Function):
         return None, None, dz, dsum, dsum, None
 
 
-class FusedOutputStep:
-    """W's optimizer state and its in-place update from the factors (dθ, z)."""
+def _same_on_every_rank(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds the same values on every rank: its elementwise maximum and minimum over
+    the ranks agree. One all-reduce of 2·numel values, and every rank reaches the same verdict."""
+    bounds = torch.cat([t, -t])
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    high, negated_low = bounds.chunk(2)
+    return torch.equal(high, -negated_low)
 
-    def __init__(self, W, algorithm, hyper, state_dtype, lr_source):
+
+def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
+    """Under DDP, factors (dθ', z') with dθ'ᵀ·z' = the mean over the ranks of dθ_rᵀ·z_r, the same
+    on every rank.
+
+    DDP averages every other gradient over the ranks; W's fused update must use the same mean,
+    but never as a P×d gradient. When every rank has the same codes z (a γ shared by all ranks)
+    the mean is (Σ_r dθ_r / world)ᵀ·z: one all-reduce of B_γ×P values. Otherwise the factors are
+    gathered and stacked along B_γ, Σ_r dθ_rᵀ·z_r = [dθ_0; …; dθ_{w−1}]ᵀ·[z_0; …; z_{w−1}]: one
+    all-gather of world×B_γ×(P+d) values. Every rank calls this once per step, in the same
+    order, with the same B_γ.
+    """
+    world = distributed.world_size()
+    if _same_on_every_rank(z):
+        dist.all_reduce(dtheta)
+        return dtheta / world, z
+    packed = torch.cat([dtheta, z], dim=1)
+    stacked = packed.new_empty(world * packed.shape[0], packed.shape[1])
+    dist.all_gather_single(stacked, packed)
+    P = dtheta.shape[1]
+    return stacked[:, :P] / world, stacked[:, P:].contiguous()
+
+
+class FusedOutputStep:
+    """W's optimizer state and its in-place update from the factors (dθ, z), averaged over the
+    DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one."""
+
+    def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None):
         self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
+        self.scaler = scaler
         slots = 0 if algorithm == SGD and hyper["beta1"] == 0.0 else (1 if algorithm == SGD else 2)
         empty = W.new_empty(0, dtype=torch.float32)
         self.state = [torch.zeros(W.shape, dtype=state_dtype, device=W.device) if i < slots else empty
                       for i in range(2)]
-        self.step_count, self.pending = 0, False
+        self.step_count, self.pending, self.seed_shared = 0, False, False
         self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
     def generate(self, hypernet, z):
         return list(_FusedGeneration.apply(self, self.W, z, hypernet.b, hypernet.theta0, hypernet._geometry))
 
     def apply(self, dtheta, z):
+        """W's update from this backward's factors: dθ (B_γ×P, times the loss scale) and z (B_γ×d)."""
         if self.pending:
             raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
                                f"accumulation) cannot be fused, W was already updated; {_OPT_OUT}")
         self.pending = True
+        if distributed.active():
+            self._share_seed()
+            dtheta, z = rank_mean_factors(dtheta, z)
+        if self.scaler is not None and self.scaler.is_enabled():
+            dtheta = dtheta * (1.0 / self.scaler.get_scale())  # as GradScaler.unscale_; exact for 2^k
+            if not torch.isfinite(dtheta).all():
+                return  # a step GradScaler skips: no update and, as for torch's optimizers, no step count
         self.step_count += 1
         h = self.hyper
         torch.ops.hyperkd.hyper_fused_step_(self.W, self.state[0], self.state[1], dtheta, z, self.algorithm,
                                             self.lr_source(), h["beta1"], h["beta2"], h["eps"],
                                             h["weight_decay"], self.step_count, self.seed + self.step_count)
+
+    def _share_seed(self) -> None:
+        """Rank 0's stochastic-rounding seed on every rank, once: the ranks must round W and its
+        state identically, or their bf16 replicas drift apart."""
+        if self.seed_shared:
+            return
+        seed = torch.tensor(self.seed, device=self.W.device)
+        dist.broadcast(seed, src=0)
+        self.seed, self.seed_shared = int(seed), True
 
 
 class HyperOptimizer:
@@ -76,11 +138,20 @@ class HyperOptimizer:
     ``param_groups[0]["lr"]`` of the torch optimizer, so schedulers built on :attr:`inner` drive
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
+
+    Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
+    ``fused=True`` W needs no gradient, and DDP fixes the parameters it reduces when it is built.
+
+    ``scaler``: the ``torch.amp.GradScaler`` that scales the loss, when training with fp16 loss
+    scaling. Step through it as usual (``scaler.step(opt); scaler.update()``); the fused step
+    needs it because it updates W inside backward, before ``scaler.step`` runs. Unfused, W's
+    gradient is unscaled by ``scaler.step`` like any other and the argument changes nothing.
     """
 
     def __init__(self, model: HyperNetized, algorithm: str = "sgd", lr: float = 1e-3, *, momentum: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 state_dtype: torch.dtype = torch.float32, fused: bool = True):
+                 state_dtype: torch.dtype = torch.float32, fused: bool = True,
+                 scaler: Optional[torch.amp.GradScaler] = None):
         if not isinstance(model, HyperNetized):
             raise TypeError(f"model: expected a HyperNetized model, got {type(model).__name__}")
         if algorithm not in ALGORITHMS:
@@ -89,6 +160,8 @@ class HyperOptimizer:
             raise ValueError(f"state_dtype: expected one of {STATE_DTYPES}, got {state_dtype}")
         if not lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler: expected a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         hypernet = model.hypernet
         W = hypernet.W
         if W.dtype == torch.bfloat16 and not fused:
@@ -96,7 +169,7 @@ class HyperOptimizer:
                              "use fused=True or weight_dtype=torch.float32")
         if state_dtype != torch.float32 and not fused:
             raise ValueError("state_dtype: bf16 optimizer state is available with fused=True only")
-        self.model, self.fused = model, fused
+        self.model, self.fused, self.scaler = model, fused, scaler
         others = [p for p in model.parameters() if p.requires_grad and p is not W]
         params = others if fused else others + [W]
         if algorithm == "sgd":
@@ -111,18 +184,25 @@ class HyperOptimizer:
             hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
                          weight_decay=float(weight_decay))
             hypernet.fused_step = FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
-                                                  lambda: self.inner.param_groups[0]["lr"])
+                                                  lambda: self.inner.param_groups[0]["lr"], scaler)
 
     @property
     def param_groups(self):
         return self.inner.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clears the gradients and starts a new step: also after a step that ``GradScaler.step``
+        skipped (inf/NaN gradients), where :meth:`step` never ran."""
         self.inner.zero_grad(set_to_none=set_to_none)
+        self._end_fused_step()
 
     def step(self) -> None:
         """Steps everything but W (W was stepped in backward when fused)."""
         self.inner.step()
+        self._end_fused_step()
+
+    def _end_fused_step(self) -> None:
+        """The next backward may update W again (before this, it would be gradient accumulation)."""
         if self.fused:
             self.model.hypernet.fused_step.pending = False
 

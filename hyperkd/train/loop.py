@@ -9,6 +9,10 @@ minimised; a NaN or inf term stops the run with its name.
 
 Under ``torchrun`` (DDP) each rank trains on its shard, losses and accuracies are summed over the
 ranks so that every rank takes the same model-selection decisions, and only rank 0 writes.
+
+fp16 training (e.g. on a T4, without fast bf16) runs the forward under ``torch.autocast`` inside
+``loss_fn`` and passes a ``torch.amp.GradScaler`` as ``scaler``: the loss is scaled before
+backward, steps with inf/NaN gradients are skipped, and the scaler's state is checkpointed.
 """
 import json
 import math
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hyperkd.hyper import HyperOptimizer
 from hyperkd.train import distributed
 from hyperkd.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from hyperkd.train.metrics import MetricsLog
@@ -47,6 +52,9 @@ class Trainer:
     ``stateful`` maps names to extra objects with ``state_dict``/``load_state_dict`` that must be
     checkpointed with the model. ``on_epoch`` is called with the epoch index before it trains (to
     set λ schedules) and returns a dict merged into that epoch's metrics record.
+
+    ``scaler``: a ``torch.amp.GradScaler`` for fp16 loss scaling; a fused :class:`HyperOptimizer`
+    must have been built with the same one (it unscales W's update inside backward).
     """
 
     model: nn.Module
@@ -63,8 +71,13 @@ class Trainer:
     device: torch.device = torch.device("cpu")
     progress: bool = True
     grad_norm: bool = False
+    scaler: Optional[torch.amp.GradScaler] = None
 
     def __post_init__(self):
+        if (isinstance(self.optimizer, HyperOptimizer) and self.optimizer.fused
+                and self.optimizer.scaler is not self.scaler):
+            raise ValueError("scaler: a fused HyperOptimizer unscales W's update inside backward, so it "
+                             "needs the Trainer's scaler: build it with HyperOptimizer(..., scaler=scaler)")
         self.out_dir = Path(self.out_dir)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.best = {"epoch": -1, "val_acc": -math.inf, "test_acc": None}
@@ -88,12 +101,10 @@ class Trainer:
                                              f"step {step}: stopping instead of training on it")
             total = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (total if self.scaler is None else self.scaler.scale(total)).backward()
             if self.grad_norm:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
-                                                      if p.grad is not None])
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) * len(y)
-            self.optimizer.step()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + self._grad_norm() * len(y)
+            self._step()
             n = len(y)
             count += n
             for name, value in logged.items():
@@ -107,6 +118,23 @@ class Trainer:
         names = sorted(sums)
         *totals, count = distributed.sum_across_ranks([sums[k] for k in names] + [count], self.device)
         return {k: v / max(count, 1) for k, v in zip(names, totals)}
+
+    def _grad_norm(self) -> float:
+        """The global norm of the gradients, unscaled first when the loss was scaled (then inf or NaN
+        on a step that the scaler skips)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        return float(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
+                                                    if p.grad is not None]))
+
+    def _step(self) -> None:
+        """The optimizer step; through the scaler, which skips it on inf/NaN gradients and then
+        adapts the loss scale."""
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -176,6 +204,7 @@ class Trainer:
             "model": self._model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "stateful": self._stateful_dicts(),
             "best": self.best,
             "rng": rng_state(),
@@ -204,6 +233,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         for name, obj in self.stateful.items():
             obj.load_state_dict(state["stateful"][name])
         self.best = state["best"]

@@ -167,6 +167,8 @@ def test_bad_optimizer_arguments_name_the_argument():
         HyperOptimizer(model, "adam", state_dtype=torch.bfloat16, fused=False)
     with pytest.raises(TypeError, match="model: expected a HyperNetized model"):
         HyperOptimizer(model.primary)
+    with pytest.raises(TypeError, match="scaler: expected a torch.amp.GradScaler or None, got float"):
+        HyperOptimizer(model, scaler=2.0 ** 16)
     bf16 = hypernetize(NETS["vgg"](), hidden=(8, 16), weight_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="fused: a bf16 W is updated only by the fused step"):
         HyperOptimizer(bf16, fused=False)

@@ -1,16 +1,20 @@
 """DDP with the gloo backend on the CPU: two ranks with batch b train exactly like one process with
-batch 2b, and only rank 0 writes."""
+batch 2b, and only rank 0 writes; the fused hypernetwork step applies the rank-mean of W's update."""
 import json
+from unittest import mock
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
+from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
+from tests.hyper.nets import NETS
 from tests.tolerances import assert_close
 
 
@@ -64,3 +68,83 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(tmp_path):
     # rank 0 alone wrote: one metrics file, one last.pt, and the stripped (module-free) keys
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == ["best.pt", "last.pt", "rank0.pt", "rank1.pt"]
     assert "0.weight" in torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
+
+
+# -- the fused hypernetwork step under DDP -----------------------------------------------------------
+HYPER_STEPS, HYPER_BATCH = 4, 4  # per rank
+GAMMAS = (0.3, 0.7)  # rank r's fixed γ when the ranks' γ differ
+
+
+def hyper_base():
+    torch.manual_seed(0)
+    return hypernetize(NETS["vgg"](), hidden=(8, 16))
+
+
+def hyper_batches():
+    g = torch.Generator().manual_seed(3)
+    n = 2 * HYPER_BATCH
+    return [(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g))
+            for _ in range(HYPER_STEPS)]
+
+
+def hyper_train(model, gamma, fused, rank=None, **kwargs):
+    """SGD steps of ``model`` on rank ``rank``'s half of each batch (both halves when ``rank`` is
+    None: one process with B_γ = 2, one γ per half, each half normalised on its own like a rank's
+    batch); returns the trained parameters (BatchNorm running statistics are buffers, not compared)."""
+    # Before DDP: fused=True takes W out of the parameters that need a gradient, which DDP fixes at
+    # construction.
+    opt = HyperOptimizer(model, "sgd", lr=0.05, momentum=0.9, weight_decay=1e-3, fused=fused, **kwargs)
+    net = model if rank is None else DistributedDataParallel(model)
+    for x, y in hyper_batches():
+        if rank is not None:
+            half = slice(rank * HYPER_BATCH, (rank + 1) * HYPER_BATCH)
+            x, y = x[half], y[half]
+        opt.zero_grad()
+        F.cross_entropy(net(x, gamma), y).backward()
+        opt.step()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _hyper_rank_main(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        results = {}
+        for gammas in ("shared", "per_rank"):
+            gamma = 0.5 if gammas == "shared" else GAMMAS[rank]
+            for fused in (True, False):
+                with mock.patch.object(dist, "all_gather_single", wraps=dist.all_gather_single) as gather:
+                    results[gammas, fused] = hyper_train(hyper_base(), gamma, fused, rank)
+                results[gammas, fused, "all-gathers"] = gather.call_count
+        # Ranks drawing different stochastic-rounding seeds still round a bf16 W identically.
+        model = hypernetize(NETS["vgg"](), hidden=(8, 16), weight_dtype=torch.bfloat16)
+        torch.manual_seed(rank)
+        results["bf16"] = hyper_train(model, GAMMAS[rank], True, rank, state_dtype=torch.bfloat16)
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fused_step_under_ddp_matches_unfused_ddp_and_one_process(tmp_path):
+    (tmp_path / "ddp").mkdir()
+    mp.spawn(_hyper_rank_main, args=(str(tmp_path / "pg"), str(tmp_path / "ddp")), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in range(2)]
+    single = {"shared": hyper_train(hyper_base(), torch.tensor([[0.5], [0.5]]), True),
+              "per_rank": hyper_train(hyper_base(), torch.tensor([[g] for g in GAMMAS]), True)}
+    base = dict(hyper_base().named_parameters())
+    for gammas in ("shared", "per_rank"):
+        fused, unfused = ranks[0][gammas, True], ranks[0][gammas, False]
+        assert (fused["hypernet.W"] - base["hypernet.W"]).abs().max() > 1e-3  # W did train
+        for name, value in fused.items():
+            for r in (0, 1):  # ranks stay in lockstep, W included
+                assert torch.equal(ranks[r][gammas, True][name], value), name
+                assert torch.equal(ranks[r][gammas, False][name], unfused[name]), name
+            # The paths sum dW = dθᵀ·z over ranks and γ in different orders; fp32 rounding then
+            # accumulates over the steps (as in tests/hyper/test_fused_step.py).
+            for other in (unfused, single[gammas]):
+                assert_close(value, other[name], torch.float32, scale=HYPER_STEPS, msg=f"{gammas} {name}")
+    # A γ shared by the ranks needs only an all-reduce of dθ; distinct γ gather the factors.
+    assert [ranks[r]["shared", True, "all-gathers"] for r in (0, 1)] == [0, 0]
+    assert [ranks[r]["per_rank", True, "all-gathers"] for r in (0, 1)] == [HYPER_STEPS] * 2
+    assert ranks[0]["bf16"]["hypernet.W"].dtype == torch.bfloat16
+    for name, value in ranks[0]["bf16"].items():
+        assert torch.equal(ranks[1]["bf16"][name], value), name

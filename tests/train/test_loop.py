@@ -1,9 +1,11 @@
-"""The epoch loop: model selection on validation, exact resume after a kill, NaN stops."""
+"""The epoch loop: model selection on validation, exact resume after a kill (fp16 loss scaling
+included), NaN stops."""
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.train.loop import NonFiniteLossError, Trainer
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
@@ -19,40 +21,52 @@ def tiny_loaders(seed=0):
             DataLoader(val, batch_size=8), DataLoader(test, batch_size=8))
 
 
-def make_trainer(out_dir, fail_at=None):
+def make_trainer(out_dir, fail_at=None, fp16=False):
+    """A small MLP with SGD; ``fp16``: hypernetised (a γ drawn every step), autocast to fp16,
+    the fused step and a loss scale that starts high enough to overflow, back off and regrow."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    scaler = None
+    if fp16:
+        model = hypernetize(model, hidden=(4, 8), types=(nn.Linear,))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24, growth_interval=3)
+        opt = HyperOptimizer(model, "sgd", lr=0.1, momentum=0.9, scaler=scaler)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt.inner if fp16 else opt, T_max=4)
     calls = {"n": 0}
 
     def loss_fn(x, y):
         calls["n"] += 1
         if fail_at is not None and calls["n"] == fail_at:
             raise KeyboardInterrupt("killed")
-        logits = model(x)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
+            logits = model(x).float()
         return logits, {"ce": nn.functional.cross_entropy(logits, y)}
 
     return Trainer(model, opt, loss_fn, *tiny_loaders(), out_dir=out_dir, scheduler=sched, progress=False,
-                   on_epoch=lambda e: {"lambda": 0.1 * e})
+                   on_epoch=lambda e: {"lambda": 0.1 * e}, scaler=scaler)
 
 
 def strip(records):
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
-    straight = make_trainer(tmp_path / "a")
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16-scaled"])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, fp16):
+    straight = make_trainer(tmp_path / "a", fp16=fp16)
     straight.fit(4)
-    killed = make_trainer(tmp_path / "b", fail_at=8 * 2 + 3)  # inside the third epoch
+    killed = make_trainer(tmp_path / "b", fail_at=8 * 2 + 3, fp16=fp16)  # inside the third epoch
     with pytest.raises(KeyboardInterrupt):
         killed.fit(4)
-    resumed = make_trainer(tmp_path / "b")
+    resumed = make_trainer(tmp_path / "b", fp16=fp16)
     best = resumed.fit(4, resume=True)
     assert strip(resumed.metrics.records()) == strip(straight.metrics.records())
     assert best == straight.best
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+    if fp16:
+        assert resumed.scaler.state_dict() == straight.scaler.state_dict()
 
 
 def test_model_selection_records_test_accuracy_only_on_improvement(tmp_path):
@@ -95,3 +109,11 @@ def test_logged_values_are_checked_and_averaged_but_not_minimised(tmp_path):
 def test_epochs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="epochs: expected a positive integer"):
         make_trainer(tmp_path).fit(0)
+
+
+def test_a_fused_hyper_optimizer_needs_the_trainers_scaler(tmp_path):
+    model = hypernetize(nn.Sequential(nn.Linear(8, 2)), hidden=(4,), types=(nn.Linear,))
+    opt = HyperOptimizer(model, "sgd", lr=0.1)
+    with pytest.raises(ValueError, match=r"scaler: .*HyperOptimizer\(\.\.\., scaler=scaler\)"):
+        Trainer(model, opt, None, *tiny_loaders(), out_dir=tmp_path,
+                scaler=torch.amp.GradScaler("cpu"))
