@@ -7,7 +7,7 @@ import sys
 
 from hyperkd.config import add_config_argument, apply_config
 
-COMMANDS = ("demo", "bench", "models", "eval", "teacher", "siren")
+COMMANDS = ("demo", "bench", "models", "eval", "teacher", "siren", "plan")
 # Commands whose flags may also come from a YAML --config file.
 CONFIGURABLE = ("teacher", "siren")
 
