@@ -13,6 +13,8 @@ from functools import partial
 
 import torch
 
+from hyperkd.hyper.memory import OPTIMIZERS, format_size, memory_estimate, parse_size
+
 HELP = "estimate a hypernetised training run's memory and suggest the switches that fit a budget"
 NARROW_HIDDEN = (16, 16, 16)
 BF16 = torch.bfloat16
@@ -32,7 +34,6 @@ class Setup:
 
 def add_arguments(parser) -> None:
     from hyperkd.data import DATASETS
-    from hyperkd.hyper.memory import OPTIMIZERS
 
     parser.add_argument("--model", required=True, help="a name from `hyperkd models`")
     parser.add_argument("--hidden", default="16,64,128", help="hypernetwork hidden widths (default: 16,64,128)")
@@ -50,8 +51,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hyperkd.hyper.memory import format_size, parse_size
-
     model = _meta_model(args.model, args.data)
     kd = _kd_method(args.kd)
     base = Setup(_hidden(args.hidden), _batch_size(args.batch_size), args.fused_step)
@@ -89,7 +88,7 @@ def _meta_model(name: str, data: str):
 
 
 def _kd_method(spec: str):
-    """The KD method's name, validated by the registry; None for no KD (no teacher)."""
+    """``spec`` once the registry has validated it; None for ``none`` (no KD, no teacher)."""
     from hyperkd.kd import parse_method
 
     name, _ = _flag("--kd", parse_method, spec)
@@ -98,7 +97,7 @@ def _kd_method(spec: str):
 
 def _hidden(text: str) -> tuple:
     widths = text.split(",")
-    if not all(w.strip().isdigit() and int(w) > 0 for w in widths):
+    if not all(w.strip().isdecimal() and int(w) > 0 for w in widths):
         raise ValueError(f"--hidden: expected positive widths separated by commas, e.g. 16,64,128; got {text!r}")
     return tuple(int(w) for w in widths)
 
@@ -110,8 +109,6 @@ def _batch_size(n: int) -> int:
 
 
 def _estimate(model, optimizer: str, teacher: bool, setup: Setup) -> dict:
-    from hyperkd.hyper.memory import memory_estimate
-
     return memory_estimate(model, hidden=setup.hidden, optimizer=optimizer, dtype=setup.weight_dtype,
                            fused=setup.fused, batch_size=setup.batch_size, state_dtype=setup.state_dtype,
                            teacher=teacher)
@@ -132,8 +129,6 @@ def _describe(s: Setup, optimizer: str) -> str:
 
 def _print_table(totals: dict, s: Setup, optimizer: str, kd) -> None:
     """One aligned row per component: name, size, what it holds."""
-    from hyperkd.hyper.memory import OPTIMIZERS, format_size
-
     slots = OPTIMIZERS[optimizer]
     notes = {
         "W": f"output layer, P×d ({_dtype(s.weight_dtype)})",
@@ -156,8 +151,6 @@ def _switches(base: Setup, optimizer: str) -> list:
 
     bf16 storage needs the fused step (only it rounds stochastically), so it switches that on too.
     """
-    from hyperkd.hyper.memory import OPTIMIZERS
-
     switches = [partial(replace, fused=True)]
     if OPTIMIZERS[optimizer]:
         switches.append(partial(replace, fused=True, state_dtype=BF16))
@@ -198,8 +191,6 @@ def _changes(base: Setup, s: Setup) -> list:
 
 def _print_suggestion(base: Setup, switches: list, estimate, budget: int) -> None:
     """Tries the candidates in order, printing each, and stops at the first that fits."""
-    from hyperkd.hyper.memory import format_size
-
     print("switches, alone and stacked, least change to training first:")
     for setup in _candidates(base, switches):
         total = estimate(setup)["total"]
