@@ -7,7 +7,7 @@ import sys
 
 from hyperkd.config import add_config_argument, apply_config
 
-COMMANDS = ("demo", "train", "sweep", "teacher", "eval", "models", "bench", "siren")
+COMMANDS = ("demo", "train", "sweep", "plan", "teacher", "eval", "models", "bench", "siren")
 # Commands whose flags may also come from a YAML --config file.
 CONFIGURABLE = ("train", "sweep", "teacher", "siren")
 

@@ -1,8 +1,11 @@
-"""hyperkd.hyper.memory_estimate: exact sizes of W, its gradient and state; activations on meta."""
+"""hyperkd.hyper.memory_estimate: exact sizes of W, its gradient and state; activations and the
+teacher on meta; sizes parsed and printed."""
 import pytest
 import torch
+from torch import nn
 
 from hyperkd.hyper import hypernetize, memory_estimate
+from hyperkd.hyper.memory import format_size, parse_size
 from tests.hyper.nets import NETS
 
 
@@ -38,6 +41,40 @@ def test_hypernetized_model_uses_its_own_plan_and_width():
     est = memory_estimate(model, optimizer="sgd")
     assert est["W"] == model.hypernet.W.numel() * 4
     assert est["optimizer_state"] == 0
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+def test_teacher_is_its_parameters_plus_the_conv_outputs_it_taps(name):
+    net = NETS[name]()
+    params = sum(p.numel() for p in net.parameters())
+    conv_outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: conv_outputs.append(out.numel()))
+             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    net.eval()(torch.zeros(3, 3, 8, 8))
+    for hook in hooks:
+        hook.remove()
+    est = memory_estimate(net, batch_size=3, input_shape=(3, 8, 8), teacher=True)
+    assert est["teacher"] == 4 * (params + sum(conv_outputs))
+    assert est["total"] == sum(v for k, v in est.items() if k != "total")
+    assert memory_estimate(net, batch_size=3, input_shape=(3, 8, 8))["teacher"] == 0
+
+
+@pytest.mark.parametrize("text,size", [("15GiB", 15 * 2 ** 30), ("512 MiB", 512 * 2 ** 20), ("16GB", 16 * 10 ** 9),
+                                       ("1.5gib", 3 * 2 ** 29), ("100B", 100)])
+def test_sizes_in_binary_and_decimal_units(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["15", "15XB", "GiB", "1.2.3GiB", "0GiB", ""])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(ValueError, match="expected a"):
+        parse_size(text)
+
+
+def test_sizes_print_in_the_largest_binary_unit():
+    assert format_size(1023) == "1023 B"
+    assert format_size(2 ** 20) == "1.00 MiB"
+    assert format_size(int(9.55 * 2 ** 30)) == "9.55 GiB"
 
 
 def test_bad_arguments_name_the_argument():
