@@ -13,6 +13,7 @@ from functools import partial
 
 import torch
 
+from hyperkd.commands.train import hidden_widths
 from hyperkd.hyper.memory import OPTIMIZERS, format_size, memory_estimate, parse_size
 
 HELP = "estimate a hypernetised training run's memory and suggest the switches that fit a budget"
@@ -53,7 +54,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     model = _meta_model(args.model, args.data)
     kd = _kd_method(args.kd)
-    base = Setup(_hidden(args.hidden), _batch_size(args.batch_size), args.fused_step)
+    base = Setup(_flag("--hidden", hidden_widths, args.hidden), _batch_size(args.batch_size), args.fused_step)
     budget = None if args.budget is None else _flag("--budget", parse_size, args.budget)
     estimate = partial(_estimate, model, args.optimizer, kd is not None)
     totals = estimate(base)
@@ -93,13 +94,6 @@ def _kd_method(spec: str):
 
     name, _ = _flag("--kd", parse_method, spec)
     return None if name == "none" else spec
-
-
-def _hidden(text: str) -> tuple:
-    widths = text.split(",")
-    if not all(w.strip().isdecimal() and int(w) > 0 for w in widths):
-        raise ValueError(f"--hidden: expected positive widths separated by commas, e.g. 16,64,128; got {text!r}")
-    return tuple(int(w) for w in widths)
 
 
 def _batch_size(n: int) -> int:

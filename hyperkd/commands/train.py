@@ -1,5 +1,6 @@
 """``hyperkd train``: Algorithm 1 — a fully hypernetised student distilled layer by layer from a
 teacher checkpoint of the same architecture."""
+import argparse
 from pathlib import Path
 
 HELP = "train a MIP-hypernetised student with layer-wise KD from a teacher (Algorithm 1)"
@@ -12,8 +13,15 @@ def hidden_widths(text: str) -> tuple:
     except ValueError:
         widths = ()
     if not widths or min(widths) < 1:
-        raise ValueError(f"hidden: expected comma-separated positive widths such as 16,64,128, got {text!r}")
+        raise ValueError(f"expected positive widths separated by commas, e.g. 16,64,128; got {text!r}")
     return widths
+
+
+def _hidden_flag(text: str) -> tuple:
+    try:
+        return hidden_widths(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's message, not a ValueError's
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_student_arguments(parser, *, single_run: bool = True) -> None:
@@ -35,7 +43,7 @@ def add_student_arguments(parser, *, single_run: bool = True) -> None:
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="uniform",
                         help="λ_m: uniform or the moving Gaussian spike (A.4)")
-    parser.add_argument("--hidden", type=hidden_widths, default=(16, 64, 128),
+    parser.add_argument("--hidden", type=_hidden_flag, default=(16, 64, 128),
                         help="hypernetwork hidden widths (default 16,64,128)")
     parser.add_argument("--gamma", default="uniform", help="'uniform' (γ ~ U[0,1] per step) or a fixed γ")
     parser.add_argument("--epochs", type=int, required=True)

@@ -24,7 +24,7 @@ from hyperkd.train.optim import lr_schedule
 from hyperkd.train.teacher import resolve_device
 
 SCHEDULES = {"uniform": Uniform, "spike": GaussianSpike}
-AMP = {"bf16": torch.bfloat16}
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -140,11 +140,12 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, progre
     student = hypernetize(models.create(cfg.model, num_classes=classes).to(device, memory_format=fmt),
                           hidden=tuple(cfg.hidden),
                           memory_format="channels_last" if cfg.channels_last else "contiguous")
+    # fp16 needs loss scaling; the fused step unscales W's factors itself (and skips on inf).
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    # Built before DDP wraps the model: with the fused step W needs no gradient, and DDP fixes at
+    # construction which parameters it all-reduces (W's update is averaged from its factors).
     optimizer = HyperOptimizer(student, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, fused=cfg.fused_step)
-    if distributed.active() and cfg.fused_step:
-        raise ValueError("fused_step: under DDP each rank would update W from its own factors; "
-                         "run DDP without --fused-step")
+                               weight_decay=cfg.weight_decay, fused=cfg.fused_step, scaler=scaler)
     net = (nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
            if distributed.active() else student)
     gamma = None if cfg.gamma == "uniform" else float(cfg.gamma)
@@ -185,5 +186,6 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, progre
     trainer = Trainer(net, optimizer, loss_fn, train, val, test, out_dir=out, device=device,
                       scheduler=lr_schedule(optimizer.inner, cfg.lr_schedule, cfg.epochs),
                       predict=lambda x: net(x.to(memory_format=fmt), eval_gamma),
-                      stateful=stateful, on_epoch=on_epoch, progress=progress, grad_norm=cfg.grad_norm)
+                      stateful=stateful, on_epoch=on_epoch, progress=progress, grad_norm=cfg.grad_norm,
+                      scaler=scaler)
     return trainer.fit(cfg.epochs, resume=resume)

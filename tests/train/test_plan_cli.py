@@ -71,7 +71,7 @@ def test_nothing_fits_says_so(capsys):
     (["--model", "resnet20", "--budget", "15"], "--budget: expected a size such as 15GiB"),
     (["--model", "resnet20", "--budget", "15XB"], "--budget: expected a size such as 15GiB"),
     (["--model", "resnet21"], "--model: unknown model 'resnet21'; did you mean"),
-    (["--model", "resnet20", "--hidden", "16,,64"], "--hidden: expected positive widths"),
+    (["--model", "resnet20", "--hidden", "16,,64"], "--hidden: expected positive widths separated by commas"),
     (["--model", "resnet20", "--kd", "at9"], "--kd: method: unknown KD method 'at9'"),
 ])
 def test_argument_errors_name_the_argument(capsys, argv, message):

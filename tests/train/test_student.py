@@ -103,3 +103,12 @@ def test_train_argument_errors_name_the_argument(tmp_path, teacher, capsys, argv
     argv = [a.format(teacher=teacher, missing=tmp_path / "nothing") for a in argv]
     assert main(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_with_the_fused_step_trains_with_finite_terms(tiny_digits, teacher, tmp_path, amp):
+    train_student(student(teacher, kd="at0", amp=amp, fused_step=True, epochs=2), tmp_path, progress=False)
+    for record in records(tmp_path):
+        assert all(math.isfinite(v) for k, v in record.items() if k == "loss" or k.startswith("kd/"))
+    if amp == "fp16":  # the loss scaler's state travels with the checkpoint, for an exact resume
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]["scale"] > 0
