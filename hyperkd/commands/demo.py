@@ -11,9 +11,10 @@ from pathlib import Path
 HELP = "offline demo on digits: teacher, then a hypernetised student with no KD / AT-0 / AB"
 MODEL = "vgg11_bn_x0_25"
 METHODS = ("none", "at0", "ab")
-# The demo's recipe (see docs/training.md for why): the per-sample mean of the KD sum (β = 1/B),
-# and AB's squared hinge scaled by 1/1000 as in its authors' code; λ0 = 1 keeps cross-entropy
-# from being drowned before the classifier has left its initial plateau.
+# The demo's recipe (docs/training.md says why): λ0 = 1, because with λ0 = 0.1 plain SGD leaves the
+# VGG classifier on its initial plateau for the whole run; β = 1/B turns the KD sums over the batch
+# into per-sample means, and AB's squared hinge, which sums over every activation (≈60× AT-0's
+# sum here at the start), gets a further 1/1000 so that it does not blow up the first steps.
 BATCH = 32
 KD_WEIGHT = {"none": 1.0, "at0": 1.0 / BATCH, "ab": 1.0 / (BATCH * 1000)}
 
