@@ -158,8 +158,7 @@ class Trainer:
         for epoch in range(start, epochs):
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                       **(self.on_epoch(epoch) if self.on_epoch else {})}
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
+            reset_peak_memory(self.device)
             began = time.perf_counter()
             record.update(self.train_epoch(epoch))
             record["epoch_time_s"] = time.perf_counter() - began
@@ -246,8 +245,27 @@ class Trainer:
         return state["epoch"]
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts a new peak: the CUDA allocator's, or on Linux the process's RSS high-water mark
+    (so that several runs in one process, as in a sweep, each report their own peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started
+
+
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocator bytes on CUDA since the epoch began; the process's peak RSS on the CPU."""
+    """Peak allocator bytes on CUDA since :func:`reset_peak_memory`; on the CPU the peak RSS since
+    then (VmHWM), or the process's peak RSS where /proc is not available."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,12 +1,14 @@
 """The epoch loop: model selection on validation, exact resume after a kill (fp16 loss scaling
 included), NaN stops."""
+import os
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hyperkd.hyper import HyperOptimizer, hypernetize
-from hyperkd.train.loop import NonFiniteLossError, Trainer
+from hyperkd.train.loop import NonFiniteLossError, Trainer, peak_memory_bytes, reset_peak_memory
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
 
@@ -117,3 +119,14 @@ def test_a_fused_hyper_optimizer_needs_the_trainers_scaler(tmp_path):
     with pytest.raises(ValueError, match=r"scaler: .*HyperOptimizer\(\.\.\., scaler=scaler\)"):
         Trainer(model, opt, None, *tiny_loaders(), out_dir=tmp_path,
                 scaler=torch.amp.GradScaler("cpu"))
+
+
+def test_cpu_peak_memory_restarts_after_a_reset():
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the RSS high-water mark cannot be reset here (no writable /proc/self/clear_refs)")
+    cpu = torch.device("cpu")
+    big = torch.ones(64 * 2 ** 20)  # 256 MiB, touched
+    before = peak_memory_bytes(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_bytes(cpu) < before - 200 * 2 ** 20
