@@ -188,4 +188,8 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, progre
                       predict=lambda x: net(x.to(memory_format=fmt), eval_gamma),
                       stateful=stateful, on_epoch=on_epoch, progress=progress, grad_norm=cfg.grad_norm,
                       scaler=scaler)
-    return trainer.fit(cfg.epochs, resume=resume)
+    try:
+        return trainer.fit(cfg.epochs, resume=resume)
+    finally:
+        if kd is not None:
+            kd.remove()  # the hooks tie student and teacher into reference cycles

@@ -6,6 +6,7 @@ skipped; one with only ``last.pt`` was killed and is resumed, so a sweep can be 
 The MIP baseline (``none``) is always part of a sweep: every Δ is read against it and the teacher.
 """
 import csv
+import gc
 import json
 import re
 import statistics
@@ -61,6 +62,7 @@ def run_sweep(base: StudentConfig, methods: Sequence[str], seeds: Sequence[int],
                 if progress:
                     print(f"[sweep] {method} seed {seed} -> {folder}")
                 train_student(cfg, folder, resume=(folder / "last.pt").exists(), progress=progress)
+                gc.collect()  # free this run's nets before the next run measures its peak memory
             results.setdefault(method, []).append(json.loads(summary.read_text()))
     return results
 

@@ -96,7 +96,7 @@ def test_eval_materializes_a_hypernetised_checkpoint(tiny_digits, teacher, tmp_p
     (["--model", "resnet20", "--kd", "atx", "--teacher", "{teacher}"], "unknown KD method 'atx'"),
     (["--model", "resnet20", "--kd", "at0", "--teacher", "{missing}"], "teacher: no checkpoint at"),
     (["--model", "resnet20", "--kd", "at0"], "teacher: --kd at0 needs a teacher checkpoint"),
-    (["--model", "resnet20", "--no-kd", "--data", "cifar10", "--data-root", "{missing}"], "cifar"),
+    (["--model", "resnet20", "--no-kd", "--data", "cifar10", "--data-root", "{missing}"], "cifar10 not found under"),
     (["--model", "resnet20", "--no-kd", "--gamma", "2"], "gamma: expected 'uniform' or a number in [0, 1]"),
 ])
 def test_train_argument_errors_name_the_argument(tmp_path, teacher, capsys, argv, message):
