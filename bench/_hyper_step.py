@@ -1,5 +1,6 @@
 """One hypernetised training step (hypernet forward, generation, primary forward and backward,
-update) in three implementations, and a subprocess entry point that reports its time and peak RSS.
+update) in three implementations, the primary network's own step as the baseline, and a subprocess
+entry point that reports its time and peak RSS.
 
 - ``fused``: ``hyperkd.hyper.hypernetize`` + ``HyperOptimizer(fused=True)`` (the fused generation
   op writes each kernel in place; W is updated inside backward from (dθ, z)).
@@ -8,13 +9,13 @@ update) in three implementations, and a subprocess entry point that reports its 
   over every parameter (so W's P×d gradient exists).
 - ``hyperlight``: hyperlight 0.0.5 itself (the optional ``bench`` extra), built as its README does;
   the same maths (its output bias is b + θ0) and the same torch optimizer as ``eager``.
+- ``primary``: the network alone, no hypernetwork: the footprint the hypernetwork adds to.
 
 Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS]  → one JSON line with the
 median step time after one warm-up step.
 """
 import json
 import math
-import resource
 import statistics
 import sys
 import time
@@ -85,12 +86,24 @@ class HyperlightHyper(nn.Module):
             return self.primary(x)
 
 
-UNFUSED = {"eager": EagerHyper, "hyperlight": HyperlightHyper}
+class Primary(nn.Module):
+    """The primary network trained directly (γ and the hidden widths are ignored): the baseline
+    for the memory the hypernetwork adds."""
+
+    def __init__(self, primary: nn.Module, hidden):
+        super().__init__()
+        self.primary = primary
+
+    def forward(self, x, gamma):
+        return self.primary(x)
+
+
+TORCH_STEPPED = {"eager": EagerHyper, "hyperlight": HyperlightHyper, "primary": Primary}
 
 
 def build(network: str, impl: str, hidden, optimizer: str):
     """(model, optimizer, step function) for one configuration; ``impl`` is "fused" or a key of
-    ``UNFUSED`` (those train every parameter with a torch optimizer)."""
+    ``TORCH_STEPPED`` (those step every trainable parameter with a torch optimizer)."""
     from hyperkd.hyper import HyperOptimizer, hypernetize
 
     primary = create_network(network)
@@ -100,7 +113,7 @@ def build(network: str, impl: str, hidden, optimizer: str):
         model = hypernetize(primary, hidden=hidden)
         opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True)
     else:
-        model = UNFUSED[impl](primary, hidden)
+        model = TORCH_STEPPED[impl](primary, hidden)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = (torch.optim.SGD(params, lr=1e-3, momentum=momentum) if algorithm == "sgd"
                else torch.optim.AdamW(params, lr=1e-3))
@@ -116,6 +129,14 @@ def build(network: str, impl: str, hidden, optimizer: str):
     return model, opt, step
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since exec (Linux VmHWM). Not ``ru_maxrss``: a child keeps
+    the larger of its own and its parent's high-water mark there, so once the benchmark process had
+    built VGG-11-bn every later child read at least that."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def main(argv):
     network, impl, hidden, optimizer = argv[:4]
     steps = int(argv[4]) if len(argv) > 4 else 3
@@ -126,9 +147,9 @@ def main(argv):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"network": network, "impl": impl, "hidden": hidden, "optimizer": optimizer,
-                      "step_s": statistics.median(times), "step_times_s": times, "peak_rss_bytes": peak}))
+                      "step_s": statistics.median(times), "step_times_s": times,
+                      "peak_rss_bytes": peak_rss_bytes()}))
 
 
 if __name__ == "__main__":

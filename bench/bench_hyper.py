@@ -68,7 +68,7 @@ def _zoo_or_skip(network):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))
-@pytest.mark.parametrize("impl", ["fused", "eager", "hyperlight"])
+@pytest.mark.parametrize("impl", ["fused", "eager", "hyperlight", "primary"])
 @pytest.mark.parametrize("network", NETWORKS)
 def test_step(benchmark, network, impl, hidden, optimizer):
     _zoo_or_skip(network)
