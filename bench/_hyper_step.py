@@ -1,17 +1,22 @@
 """One hypernetised training step (hypernet forward, generation, primary forward and backward,
-update) in two implementations, and a subprocess entry point that reports its time and peak RSS.
+update) in three implementations, the primary network's own step as the baseline, and a subprocess
+entry point that reports its time and peak RSS.
 
 - ``fused``: ``hyperkd.hyper.hypernetize`` + ``HyperOptimizer(fused=True)`` (the fused generation
   op writes each kernel in place; W is updated inside backward from (dθ, z)).
-- ``eager``: the same maths in plain PyTorch, as hyperlight writes it: an ``nn.Linear(d, P)``
-  output layer, θ = Linear(z) + θ0, ``split`` into the layers, ``torch.func.functional_call``, a
-  torch optimizer over every parameter (so W's P×d gradient exists).
+- ``eager``: the same maths in plain PyTorch: an ``nn.Linear(d, P)`` output layer,
+  θ = Linear(z) + θ0, ``split`` into the layers, ``torch.func.functional_call``, a torch optimizer
+  over every parameter (so W's P×d gradient exists).
+- ``hyperlight``: hyperlight 0.0.5 itself (the optional ``bench`` extra), built as its README does;
+  the same maths (its output bias is b + θ0) and the same torch optimizer as ``eager``.
+- ``primary``: the network alone, no hypernetwork: the footprint the hypernetwork adds to.
 
-Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS]  → one JSON line.
+Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS]  → one JSON line with the
+median step time after one warm-up step.
 """
 import json
 import math
-import resource
+import statistics
 import sys
 import time
 
@@ -60,8 +65,45 @@ class EagerHyper(nn.Module):
         return functional_call(self.primary, weights, (x,))
 
 
+class HyperlightHyper(nn.Module):
+    """The peer: hyperlight 0.0.5 wired as its README does, so the row measures hyperlight's own
+    code. ``hl.hypernetize`` turns every Conv2d's parameters into ExternalParameters and returns their
+    values; ``HyperNet.from_existing`` starts its output bias at those values (θ0, as
+    ``init_theta0="model"``); each forward sets the generated tensors with ``using_externals``.
+    hyperlight is imported here so the other rows run without it."""
+
+    def __init__(self, primary: nn.Module, hidden):
+        import hyperlight as hl
+
+        super().__init__()
+        modules = hl.find_modules_of_type(primary, [nn.Conv2d])
+        self.primary, weights = hl.hypernetize(primary, modules=modules, return_values=True)
+        self.hypernet = hl.HyperNet.from_existing(weights, input_shapes={"gamma": (1,)},
+                                                  hidden_sizes=list(hidden))
+
+    def forward(self, x, gamma):
+        with self.primary.using_externals(self.hypernet(gamma=gamma)):
+            return self.primary(x)
+
+
+class Primary(nn.Module):
+    """The primary network trained directly (γ and the hidden widths are ignored): the baseline
+    for the memory the hypernetwork adds."""
+
+    def __init__(self, primary: nn.Module, hidden):
+        super().__init__()
+        self.primary = primary
+
+    def forward(self, x, gamma):
+        return self.primary(x)
+
+
+TORCH_STEPPED = {"eager": EagerHyper, "hyperlight": HyperlightHyper, "primary": Primary}
+
+
 def build(network: str, impl: str, hidden, optimizer: str):
-    """(model, optimizer, step function) for one configuration."""
+    """(model, optimizer, step function) for one configuration; ``impl`` is "fused" or a key of
+    ``TORCH_STEPPED`` (those step every trainable parameter with a torch optimizer)."""
     from hyperkd.hyper import HyperOptimizer, hypernetize
 
     primary = create_network(network)
@@ -71,7 +113,7 @@ def build(network: str, impl: str, hidden, optimizer: str):
         model = hypernetize(primary, hidden=hidden)
         opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True)
     else:
-        model = EagerHyper(primary, hidden)
+        model = TORCH_STEPPED[impl](primary, hidden)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = (torch.optim.SGD(params, lr=1e-3, momentum=momentum) if algorithm == "sgd"
                else torch.optim.AdamW(params, lr=1e-3))
@@ -87,6 +129,14 @@ def build(network: str, impl: str, hidden, optimizer: str):
     return model, opt, step
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since exec (Linux VmHWM). Not ``ru_maxrss``: a child keeps
+    the larger of its own and its parent's high-water mark there, so once the benchmark process had
+    built VGG-11-bn every later child read at least that."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def main(argv):
     network, impl, hidden, optimizer = argv[:4]
     steps = int(argv[4]) if len(argv) > 4 else 3
@@ -97,9 +147,9 @@ def main(argv):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"network": network, "impl": impl, "hidden": hidden, "optimizer": optimizer,
-                      "step_s": min(times), "peak_rss_bytes": peak}))
+                      "step_s": statistics.median(times), "step_times_s": times,
+                      "peak_rss_bytes": peak_rss_bytes()}))
 
 
 if __name__ == "__main__":

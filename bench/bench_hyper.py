@@ -1,12 +1,16 @@
 """Hypernetised training step: fused generation + fused W step against the eager
-functional_call + split + torch-optimizer implementation (issue 4's workloads), on CPU.
+functional_call + split + torch-optimizer implementation (issue 4's workloads) and against
+hyperlight 0.0.5 itself, on CPU.
 
 Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
-Each configuration is also run in a fresh process for its peak RSS; each result, stamped with the
-device, torch/triton versions and date, is appended to ``bench/results/hyper-<date>.json``. Needs the model
-zoo (``hyperkd.models``); without it every case is skipped with that reason.
+Each configuration is also run in a fresh process for its median step time and peak RSS; each
+result, stamped with the device, torch/triton/hyperlight versions and date, is appended to
+``bench/results/hyper-<date>.json``. Needs the model zoo (``hyperkd.models``); without it every case
+is skipped with that reason. The hyperlight rows need ``pip install -e '.[bench]'`` and are skipped
+without it.
 """
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -22,13 +26,21 @@ from _hyper_step import build, create_network  # noqa: E402
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
+STEPS = 3  # timed steps per fresh process, after one warm-up step; the median is reported
+
+
+def _version(package: str):
+    """The installed version of ``package``, or None: the stamp says which peer was measured."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _stamp() -> dict:
-    import triton
-
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {"device": device, "torch": torch.__version__, "triton": triton.__version__,
+    return {"device": device, "torch": torch.__version__, "triton": _version("triton"),
+            "hyperlight": _version("hyperlight"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -56,13 +68,16 @@ def _zoo_or_skip(network):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))
-@pytest.mark.parametrize("impl", ["fused", "eager"])
+@pytest.mark.parametrize("impl", ["fused", "eager", "hyperlight", "primary"])
 @pytest.mark.parametrize("network", NETWORKS)
 def test_step(benchmark, network, impl, hidden, optimizer):
     _zoo_or_skip(network)
+    if impl == "hyperlight":
+        pytest.importorskip("hyperlight", reason="the hyperlight peer row needs hyperlight 0.0.5: "
+                                                 "pip install -e '.[bench]'")
     # Peak RSS first, in a process that runs nothing else (and before this one holds a model).
     script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
-    run = subprocess.run([sys.executable, script, network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer, "2"],
+    run = subprocess.run([sys.executable, script, network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer, str(STEPS)],
                          capture_output=True, text=True, check=True)
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     _, _, step = build(network, impl, HIDDEN[hidden], optimizer)

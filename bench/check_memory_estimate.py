@@ -1,9 +1,7 @@
 """The memory estimate (``hyperkd plan``) against the measured peak of hypernetised training on the CPU.
 
-Each configuration runs in its own subprocess: the CPU peak of ``bench.measure.peak_extra_bytes``
-is read from the profiler's running "Total Allocated", which carries over what earlier profiler
-sessions of the same process allocated and freed later, so two measurements in one process add up.
-The measured region builds the hypernetwork and its optimizer and runs two steps (the first
+Each configuration runs in its own subprocess, so each row starts from a fresh process and
+allocator. The CPU peak is ``bench.measure.peak_extra_bytes``'s. The measured region builds the hypernetwork and its optimizer and runs two steps (the first
 allocates the torch optimizer's state), so its peak is the run's: W, gradient, state, activations.
 
 Usage: PYTHONPATH=. python bench/check_memory_estimate.py [NETWORK [BATCH ...]]  → a markdown table.
