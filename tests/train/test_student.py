@@ -36,7 +36,9 @@ def records(out):
 
 @pytest.mark.parametrize("method", sorted(kd.methods()))
 def test_every_registered_method_trains_with_finite_per_layer_terms(tiny_digits, teacher, tmp_path, method):
-    best = train_student(student(teacher, kd=method), tmp_path, progress=False)
+    # Adam bounds every step whatever the method's scale (FSP's and FitNets' sums make plain SGD
+    # diverge within steps, which the NaN stop reports: see docs/training.md, "The loss").
+    best = train_student(student(teacher, kd=method, optimizer="adam", lr=1e-3), tmp_path, progress=False)
     (record,) = records(tmp_path)
     assert best["epoch"] == 0 and 0.0 <= best["test_acc"] <= 1.0
     assert math.isfinite(record["loss"]) and math.isfinite(record["ce"])
