@@ -6,7 +6,7 @@ The loss of a step is λ0·L_CE + β·Σ_m λ_m L_m: λ_m from the schedule (uni
 Gaussian spike of A.4), λ0 = 0.1 as in the paper's A.4, and β (``kd_weight``) a global factor on
 the KD sum. With ``kd="none"`` (the MIP baseline) the loss is L_CE alone.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -91,10 +91,6 @@ class StudentConfig:
                 raise ValueError(f"teacher: --kd {self.kd} needs a teacher checkpoint (or use --no-kd)")
             if not Path(self.teacher).is_file():
                 raise FileNotFoundError(f"teacher: no checkpoint at {self.teacher}")
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
 
 
 def _classifier_name(net: nn.Module) -> str:
