@@ -1,5 +1,6 @@
 """DDP with the gloo backend on the CPU: two ranks with batch b train exactly like one process with
 batch 2b, and only rank 0 writes; the fused hypernetwork step applies the rank-mean of W's update."""
+import gc
 import json
 from unittest import mock
 
@@ -121,6 +122,9 @@ def _hyper_rank_main(rank, init_file, out_dir):
         results["bf16"] = hyper_train(model, GAMMAS[rank], True, rank, state_dtype=torch.bfloat16)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
+        # The DDP reducers sit in reference cycles (model <-> fused step <-> optimizer) and hold the
+        # process group: free them first, or gloo's threads may outlive it and abort at exit.
+        gc.collect()
         dist.destroy_process_group()
 
 
