@@ -1,15 +1,12 @@
 """``hyperkd sweep``: every listed KD method (and the No-KD baseline) over several seeds, with a
 Table-1-style table (mean ± std) and one convergence plot. Finished runs are skipped."""
-from hyperkd.commands.train import add_student_arguments, student_config
+from hyperkd.commands.train import add_student_arguments, comma_ints, student_config
 
 HELP = "run several KD methods x seeds; write a Table-1-style table and one convergence plot"
 
 
 def seeds(text: str) -> tuple:
-    try:
-        values = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        values = ()
+    values = comma_ints(text)
     if not values or len(set(values)) != len(values):
         raise ValueError(f"seeds: expected distinct comma-separated integers such as 0,1,2, got {text!r}")
     return values

@@ -6,12 +6,17 @@ from pathlib import Path
 HELP = "train a MIP-hypernetised student with layer-wise KD from a teacher (Algorithm 1)"
 
 
+def comma_ints(text: str) -> tuple:
+    """``16,64,128`` → (16, 64, 128); () when ``text`` is not a comma-separated list of integers."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        return ()
+
+
 def hidden_widths(text: str) -> tuple:
     """``16,64,128`` → (16, 64, 128)."""
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
+    widths = comma_ints(text)
     if not widths or min(widths) < 1:
         raise ValueError(f"expected positive widths separated by commas, e.g. 16,64,128; got {text!r}")
     return widths

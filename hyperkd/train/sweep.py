@@ -17,6 +17,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from hyperkd import data, models
+from hyperkd.commands.eval import evaluate
 from hyperkd.kd import parse_method
 from hyperkd.train.student import StudentConfig, train_student
 
@@ -67,17 +68,11 @@ def run_sweep(base: StudentConfig, methods: Sequence[str], seeds: Sequence[int],
     return results
 
 
-@torch.no_grad()
 def teacher_accuracy(cfg: StudentConfig, device: torch.device) -> float:
     """The teacher checkpoint's top-1 test accuracy on the sweep's data set."""
     net = models.create(cfg.model, num_classes=data.NUM_CLASSES[cfg.data], checkpoint=cfg.teacher)
-    net.to(device).eval()
     _, _, test = data.loaders(cfg.data, 256, root=cfg.data_root, augment=False)
-    correct = total = 0
-    for x, y in test:
-        correct += int((net(x.to(device)).argmax(1).cpu() == y).sum())
-        total += len(y)
-    return correct / total
+    return evaluate(net, test, device, progress=False)["top1"] / 100
 
 
 def _mean_std(values: Sequence[float]) -> tuple:
