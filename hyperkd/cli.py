@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if config is not None:
         try:
             apply_config(commands[command], config)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as err:
             parser.exit(2, f"hyperkd {command}: error: {err}\n")
     return parser.parse_args(argv)
 

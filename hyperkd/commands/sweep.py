@@ -1,5 +1,7 @@
 """``hyperkd sweep``: every listed KD method (and the No-KD baseline) over several seeds, with a
 Table-1-style table (mean ± std) and one convergence plot. Finished runs are skipped."""
+import argparse
+
 from hyperkd.commands.train import add_student_arguments, comma_ints, student_config
 
 HELP = "run several KD methods x seeds; write a Table-1-style table and one convergence plot"
@@ -8,7 +10,8 @@ HELP = "run several KD methods x seeds; write a Table-1-style table and one conv
 def seeds(text: str) -> tuple:
     values = comma_ints(text)
     if not values or len(set(values)) != len(values):
-        raise ValueError(f"seeds: expected distinct comma-separated integers such as 0,1,2, got {text!r}")
+        # argparse shows an ArgumentTypeError's message (a ValueError's only as "invalid value")
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers such as 0,1,2, got {text!r}")
     return values
 
 
