@@ -57,4 +57,6 @@ def stamp(device: torch.device) -> dict:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # glibc allocator settings change CPU timings (see hyperkd/commands/bench.py).
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }

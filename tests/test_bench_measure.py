@@ -13,3 +13,18 @@ def test_cpu_peak_ignores_earlier_profiler_sessions():
     cpu = torch.device("cpu")
     assert [peak_extra_bytes(lambda: kept.append(torch.ones(FLOATS)), cpu) for _ in range(3)] == [BYTES] * 3
     assert BYTES <= peak_extra_bytes(lambda: torch.ones(FLOATS).sum(), cpu) < BYTES + 1024
+
+
+def test_table_reports_speedups_and_workspace_without_the_returned_gradients():
+    from hyperkd.commands.bench import render
+
+    def entry(impl, seconds, peak):
+        return {"stats": {"median": seconds},
+                "extra_info": {"network": "resnet20", "batch": 64, "kind": "AT-0 raw", "impl": impl,
+                               "peak_extra_bytes": peak, "output_bytes": 100 * 2 ** 20}}
+
+    table = render({"benchmarks": [entry("fused", 0.010, 102 * 2 ** 20), entry("eager", 0.040, 108 * 2 ** 20),
+                                   entry("compiled", 0.020, 104 * 2 ** 20)]})
+    row = table.splitlines()[-1]
+    assert row == ("| resnet20 B=64 AT-0 raw | 10.00 | 40.00 | 20.00 | 4.00x | 2.00x | 102.0 | 108.0 "
+                   "| 104.0 | 25% |")

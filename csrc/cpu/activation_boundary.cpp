@@ -53,13 +53,10 @@ at::Tensor ab_loss_cpu(at::TensorList student, at::TensorList masks, double marg
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* r_all = rows.data_ptr<acc_t>();
-    at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t m = r / B, b = r % B;
-        const auto& v = views[m];
-        r_all[r] = hinge_row(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
-                             masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin));
-      }
+    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
+      const auto& v = views[m];
+      r_all[m * B + b] = hinge_row(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
+                           masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin));
     });
     sum_rows(r_all, M, B, acc_t(B), losses.data_ptr<acc_t>());
   });
@@ -80,23 +77,20 @@ std::vector<at::Tensor> ab_loss_backward_cpu(const at::Tensor& grad, at::TensorL
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* g = g_layers.data_ptr<acc_t>();
     const acc_t mu = acc_t(margin);
-    at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t m = r / B, b = r % B;
-        const auto& v = views[m];
-        const auto& dv = grad_views[m];
-        const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
-        scalar_t* df = static_cast<scalar_t*>(dv.data) + b * dv.sb;
-        const uint8_t* bits = masks[m].data_ptr<uint8_t>() + b * masks[m].size(1);
-        const acc_t coef = 2 * g[m] / acc_t(B);
-        for_each_logical(v, dv, [&](int64_t e, int64_t off, int64_t doff) {
-          const acc_t x = static_cast<acc_t>(f[off]);
-          acc_t d = 0;
-          if (mask_bit(bits, e)) { if (x <= mu) d = x - mu; }
-          else if (x > -mu) d = x + mu;
-          df[doff] = static_cast<scalar_t>(coef * d);
-        });
-      }
+    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
+      const auto& v = views[m];
+      const auto& dv = grad_views[m];
+      const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
+      scalar_t* df = static_cast<scalar_t*>(dv.data) + b * dv.sb;
+      const uint8_t* bits = masks[m].data_ptr<uint8_t>() + b * masks[m].size(1);
+      const acc_t coef = 2 * g[m] / acc_t(B);
+      for_each_logical(v, dv, [&](int64_t e, int64_t off, int64_t doff) {
+        const acc_t x = static_cast<acc_t>(f[off]);
+        acc_t d = 0;
+        if (mask_bit(bits, e)) { if (x <= mu) d = x - mu; }
+        else if (x > -mu) d = x + mu;
+        df[doff] = static_cast<scalar_t>(coef * d);
+      });
     });
   });
   return grads;

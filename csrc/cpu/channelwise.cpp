@@ -46,15 +46,6 @@ inline T* row_ptr_mut(const FeatureView& v, int64_t b, int64_t c) {
   return static_cast<T*>(v.data) + b * v.sb + c * v.sc;
 }
 
-// Runs fn(m, b) for every (layer, sample) row in parallel, with the views of student and teacher.
-template <typename Fn>
-void for_each_sample(at::TensorList student, Fn&& fn) {
-  const int64_t B = student[0].size(0), M = student.size();
-  at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) fn(r / B, r % B);
-  });
-}
-
 // Visits the H·W positions of one channel: fn(offset in v, offset in u).
 template <typename Fn>
 inline void for_each_position(const FeatureView& v, const FeatureView& u, Fn&& fn) {
@@ -104,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList stude
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_tau = acc_t(1) / acc_t(tau);
     acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    for_each_sample(student, [&](int64_t m, int64_t b) {
+    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m];
       acc_t kl_sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
@@ -141,7 +132,7 @@ std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::Tensor
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_tau = acc_t(1) / acc_t(tau);
     const acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
-    for_each_sample(student, [&](int64_t m, int64_t b) {
+    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m], &d = dv[m];
       // dL/df = g_m · τ²/(C·B) · (p_s − p_t)/τ.
       const acc_t coef = g[m] * acc_t(tau) / acc_t(s.C * B);
@@ -176,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t *n = norms.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    for_each_sample(student, [&](int64_t m, int64_t b) {
+    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m];
       acc_t sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
@@ -206,6 +197,7 @@ std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::Te
                                                   at::TensorList teacher, const at::Tensor& norms) {
   check_feature_list(student, "student");
   check_teacher_features(student, teacher);
+  const int64_t B = student[0].size(0);
   const auto acc = acc_type_of(student[0].scalar_type());
   const auto sv = feature_views(student), tv = feature_views(teacher);
   const auto off = row_offsets(student);
@@ -215,7 +207,7 @@ std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t *n = norms.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
-    for_each_sample(student, [&](int64_t m, int64_t b) {
+    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m], &d = dv[m];
       for (int64_t c = 0; c < s.C; ++c) {
         const scalar_t* f = row_ptr<scalar_t>(s, b, c);

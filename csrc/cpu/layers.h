@@ -2,6 +2,7 @@
 // layer, so the kernels read channels_last and sliced inputs in place instead of copying them.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <vector>
 
 namespace hyperkd {
@@ -33,6 +34,25 @@ inline std::vector<at::Tensor> empty_like_each(at::TensorList ts) {
   out.reserve(ts.size());
   for (const auto& t : ts) out.push_back(at::empty_like(t));
   return out;
+}
+
+// Runs fn(m, b) for every (layer m, sample b) row in parallel. Rows are numbered sample-major:
+// at::parallel_for hands each thread one contiguous range, and layers differ in size (ResNet-20's
+// first rows are 4x its last), so layer-major ranges left one thread with most of the work.
+template <typename Fn>
+inline void parallel_for_rows(int64_t M, int64_t B, Fn&& fn) {
+  at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r % M, r / M);
+  });
+}
+
+// A buffer of at least n elements owned by the calling thread and reused across rows: a malloc
+// and free per (layer, sample) row add up over the B·M rows of a call.
+template <typename T>
+inline T* thread_scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
 }
 
 // Checks shared by every layer-list op: same batch, dtype and device, 4-D, non-empty.
