@@ -36,6 +36,26 @@ std::vector<int64_t> row_offsets(at::TensorList feats) {
   return off;
 }
 
+// What both backward passes start from: checked inputs, their strided views, fresh gradients
+// with the students' strides, and the per-layer upstream gradients in the accumulation type.
+struct PairedBackward {
+  int64_t B;
+  std::vector<FeatureView> sv, tv, dv;
+  std::vector<int64_t> off;
+  std::vector<at::Tensor> grads;
+  at::Tensor g_layers;
+};
+
+PairedBackward paired_backward(const at::Tensor& grad, at::TensorList student, at::TensorList teacher) {
+  check_feature_list(student, "student");
+  check_teacher_features(student, teacher);
+  std::vector<at::Tensor> grads = empty_like_each(student);
+  auto dv = feature_views(grads);
+  return {student[0].size(0), feature_views(student), feature_views(teacher), std::move(dv),
+          row_offsets(student), std::move(grads),
+          grad.to(acc_type_of(student[0].scalar_type())).contiguous()};
+}
+
 template <typename T>
 inline const T* row_ptr(const FeatureView& v, int64_t b, int64_t c) {
   return static_cast<const T*>(v.data) + b * v.sb + c * v.sc;
@@ -119,15 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList stude
 std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
                                               at::TensorList teacher, const at::Tensor& lse_s,
                                               const at::Tensor& lse_t, double tau) {
-  check_feature_list(student, "student");
-  check_teacher_features(student, teacher);
-  const int64_t B = student[0].size(0);
-  const auto acc = acc_type_of(student[0].scalar_type());
-  const auto sv = feature_views(student), tv = feature_views(teacher);
-  const auto off = row_offsets(student);
-  const std::vector<at::Tensor> grads = empty_like_each(student);
-  const auto dv = feature_views(grads);
-  const at::Tensor g_layers = grad.to(acc).contiguous();
+  const auto [B, sv, tv, dv, off, grads, g_layers] = paired_backward(grad, student, teacher);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_tau = acc_t(1) / acc_t(tau);
@@ -195,15 +207,7 @@ std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::
 
 std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
                                                   at::TensorList teacher, const at::Tensor& norms) {
-  check_feature_list(student, "student");
-  check_teacher_features(student, teacher);
-  const int64_t B = student[0].size(0);
-  const auto acc = acc_type_of(student[0].scalar_type());
-  const auto sv = feature_views(student), tv = feature_views(teacher);
-  const auto off = row_offsets(student);
-  const std::vector<at::Tensor> grads = empty_like_each(student);
-  const auto dv = feature_views(grads);
-  const at::Tensor g_layers = grad.to(acc).contiguous();
+  const auto [B, sv, tv, dv, off, grads, g_layers] = paired_backward(grad, student, teacher);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t *n = norms.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
