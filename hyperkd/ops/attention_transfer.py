@@ -11,7 +11,7 @@ from torch import nn
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import attention_transfer as triton_at
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_pairs,
-                                 layer_weights)
+                                 layer_weights, summarise_raw)
 
 EPS = 1e-6
 REDUCTIONS = ("sum", "mean")
@@ -102,12 +102,7 @@ def attention_transfer_loss(student, teacher, *, kind: int = 0, p: float = 1.0, 
     check_features(student, "student")
     check_pairs(student, teacher)
     acc = accumulation_dtype(student[0].dtype)
-    raw = [m for m, t in enumerate(teacher) if t.dim() == 4]
-    maps = list(teacher)
-    if raw:
-        summaries = attention_teacher_summary([teacher[m] for m in raw], kind, p, eps=eps)
-        for m, s in zip(raw, summaries):
-            maps[m] = s
+    maps = summarise_raw(teacher, lambda raw: attention_teacher_summary(raw, kind, p, eps=eps))
     for m, (s, t) in enumerate(zip(student, maps)):
         expected = (s.shape[0], s.shape[2] * s.shape[3])
         if tuple(t.shape) != expected:
