@@ -3,9 +3,8 @@
 Every layer of a call is served by one launch: program ``pid`` handles row (layer m, sample b)
 with ``m = pid // B``. Layers of different shapes and strides are reached through a small int64
 table of (pointer, C, H, W, strides) per layer (see :func:`layer_table`), so features are read in
-place, channels_last and sliced ones included. Forward keeps only per-row norms and losses (M×B);
-backward recomputes each block's map from the feature (from L2: a program's row is small) and then
-writes its gradient.
+place, channels_last and sliced ones included. Forward keeps only the normalised maps (B×ΣHW) and
+per-row norms and losses; backward re-reads each feature once to write its gradient.
 """
 import torch
 import triton
@@ -125,12 +124,12 @@ def _at_summary_kernel(table, ptr_carrier, out, B, P, EPS,
 
 
 @triton.jit
-def _at_loss_kernel(table, ptr_carrier, teacher, scratch, norms, rows, B, P, EPS,
+def _at_loss_kernel(table, ptr_carrier, teacher, maps, norms, rows, B, P, EPS,
                     KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
     HW = H * W
-    q_row = scratch + off + b * HW
+    q_row = maps + off + b * HW
     n = _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
     t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
     r = tl.zeros([BLOCK_HW], dtype=tl.float32)
@@ -167,17 +166,17 @@ def _row_loss_grad(d, row, P, MODE: tl.constexpr, MEAN: tl.constexpr):
 
 
 @triton.jit
-def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lambdas, norms, rows,
+def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lambdas, maps, norms, rows,
                              B, P, EPS, KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
                              BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
     _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
     pid = m * B + b
     HW = H * W
+    q_row = maps + off + b * HW
     t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
     row = tl.load(rows + pid)
     n = tl.load(norms + pid)
-    inv = 1.0 / tl.maximum(n, EPS)
     coef = tl.load(grad).to(tl.float32) * tl.load(lambdas + m)
     if MEAN:
         coef = coef * 2.0 / (B * HW).to(tl.float32)
@@ -186,7 +185,7 @@ def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lamb
     for h0 in range(0, HW, BLOCK_HW):
         hw = h0 + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
-        q = _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P, KIND, MODE, BLOCK_C, BLOCK_HW) * inv
+        q = tl.load(q_row + hw, mask=hw_mask, other=0.0)
         g = _row_loss_grad(q - tl.load(t_row + hw, mask=hw_mask, other=0.0), row, P, MODE, MEAN)
         dot_acc += tl.where(hw_mask, g * q, 0.0)
     dot = tl.sum(dot_acc, axis=0)
@@ -194,7 +193,7 @@ def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lamb
     for h0 in range(0, HW, BLOCK_HW):
         hw = h0 + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
-        q = _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P, KIND, MODE, BLOCK_C, BLOCK_HW) * inv
+        q = tl.load(q_row + hw, mask=hw_mask, other=0.0)
         g = _row_loss_grad(q - tl.load(t_row + hw, mask=hw_mask, other=0.0), row, P, MODE, MEAN)
         g_s = coef * tl.where(clamped, g / EPS, (g - q * dot) / n)
         sp = (hw // W) * sh + (hw % W) * sw
@@ -258,37 +257,34 @@ def at_summary(feats, kind: int, p: float, eps: float):
 
 
 def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool):
-    """Forward of Eq. 7: (loss, norms, rows), as the CPU op returns them.
-
-    The maps pass through a scratch buffer that is freed on return: backward recomputes them.
-    """
+    """Forward of Eq. 7: (loss, maps, norms, rows), as the CPU op returns them."""
     B, M = student[0].shape[0], len(student)
     device = student[0].device
     offs, total = map_offsets(student)
-    scratch = torch.empty(total, dtype=torch.float32, device=device)
+    maps = torch.empty(total, dtype=torch.float32, device=device)
     norms = torch.empty(M, B, dtype=torch.float32, device=device)
     rows = torch.empty(M, B, dtype=torch.float32, device=device)
     block_c, block_hw = _blocks(student)
     _at_loss_kernel[(M * B,)](
-        layer_table(student, offs), student[0], pointer_table(teacher), scratch, norms, rows, B,
+        layer_table(student, offs), student[0], pointer_table(teacher), maps, norms, rows, B,
         float(p), float(eps), KIND=kind, MODE=pow_mode(p), MEAN=mean,
         BLOCK_C=block_c, BLOCK_HW=block_hw)
     per_layer = rows.sum(dim=1) * lambdas
     if mean:
         hw = torch.tensor([f.shape[2] * f.shape[3] for f in student], dtype=torch.float32)
         per_layer = per_layer / (B * hw).to(device, non_blocking=True)
-    return per_layer.sum(), norms, rows
+    return per_layer.sum(), maps, norms, rows
 
 
-def at_loss_backward(grad, student, teacher, lambdas, norms, rows, kind: int, p: float,
+def at_loss_backward(grad, student, teacher, lambdas, maps, norms, rows, kind: int, p: float,
                      eps: float, mean: bool):
-    """Student gradients of Eq. 7 from one launch, recomputing each row's map from its feature."""
+    """Student gradients of Eq. 7 from one launch; reads each feature once (kind 2: twice)."""
     B, M = student[0].shape[0], len(student)
     offs, _ = map_offsets(student)
     grads = [torch.empty_like(f) for f in student]
     block_c, block_hw = _blocks(student)
     _at_loss_backward_kernel[(M * B,)](
         layer_table(student, offs), layer_table(grads, offs), student[0], pointer_table(teacher),
-        grad, lambdas, norms, rows, B, float(p), float(eps),
+        grad, lambdas, maps, norms, rows, B, float(p), float(eps),
         KIND=kind, MODE=pow_mode(p), MEAN=mean, BLOCK_C=block_c, BLOCK_HW=block_hw)
     return grads

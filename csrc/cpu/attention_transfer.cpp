@@ -1,8 +1,7 @@
 // Fused attention-transfer KD on the CPU (LayerKD-HN Eq. 4–7): one parallel pass per (layer,
-// sample) row computes the spatial map, its L2 norm and the row's loss; backward recomputes the
-// row's map from the feature and then writes its gradient. Only per-row norms and losses (M×B) are
-// kept between the passes, never a map or |f|^p: a row (one sample of one layer) is small enough
-// to stay in L2 between backward's two reads of it, so recomputing costs little memory traffic.
+// sample) row computes the spatial map, its L2 norm and the row's loss; backward re-reads the
+// feature once and writes its gradient. Only the B×ΣHW normalised maps and per-row norms and
+// losses are kept between the passes, never |f|^p or any other full-size intermediate.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -130,15 +129,22 @@ void check_args(int64_t kind, double p, double eps) {
   TORCH_CHECK(eps > 0, "eps: expected eps > 0, got ", eps);
 }
 
-// Writes one sample's normalised map q = S / max(‖S‖₂, eps) to q; returns ‖S‖₂.
-template <int KIND, int MODE, typename scalar_t, typename acc_t>
-acc_t normalised_map(const FeatureView& v, const scalar_t* f, acc_t p, acc_t eps, acc_t* q) {
-  spatial_map<KIND, MODE>(v, f, p, q);
+// Offsets of each layer's B×HW block in the packed maps buffer.
+std::vector<int64_t> map_offsets(at::TensorList feats) {
+  std::vector<int64_t> off(feats.size() + 1, 0);
+  const int64_t B = feats[0].size(0);
+  for (size_t m = 0; m < feats.size(); ++m) off[m + 1] = off[m] + B * feats[m].size(2) * feats[m].size(3);
+  return off;
+}
+
+// Normalises each sample's map in place, q = S / max(‖S‖₂, eps); returns ‖S‖₂.
+template <typename acc_t>
+acc_t normalise_row(acc_t* S, int64_t HW, acc_t eps) {
   acc_t sq = 0;
-  for (int64_t i = 0; i < v.HW(); ++i) sq += q[i] * q[i];
+  for (int64_t i = 0; i < HW; ++i) sq += S[i] * S[i];
   const acc_t n = std::sqrt(sq);
   const acc_t inv = acc_t(1) / std::max(n, eps);
-  for (int64_t i = 0; i < v.HW(); ++i) q[i] *= inv;
+  for (int64_t i = 0; i < HW; ++i) S[i] *= inv;
   return n;
 }
 
@@ -179,8 +185,9 @@ std::vector<at::Tensor> at_summary_cpu(at::TensorList feats, int64_t kind, doubl
     dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
       parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
         const auto& v = views[m];
-        normalised_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p),
-                                   acc_t(eps), out[m].data_ptr<acc_t>() + b * v.HW());
+        acc_t* S = out[m].data_ptr<acc_t>() + b * v.HW();
+        spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), S);
+        normalise_row(S, v.HW(), acc_t(eps));
       });
     });
   });
@@ -202,7 +209,7 @@ void check_teacher(at::TensorList student, at::TensorList teacher) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
     at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, int64_t kind,
     double p, double eps, bool mean) {
   check_feature_list(student, "student");
@@ -213,21 +220,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
   TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
               "lambdas: expected ", M, " weights of dtype ", acc);
   const auto views = feature_views(student);
+  const auto off = map_offsets(student);
   auto opts = student[0].options().dtype(acc);
+  at::Tensor maps = at::empty({off[M]}, opts);
   at::Tensor norms = at::empty({M, B}, opts);
   at::Tensor rows = at::empty({M, B}, opts);
   at::Tensor loss = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    acc_t* q_all = maps.data_ptr<acc_t>();
     acc_t* n_all = norms.data_ptr<acc_t>();
     acc_t* r_all = rows.data_ptr<acc_t>();
     dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
       parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
         const int64_t r = m * B + b;
         const auto& v = views[m];
-        acc_t* q = thread_scratch<acc_t>(v.HW());
-        n_all[r] = normalised_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
-                                              acc_t(p), acc_t(eps), q);
+        acc_t* q = q_all + off[m] + b * v.HW();
+        spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), q);
+        n_all[r] = normalise_row(q, v.HW(), acc_t(eps));
         const acc_t* t = teacher[m].data_ptr<acc_t>() + b * v.HW();
         r_all[r] = row_loss<decltype(MODE)::value>(q, t, v.HW(), acc_t(p), mean);
       });
@@ -241,22 +251,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
     }
     loss.fill_(total);
   });
-  return {loss, norms, rows};
+  return {loss, maps, norms, rows};
 }
 
 std::vector<at::Tensor> at_loss_backward_cpu(
     const at::Tensor& grad, at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas,
-    const at::Tensor& norms, const at::Tensor& rows, int64_t kind, double p, double eps, bool mean) {
+    const at::Tensor& maps, const at::Tensor& norms, const at::Tensor& rows, int64_t kind, double p,
+    double eps, bool mean) {
   check_feature_list(student, "student");
   check_args(kind, p, eps);
   check_teacher(student, teacher);
   const int64_t B = student[0].size(0), M = student.size();
   const auto views = feature_views(student);
+  const auto off = map_offsets(student);
   const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto grad_views = feature_views(grads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t g_out = grad.item<acc_t>();
+    const acc_t* q_all = maps.data_ptr<acc_t>();
     const acc_t* n_all = norms.data_ptr<acc_t>();
     const acc_t* r_all = rows.data_ptr<acc_t>();
     const acc_t* lam = lambdas.data_ptr<acc_t>();
@@ -266,13 +279,10 @@ std::vector<at::Tensor> at_loss_backward_cpu(
         const int64_t r = m * B + b;
         const auto& v = views[m];
         const int64_t HW = v.HW();
-        const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
-        acc_t* q = thread_scratch<acc_t>(2 * HW);
-        acc_t* gS = q + HW;
-        // The same computation as forward's, so q is bit-identical to the map the loss saw.
-        normalised_map<KIND, MODE>(v, f, acc_t(p), acc_t(eps), q);
+        const acc_t* q = q_all + off[m] + b * HW;
         const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
         const acc_t coef = g_out * lam[m] * (mean ? acc_t(2) / (B * HW) : acc_t(1));
+        acc_t* gS = thread_scratch<acc_t>(HW);
         // dL/dq, then back through q = S / max(‖S‖, eps): (g − q·⟨q, g⟩)/‖S‖ unless clamped.
         acc_t dot = 0;
         for (int64_t i = 0; i < HW; ++i) {
@@ -283,7 +293,8 @@ std::vector<at::Tensor> at_loss_backward_cpu(
         const bool clamped = !(n > acc_t(eps));
         for (int64_t i = 0; i < HW; ++i)
           gS[i] = coef * (clamped ? gS[i] / acc_t(eps) : (gS[i] - q[i] * dot) / n);
-        spatial_map_backward<KIND, MODE>(v, f, grad_views[m],
+        spatial_map_backward<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
+                                         grad_views[m],
                                          static_cast<scalar_t*>(grad_views[m].data) + b * grad_views[m].sb,
                                          acc_t(p), gS);
       });
@@ -297,9 +308,9 @@ std::vector<at::Tensor> at_loss_backward_cpu(
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("at_summary(Tensor[] feats, int kind, float p, float eps) -> Tensor[]");
   m.def("at_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, int kind, float p, float eps, "
-        "bool mean) -> (Tensor loss, Tensor norms, Tensor rows)");
+        "bool mean) -> (Tensor loss, Tensor maps, Tensor norms, Tensor rows)");
   m.def("at_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor lambdas, "
-        "Tensor norms, Tensor rows, int kind, float p, float eps, bool mean) -> Tensor[]");
+        "Tensor maps, Tensor norms, Tensor rows, int kind, float p, float eps, bool mean) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

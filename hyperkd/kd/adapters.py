@@ -33,8 +33,8 @@ class AttentionTransfer(LayerwiseMethod):
         # The AT op folds λ into its single launch; its per-row losses give the logged terms.
         acc = accumulation_dtype(student[0].dtype)
         lam = layer_weights(lambdas, len(student), student[0], acc)
-        loss, _, rows = torch.ops.hyperkd.at_loss(student, [t.to(acc).contiguous() for t in summaries],
-                                                  lam, self.kind, float(self.p), at_ops.EPS, False)
+        loss, _, _, rows = torch.ops.hyperkd.at_loss(student, [t.to(acc).contiguous() for t in summaries],
+                                                     lam, self.kind, float(self.p), at_ops.EPS, False)
         return loss, rows.sum(dim=1)
 
 

@@ -31,28 +31,36 @@ def _at_summary_fake(feats, kind, p, eps):
 def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean):
     acc = accumulation_dtype(student[0].dtype)
     B, M = student[0].shape[0], len(student)
+    total = sum(B * f.shape[2] * f.shape[3] for f in student)
     first = student[0]
-    return first.new_empty((), dtype=acc), first.new_empty(M, B, dtype=acc), first.new_empty(M, B, dtype=acc)
+    return (first.new_empty((), dtype=acc), first.new_empty(total, dtype=acc),
+            first.new_empty(M, B, dtype=acc), first.new_empty(M, B, dtype=acc))
 
 
 @torch.library.register_fake("hyperkd::at_loss_backward")
-def _at_loss_backward_fake(grad, student, teacher, lambdas, norms, rows, kind, p, eps, mean):
+def _at_loss_backward_fake(grad, student, teacher, lambdas, maps, norms, rows, kind, p, eps, mean):
     return [torch.empty_like(f) for f in student]
 
 
 def _setup_context(ctx, inputs, output):
     student, teacher, lambdas, kind, p, eps, mean = inputs
-    _, norms, rows = output
-    ctx.mark_non_differentiable(norms, rows)
+    _, maps, norms, rows = output
+    ctx.mark_non_differentiable(maps, norms, rows)
+    # Otherwise autograd hands backward a zero-filled gradient for the B×ΣHW maps, as large as
+    # the maps themselves, only for it to be ignored.
+    ctx.set_materialize_grads(False)
     ctx.layers = len(student)
     ctx.options = (kind, p, eps, mean)
-    ctx.save_for_backward(*student, *teacher, lambdas, norms, rows)
+    ctx.save_for_backward(*student, *teacher, lambdas, maps, norms, rows)
 
 
-def _backward(ctx, grad_loss, _norms, _rows):
-    saved, M = ctx.saved_tensors, ctx.layers
-    student, teacher, (lambdas, norms, rows) = saved[:M], saved[M:2 * M], saved[2 * M:]
-    grads = torch.ops.hyperkd.at_loss_backward(grad_loss, student, teacher, lambdas, norms, rows,
+def _backward(ctx, grad_loss, _maps, _norms, _rows):
+    M = ctx.layers
+    if grad_loss is None:  # the loss itself was not used
+        return [None] * M, [None] * M, None, None, None, None, None
+    saved = ctx.saved_tensors
+    student, teacher, (lambdas, maps, norms, rows) = saved[:M], saved[M:2 * M], saved[2 * M:]
+    grads = torch.ops.hyperkd.at_loss_backward(grad_loss, student, teacher, lambdas, maps, norms, rows,
                                                *ctx.options)
     return list(grads), [None] * M, None, None, None, None, None
 
@@ -110,7 +118,7 @@ def attention_transfer_loss(student, teacher, *, kind: int = 0, p: float = 1.0, 
                              f"summary of shape {expected}, got {tuple(t.shape)}")
     maps = [t.detach().to(acc).contiguous() for t in maps]
     lam = layer_weights(lambdas, len(student), student[0], acc)
-    loss, _, _ = torch.ops.hyperkd.at_loss(student, maps, lam, kind, float(p), float(eps),
+    loss, _, _, _ = torch.ops.hyperkd.at_loss(student, maps, lam, kind, float(p), float(eps),
                                               reduction == "mean")
     return loss
 
