@@ -13,7 +13,7 @@ import torch
 
 import hyperkd
 from bench.measure import peak_extra_bytes
-from bench.workloads import NETWORKS
+from bench.workloads import features
 from hyperkd import reference
 
 IMPLEMENTATIONS = ("fused", "eager", "compiled")
@@ -44,9 +44,7 @@ def pytest_generate_tests(metafunc):
 def test_attention_transfer(benchmark, device, case, impl):
     network, batch, kind, teacher_form = case
     p = 1.0 if kind == 0 else 2.0
-    gen = torch.Generator().manual_seed(0)
-    student = [torch.randn(batch, *s, generator=gen).to(device).requires_grad_() for s in NETWORKS[network]]
-    teacher = [torch.randn(batch, *s, generator=gen).to(device) for s in NETWORKS[network]]
+    student, teacher = features(network, batch, device)
     if teacher_form == "summary":
         teacher = hyperkd.functional.attention_teacher_summary(teacher, kind, p)
     fn = loss_fn(impl, teacher_form)
