@@ -16,6 +16,17 @@
 
 #include "layers.h"
 
+#if defined(__x86_64__) && defined(__GLIBC__)
+// glibc's libmvec has SIMD expf/exp; <math.h> declares them only under -ffast-math, which would
+// also relax every other float operation here, so declare them for the `omp simd` loops directly.
+extern "C" {
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+double exp(double);
+}
+#endif
+
 namespace hyperkd {
 namespace {
 
@@ -78,6 +89,18 @@ inline void for_each_position(Fn&& fn, const FeatureView& v, const Views&... oth
     for (int64_t w = 0; w < v.W; ++w) fn(h * v.sh + w * v.sw, (h * others.sh + w * others.sw)...);
 }
 
+// for_each_position for a body whose positions are independent (each writes only its own
+// output), so the flat loop may run as SIMD lanes: that also vectorises its calls to std::exp.
+template <typename Fn, typename... Views>
+inline void for_each_elementwise(Fn&& fn, const FeatureView& v, const Views&... others) {
+  if ((v.plane_contiguous() && ... && others.plane_contiguous())) {
+#pragma omp simd
+    for (int64_t i = 0; i < v.HW(); ++i) fn(i, ((void)others, i)...);
+    return;
+  }
+  for_each_position(fn, v, others...);
+}
+
 // ------------------------------------------------------------------------------------------ CwD
 
 // KL(softmax(g/τ) ‖ softmax(f/τ)) of one channel and both log-sum-exps, in two passes: the maxima,
@@ -87,18 +110,28 @@ template <typename scalar_t, typename acc_t>
 acc_t channel_kl(const FeatureView& s, const scalar_t* f, const FeatureView& t, const scalar_t* g,
                  acc_t inv_tau, acc_t& lse_s, acc_t& lse_t) {
   acc_t mx_s = -std::numeric_limits<acc_t>::infinity(), mx_t = mx_s;
-  for_each_position([&](int64_t o, int64_t p) {
+  acc_t z_s = 0, z_t = 0, weighted = 0;
+  auto take_max = [&](int64_t o, int64_t p) {
     mx_s = std::max(mx_s, static_cast<acc_t>(f[o]) * inv_tau);
     mx_t = std::max(mx_t, static_cast<acc_t>(g[p]) * inv_tau);
-  }, s, t);
-  acc_t z_s = 0, z_t = 0, weighted = 0;
-  for_each_position([&](int64_t o, int64_t p) {
+  };
+  auto add_exps = [&](int64_t o, int64_t p) {
     const acc_t fs = static_cast<acc_t>(f[o]) * inv_tau, gt = static_cast<acc_t>(g[p]) * inv_tau;
     const acc_t e_t = std::exp(gt - mx_t);
     z_s += std::exp(fs - mx_s);
     z_t += e_t;
     weighted += e_t * (gt - fs);
-  }, s, t);
+  };
+  if (s.plane_contiguous() && t.plane_contiguous()) {
+    // The reductions must be declared for the compiler to vectorise them (and the exps).
+#pragma omp simd reduction(max : mx_s, mx_t)
+    for (int64_t i = 0; i < s.HW(); ++i) take_max(i, i);
+#pragma omp simd reduction(+ : z_s, z_t, weighted)
+    for (int64_t i = 0; i < s.HW(); ++i) add_exps(i, i);
+  } else {
+    for_each_position(take_max, s, t);
+    for_each_position(add_exps, s, t);
+  }
   lse_s = mx_s + std::log(z_s);
   lse_t = mx_t + std::log(z_t);
   return weighted / z_t - lse_t + lse_s;
@@ -158,7 +191,7 @@ std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::Tensor
         const scalar_t* gt = row_ptr<scalar_t>(t, b, c);
         scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
         const int64_t k = off[m] + b * s.C + c;
-        for_each_position([&](int64_t o, int64_t p, int64_t q) {
+        for_each_elementwise([&](int64_t o, int64_t p, int64_t q) {
           const acc_t ps = std::exp(static_cast<acc_t>(f[o]) * inv_tau - ls[k]);
           const acc_t pt = std::exp(static_cast<acc_t>(gt[p]) * inv_tau - lt[k]);
           df[q] = static_cast<scalar_t>(coef * (ps - pt));
@@ -232,7 +265,7 @@ std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::Te
         const acc_t norm = n[off[m] + b * s.C + c];
         // d‖f − g‖/df = (f − g)/‖f − g‖, taken as 0 where f = g on the whole row.
         const acc_t coef = norm > 0 ? g[m] / norm : acc_t(0);
-        for_each_position([&](int64_t o, int64_t p, int64_t q) {
+        for_each_elementwise([&](int64_t o, int64_t p, int64_t q) {
           df[q] = static_cast<scalar_t>(coef * (static_cast<acc_t>(f[o]) - static_cast<acc_t>(gt[p])));
         }, s, t, d);
       }
