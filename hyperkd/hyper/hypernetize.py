@@ -1,7 +1,9 @@
 """``hypernetize``: wire a primary network to a MIP hypernetwork (LayerKD-HN §3.1–3.2).
 
-The primary network is left untouched: its generated tensors are injected on every forward with
-``torch.func.functional_call``, so its own parameters (and any code that holds them) survive.
+No module surgery: the generated tensors are injected on every forward with
+``torch.func.functional_call``, so the primary keeps its own parameters (and any code that holds
+them keeps working). With ``init_theta0="model"`` their storage becomes θ0's, which held the
+same values at that point: the primary then holds no second P-sized copy.
 """
 import copy
 
@@ -83,8 +85,9 @@ def hypernetize(model: nn.Module, hidden=(16, 64, 128), gamma_dim: int = 1, modu
     """Hypernetise every module of ``types`` (default: all Conv2d, with their biases) of ``model``.
 
     ``modules``: explicit module paths, or a :class:`LayoutPlan`, instead of searching by type.
-    ``init_theta0="model"`` copies the model's current weights into θ0, ``"kaiming"`` draws fresh
-    ones. W starts so that the generated Δθ is ≈ ``delta_ratio`` of θ0 in RMS per layer.
+    ``init_theta0="model"`` copies the model's current weights into θ0 and makes the model's own
+    copies views of θ0 (see :func:`_share_with_theta0`); ``"kaiming"`` draws fresh ones. W starts
+    so that the generated Δθ is ≈ ``delta_ratio`` of θ0 in RMS per layer.
     ``memory_format="channels_last"`` generates 4-D kernels in channels_last layout.
     """
     if not isinstance(model, nn.Module):
@@ -103,7 +106,28 @@ def hypernetize(model: nn.Module, hidden=(16, 64, 128), gamma_dim: int = 1, modu
     hypernet = HyperNet(plan, theta0, gamma_dim=gamma_dim, hidden=hidden, negative_slope=negative_slope,
                         delta_ratio=delta_ratio, weight_dtype=weight_dtype)
     device = next(model.parameters()).device
-    return HyperNetized(model, plan, hypernet.to(device))
+    hypernet = hypernet.to(device)
+    if init_theta0 == "model":
+        _share_with_theta0(model, plan, hypernet.theta0)
+    return HyperNetized(model, plan, hypernet)
+
+
+def _share_with_theta0(model: nn.Module, plan: LayoutPlan, theta0: torch.Tensor) -> None:
+    """Makes the primary's own copies of the generated tensors views of θ0.
+
+    Every forward injects the generated tensors, so the primary's copies are never read; kept
+    apart they would be a second P-sized buffer (35 MiB for VGG-11-bn). θ0 was just copied from
+    them, so the values do not change here; from now on they follow θ0 as it trains. A tensor of
+    another dtype or device than θ0 keeps its own copy: a view cannot convert, and materialize()
+    exports each tensor in the primary's dtype. load_state_dict writes θ0 after the primary's
+    entries (HyperNetized registers the primary first), so θ0 comes out as saved even when a
+    checkpoint's primary entries differ from it.
+    """
+    params = dict(model.named_parameters())
+    for e, part in zip(plan, theta0.detach().split(plan.numels)):
+        p = params[e.name]
+        if p.dtype == part.dtype and p.device == part.device:
+            p.data = part.view(e.shape)
 
 
 def hypernetized_from_state(model: nn.Module, state_dict: dict, **options) -> HyperNetized:

@@ -1,11 +1,12 @@
 """hypernetize, LayoutPlan, HyperNet and materialize against the equations of LayerKD-HN §3.2."""
+import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from hyperkd.hyper import LayoutPlan, find_modules, hypernetize
+from hyperkd.hyper import HyperOptimizer, LayoutPlan, find_modules, hypernetize
 from hyperkd.reference import encode_gamma, hidden_code, hyper_generate
 from tests.hyper.nets import NETS, tiny_vgg
 from tests.tolerances import assert_close
@@ -53,6 +54,44 @@ def test_theta0_copies_the_model_and_primary_weights_survive():
         torch.testing.assert_close(t.reshape(e.shape), before[e.name], rtol=0, atol=0)
     for n, p in model.primary.named_parameters():
         torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+
+
+def _distinct_storage_bytes(tensors) -> int:
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def test_primary_holds_no_second_copy_of_the_generated_tensors():
+    model = hypernetize(NETS["resnet"](), hidden=(8, 12))
+    theta0 = model.hypernet.theta0
+    params = dict(model.primary.named_parameters())
+    for name in model.plan.names:
+        assert params[name].untyped_storage().data_ptr() == theta0.untyped_storage().data_ptr(), name
+    # Every parameter's bytes, less the P generated values that the primary would hold again.
+    every = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert _distinct_storage_bytes(model.parameters()) == every - model.plan.total * theta0.element_size()
+    # The views follow θ0 through training; what runs is still the generated weights.
+    opt = HyperOptimizer(model, "sgd", lr=0.1)
+    model(torch.randn(2, 3, 8, 8), 0.3).square().sum().backward()
+    opt.step()
+    for e, part in zip(model.plan, theta0.detach().split(model.plan.numels)):
+        torch.testing.assert_close(params[e.name].detach(), part.view(e.shape), rtol=0, atol=0)
+
+
+def test_kaiming_theta0_and_other_dtypes_keep_the_primary_copies():
+    net = tiny_vgg()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    model = hypernetize(net, init_theta0="kaiming")
+    for n, p in model.primary.named_parameters():
+        assert p.untyped_storage().data_ptr() != model.hypernet.theta0.untyped_storage().data_ptr(), n
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+    net = tiny_vgg()
+    net[4].to(torch.bfloat16)  # θ0 is fp32: a bf16 tensor cannot be a view of it
+    model = hypernetize(net)
+    assert net[4].weight.dtype == torch.bfloat16
+    assert net[4].weight.untyped_storage().data_ptr() != model.hypernet.theta0.untyped_storage().data_ptr()
+    assert net[0].weight.untyped_storage().data_ptr() == model.hypernet.theta0.untyped_storage().data_ptr()
+    assert model.materialize(0.5)[4].weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("init", ["model", "kaiming"])
@@ -192,6 +231,27 @@ def test_state_dict_round_trip():
     model.eval(), other.eval()
     assert not torch.allclose(model(x, 0.3), other(x, 0.3))
     other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other(x, 0.3), model(x, 0.3), rtol=0, atol=0)
+
+
+def test_state_dict_whose_primary_copies_differ_from_theta0_loads_theta0():
+    # Checkpoints written before the primary's copies became views of θ0 hold the original weights
+    # there; loading one must not let them overwrite θ0 (the primary is loaded first).
+    model = hypernetize(NETS["resnet"]())
+    with torch.no_grad():
+        model.hypernet.theta0.add_(0.5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in model.plan.names:
+        state[f"primary.{name}"].zero_()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    other = hypernetize(NETS["resnet"]())
+    other.load_state_dict(torch.load(buffer))
+    torch.testing.assert_close(other.hypernet.theta0, model.hypernet.theta0, rtol=0, atol=0)
+    x = torch.randn(2, 3, 8, 8)
+    model.eval(), other.eval()
     with torch.no_grad():
         torch.testing.assert_close(other(x, 0.3), model(x, 0.3), rtol=0, atol=0)
 
