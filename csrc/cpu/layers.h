@@ -14,6 +14,8 @@ struct FeatureView {
   int64_t HW() const { return H * W; }
   // Each channel's H×W plane is one contiguous run (NCHW-contiguous or a channel slice of it).
   bool plane_contiguous() const { return sw == 1 && sh == W; }
+  // One sample's C·H·W elements are one contiguous run in NCHW order.
+  bool sample_contiguous() const { return plane_contiguous() && sc == H * W; }
 };
 
 inline FeatureView feature_view(const at::Tensor& t) {
