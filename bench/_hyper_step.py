@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from hyperkd.train.loop import peak_memory_bytes
+
 BATCH = 16
 
 
@@ -129,14 +131,6 @@ def build(network: str, impl: str, hidden, optimizer: str):
     return model, opt, step
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set since exec (Linux VmHWM). Not ``ru_maxrss``: a child keeps
-    the larger of its own and its parent's high-water mark there, so once the benchmark process had
-    built VGG-11-bn every later child read at least that."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def main(argv):
     network, impl, hidden, optimizer = argv[:4]
     steps = int(argv[4]) if len(argv) > 4 else 3
@@ -149,7 +143,7 @@ def main(argv):
         times.append(time.perf_counter() - t0)
     print(json.dumps({"network": network, "impl": impl, "hidden": hidden, "optimizer": optimizer,
                       "step_s": statistics.median(times), "step_times_s": times,
-                      "peak_rss_bytes": peak_rss_bytes()}))
+                      "peak_rss_bytes": peak_memory_bytes(torch.device("cpu"))}))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,9 @@ result, stamped with the device, torch/triton/hyperlight versions and date, is a
 is skipped with that reason. The hyperlight rows need ``pip install -e '.[bench]'`` and are skipped
 without it.
 """
-import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -22,10 +20,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _hyper_step import build, create_network  # noqa: E402
+from bench.measure import stamp  # noqa: E402
 
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 STEPS = 3  # timed steps per fresh process, after one warm-up step; the median is reported
 
 
@@ -38,25 +38,22 @@ def _version(package: str):
 
 
 def _stamp() -> dict:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {"device": device, "torch": torch.__version__, "triton": _version("triton"),
-            "hyperlight": _version("hyperlight"),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {**stamp(DEVICE), "hyperlight": _version("hyperlight")}
 
 
 def _record(measured: dict) -> None:
     """Appends one result to today's file right away, so an interrupted run keeps what it measured."""
-    stamp = _stamp()
+    header = _stamp()
     folder = os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"hyper-{stamp['date'][:10]}.json")
+    path = os.path.join(folder, f"hyper-{header['date'][:10]}.json")
     results = []
     if os.path.exists(path):
         with open(path) as f:
             results = json.load(f)["results"]
-    results.append({**measured, "date": stamp["date"]})
+    results.append({**measured, "date": header["date"]})
     with open(path, "w") as f:
-        json.dump({**stamp, "batch": 16, "results": results}, f, indent=1)
+        json.dump({**header, "batch": 16, "results": results}, f, indent=1)
 
 
 def _zoo_or_skip(network):

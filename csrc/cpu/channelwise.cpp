@@ -153,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList stude
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_tau = acc_t(1) / acc_t(tau);
     acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
+    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m];
       acc_t kl_sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
@@ -216,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t *n = norms.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
+    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
       const auto &s = sv[m], &t = tv[m];
       acc_t sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
