@@ -3,8 +3,9 @@
 Every layer of a call is served by one launch: program ``pid`` handles row (layer m, sample b)
 with ``m = pid // B``. Layers of different shapes and strides are reached through a small int64
 table of (pointer, C, H, W, strides) per layer (see :func:`layer_table`), so features are read in
-place, channels_last and sliced ones included. Forward keeps only the normalised maps (B×ΣHW) and
-per-row norms and losses; backward re-reads each feature once to write its gradient.
+place, channels_last and sliced ones included. Forward ends each row by turning its normalised map
+into dL/dS (B×ΣHW, λ_m and the reduction folded in), the only thing kept for backward, which
+re-reads each feature once to write its gradient.
 """
 import torch
 import triton
@@ -124,34 +125,6 @@ def _at_summary_kernel(table, ptr_carrier, out, B, P, EPS,
 
 
 @triton.jit
-def _at_loss_kernel(table, ptr_carrier, teacher, maps, norms, rows, B, P, EPS,
-                    KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
-    HW = H * W
-    q_row = maps + off + b * HW
-    n = _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
-    t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
-    r = tl.zeros([BLOCK_HW], dtype=tl.float32)
-    for h0 in range(0, HW, BLOCK_HW):
-        hw = h0 + tl.arange(0, BLOCK_HW)
-        hw_mask = hw < HW
-        d = tl.load(q_row + hw, mask=hw_mask, other=0.0) - tl.load(t_row + hw, mask=hw_mask, other=0.0)
-        if MEAN:
-            r += d * d
-        else:
-            r += _power(tl.abs(d), P, MODE)
-    total = tl.sum(r, axis=0)
-    if not MEAN:
-        if MODE == 2:
-            total = tl.sqrt(total)
-        elif MODE == 0:
-            total = tl.exp2(tl.log2(total) / P)
-    tl.store(norms + m * B + b, n)
-    tl.store(rows + m * B + b, total)
-
-
-@triton.jit
 def _row_loss_grad(d, row, P, MODE: tl.constexpr, MEAN: tl.constexpr):
     """dL/dq of one row whose loss is `row` (the p-norm of d for "sum", Σd² for "mean")."""
     if MEAN:
@@ -166,20 +139,33 @@ def _row_loss_grad(d, row, P, MODE: tl.constexpr, MEAN: tl.constexpr):
 
 
 @triton.jit
-def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lambdas, maps, norms, rows,
-                             B, P, EPS, KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
-                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _at_loss_kernel(table, ptr_carrier, teacher, lambdas, map_grad, rows, B, P, EPS,
+                    KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
-    _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
-    pid = m * B + b
     HW = H * W
-    q_row = maps + off + b * HW
+    q_row = map_grad + off + b * HW
+    n = _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
     t_row = tl.load(teacher + m).to(tl.pointer_type(tl.float32)) + b * HW
-    row = tl.load(rows + pid)
-    n = tl.load(norms + pid)
-    coef = tl.load(grad).to(tl.float32) * tl.load(lambdas + m)
+    r = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        d = tl.load(q_row + hw, mask=hw_mask, other=0.0) - tl.load(t_row + hw, mask=hw_mask, other=0.0)
+        if MEAN:
+            r += d * d
+        else:
+            r += _power(tl.abs(d), P, MODE)
+    row = tl.sum(r, axis=0)
+    if not MEAN:
+        if MODE == 2:
+            row = tl.sqrt(row)
+        elif MODE == 0:
+            row = tl.exp2(tl.log2(row) / P)
+    tl.store(rows + m * B + b, row)
+    scale = tl.load(lambdas + m)
     if MEAN:
-        coef = coef * 2.0 / (B * HW).to(tl.float32)
+        scale = scale * 2.0 / (B * HW).to(tl.float32)
     # Through q = S/max(‖S‖, eps): g_S = (g − q⟨q, g⟩)/‖S‖, or g/eps where the norm was clamped.
     dot_acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
     for h0 in range(0, HW, BLOCK_HW):
@@ -195,7 +181,22 @@ def _at_loss_backward_kernel(table, grad_table, ptr_carrier, teacher, grad, lamb
         hw_mask = hw < HW
         q = tl.load(q_row + hw, mask=hw_mask, other=0.0)
         g = _row_loss_grad(q - tl.load(t_row + hw, mask=hw_mask, other=0.0), row, P, MODE, MEAN)
-        g_s = coef * tl.where(clamped, g / EPS, (g - q * dot) / n)
+        tl.store(q_row + hw, scale * tl.where(clamped, g / EPS, (g - q * dot) / n), mask=hw_mask)
+
+
+@triton.jit
+def _at_loss_backward_kernel(table, grad_table, ptr_carrier, grad, map_grad, B, P,
+                             KIND: tl.constexpr, MODE: tl.constexpr,
+                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
+    HW = H * W
+    gS_row = map_grad + off + b * HW
+    scale = tl.load(grad).to(tl.float32)
+    for h0 in range(0, HW, BLOCK_HW):
+        hw = h0 + tl.arange(0, BLOCK_HW)
+        hw_mask = hw < HW
+        g_s = scale * tl.load(gS_row + hw, mask=hw_mask, other=0.0)
         sp = (hw // W) * sh + (hw % W) * sw
         dsp = (hw // W) * dsh + (hw % W) * dsw
         if KIND == 2:
@@ -257,34 +258,31 @@ def at_summary(feats, kind: int, p: float, eps: float):
 
 
 def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool):
-    """Forward of Eq. 7: (loss, maps, norms, rows), as the CPU op returns them."""
+    """Forward of Eq. 7: (loss, layer_losses, map_grad), as the CPU op returns them."""
     B, M = student[0].shape[0], len(student)
     device = student[0].device
     offs, total = map_offsets(student)
-    maps = torch.empty(total, dtype=torch.float32, device=device)
-    norms = torch.empty(M, B, dtype=torch.float32, device=device)
+    map_grad = torch.empty(total, dtype=torch.float32, device=device)
     rows = torch.empty(M, B, dtype=torch.float32, device=device)
     block_c, block_hw = _blocks(student)
     _at_loss_kernel[(M * B,)](
-        layer_table(student, offs), student[0], pointer_table(teacher), maps, norms, rows, B,
+        layer_table(student, offs), student[0], pointer_table(teacher), lambdas, map_grad, rows, B,
         float(p), float(eps), KIND=kind, MODE=pow_mode(p), MEAN=mean,
         BLOCK_C=block_c, BLOCK_HW=block_hw)
-    per_layer = rows.sum(dim=1) * lambdas
+    layer_losses = rows.sum(dim=1)
     if mean:
         hw = torch.tensor([f.shape[2] * f.shape[3] for f in student], dtype=torch.float32)
-        per_layer = per_layer / (B * hw).to(device, non_blocking=True)
-    return per_layer.sum(), maps, norms, rows
+        layer_losses = layer_losses / (B * hw).to(device, non_blocking=True)
+    return (layer_losses * lambdas).sum(), layer_losses, map_grad
 
 
-def at_loss_backward(grad, student, teacher, lambdas, maps, norms, rows, kind: int, p: float,
-                     eps: float, mean: bool):
+def at_loss_backward(grad, student, map_grad, kind: int, p: float):
     """Student gradients of Eq. 7 from one launch; reads each feature once (kind 2: twice)."""
     B, M = student[0].shape[0], len(student)
     offs, _ = map_offsets(student)
     grads = [torch.empty_like(f) for f in student]
     block_c, block_hw = _blocks(student)
     _at_loss_backward_kernel[(M * B,)](
-        layer_table(student, offs), layer_table(grads, offs), student[0], pointer_table(teacher),
-        grad, lambdas, maps, norms, rows, B, float(p), float(eps),
-        KIND=kind, MODE=pow_mode(p), MEAN=mean, BLOCK_C=block_c, BLOCK_HW=block_hw)
+        layer_table(student, offs), layer_table(grads, offs), student[0], grad, map_grad, B,
+        float(p), KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)
     return grads

@@ -1,7 +1,7 @@
 // Fused attention-transfer KD on the CPU (LayerKD-HN Eq. 4–7): one parallel pass per (layer,
-// sample) row computes the spatial map, its L2 norm and the row's loss; backward re-reads the
-// feature once and writes its gradient. Only the B×ΣHW normalised maps and per-row norms and
-// losses are kept between the passes, never |f|^p or any other full-size intermediate.
+// sample) row computes the spatial map, its L2 norm, the row's loss and the row's gradient with
+// respect to the map, dL/dS; backward re-reads the feature once and writes its gradient. Only
+// dL/dS (B×ΣHW) is kept between the passes: neither |f|^p nor the teacher's maps.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -70,11 +70,11 @@ void spatial_map(const FeatureView& v, const scalar_t* f, acc_t p, acc_t* S) {
     for (int64_t i = 0; i < v.HW(); ++i) S[i] = power<MODE>(S[i], p);
 }
 
-// df = gS · dS/df for one sample (df has its own strides). Kind 2 routes the gradient to the
+// df = scale · gS · dS/df for one sample (df has its own strides). Kind 2 routes the gradient to the
 // channels attaining the maximum, split evenly among ties as torch.amax does.
 template <int KIND, int MODE, typename scalar_t, typename acc_t>
 void spatial_map_backward(const FeatureView& v, const scalar_t* f, const FeatureView& dv,
-                          scalar_t* df, acc_t p, const acc_t* gS) {
+                          scalar_t* df, acc_t p, acc_t scale, const acc_t* gS) {
   const int64_t HW = v.HW();
   std::vector<acc_t> amax, coef;
   if constexpr (KIND == 2) {
@@ -89,7 +89,7 @@ void spatial_map_backward(const FeatureView& v, const scalar_t* f, const Feature
     });
     for (int64_t i = 0; i < HW; ++i) {
       acc_t dpow = MODE == kPowOne ? acc_t(1) : (MODE == kPowTwo ? 2 * amax[i] : p * std::pow(amax[i], p - 1));
-      coef[i] = gS[i] * dpow / coef[i];  // gS·p·max^(p−1) / ties
+      coef[i] = scale * gS[i] * dpow / coef[i];  // scale·gS·p·max^(p−1) / ties
     }
   }
   // Restrict-qualified aliases let the compiler vectorise without runtime overlap checks.
@@ -101,9 +101,9 @@ void spatial_map_backward(const FeatureView& v, const scalar_t* f, const Feature
   for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
     acc_t x = static_cast<acc_t>(fr[off]);
     acc_t g;
-    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gs[hw] * sign(x);
-    else if constexpr (KIND == 1 && MODE == kPowTwo) g = gs[hw] * 2 * x;
-    else if constexpr (KIND == 1) g = gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
+    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = scale * gs[hw] * sign(x);
+    else if constexpr (KIND == 1 && MODE == kPowTwo) g = scale * gs[hw] * 2 * x;
+    else if constexpr (KIND == 1) g = scale * gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
     else g = static_cast<acc_t>(std::abs(x) == am[hw]) * co[hw] * sign(x);
     dfr[doff] = static_cast<scalar_t>(g);
   });
@@ -123,13 +123,17 @@ void dispatch_kind(int64_t kind, double p, Body&& body) {
   else with_mode(std::integral_constant<int, 2>{});
 }
 
-void check_args(int64_t kind, double p, double eps) {
+void check_kind(int64_t kind, double p) {
   TORCH_CHECK(kind >= 0 && kind <= 2, "kind: expected 0, 1 or 2, got ", kind);
   TORCH_CHECK(p > 0, "p: expected p > 0, got ", p);
+}
+
+void check_args(int64_t kind, double p, double eps) {
+  check_kind(kind, p);
   TORCH_CHECK(eps > 0, "eps: expected eps > 0, got ", eps);
 }
 
-// Offsets of each layer's B×HW block in the packed maps buffer.
+// Offsets of each layer's B×HW block in the packed dL/dS buffer.
 std::vector<int64_t> map_offsets(at::TensorList feats) {
   std::vector<int64_t> off(feats.size() + 1, 0);
   const int64_t B = feats[0].size(0);
@@ -209,7 +213,23 @@ void check_teacher(at::TensorList student, at::TensorList teacher) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
+// Writes one row's dL/dS over its normalised map q (in place): dL/dq, then back through
+// q = S / max(‖S‖, eps): (g − q·⟨q, g⟩)/‖S‖, or g/eps where the norm was clamped.
+template <int MODE, typename acc_t>
+void row_map_grad(acc_t* q, const acc_t* t, int64_t HW, acc_t n, acc_t row, acc_t p, acc_t eps,
+                  acc_t scale, bool mean) {
+  acc_t* g = thread_scratch<acc_t>(HW);
+  acc_t dot = 0;
+  for (int64_t i = 0; i < HW; ++i) {
+    g[i] = row_loss_grad<MODE>(q[i] - t[i], row, p, mean);
+    dot += g[i] * q[i];
+  }
+  const bool clamped = !(n > eps);
+  for (int64_t i = 0; i < HW; ++i) q[i] = scale * (clamped ? g[i] / eps : (g[i] - q[i] * dot) / n);
+}
+
+// Returns (Σ_m λ_m L_m, the unweighted L_m, dL/dS packed layer by layer as B×HW blocks).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
     at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, int64_t kind,
     double p, double eps, bool mean) {
   check_feature_list(student, "student");
@@ -222,81 +242,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
   const auto views = feature_views(student);
   const auto off = map_offsets(student);
   auto opts = student[0].options().dtype(acc);
-  at::Tensor maps = at::empty({off[M]}, opts);
-  at::Tensor norms = at::empty({M, B}, opts);
-  at::Tensor rows = at::empty({M, B}, opts);
+  at::Tensor map_grad = at::empty({off[M]}, opts);
+  at::Tensor layer_losses = at::empty({M}, opts);
   at::Tensor loss = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acc_t* q_all = maps.data_ptr<acc_t>();
-    acc_t* n_all = norms.data_ptr<acc_t>();
-    acc_t* r_all = rows.data_ptr<acc_t>();
+    acc_t* q_all = map_grad.data_ptr<acc_t>();
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    std::vector<acc_t> rows(M * B);
     dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
+      constexpr int mode = decltype(MODE)::value;
       parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-        const int64_t r = m * B + b;
         const auto& v = views[m];
-        acc_t* q = q_all + off[m] + b * v.HW();
+        const int64_t HW = v.HW();
+        acc_t* q = q_all + off[m] + b * HW;
         spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), q);
-        n_all[r] = normalise_row(q, v.HW(), acc_t(eps));
-        const acc_t* t = teacher[m].data_ptr<acc_t>() + b * v.HW();
-        r_all[r] = row_loss<decltype(MODE)::value>(q, t, v.HW(), acc_t(p), mean);
+        const acc_t n = normalise_row(q, HW, acc_t(eps));
+        const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
+        const acc_t row = row_loss<mode>(q, t, HW, acc_t(p), mean);
+        rows[m * B + b] = row;
+        const acc_t scale = lam[m] * (mean ? acc_t(2) / (B * HW) : acc_t(1));
+        row_map_grad<mode>(q, t, HW, n, row, acc_t(p), acc_t(eps), scale, mean);
       });
     });
-    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    acc_t* per_layer = layer_losses.data_ptr<acc_t>();
     acc_t total = 0;
     for (int64_t m = 0; m < M; ++m) {
       acc_t layer = 0;
-      for (int64_t b = 0; b < B; ++b) layer += r_all[m * B + b];
-      total += lam[m] * layer * (mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1));
+      for (int64_t b = 0; b < B; ++b) layer += rows[m * B + b];
+      per_layer[m] = layer * (mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1));
+      total += lam[m] * per_layer[m];
     }
     loss.fill_(total);
   });
-  return {loss, maps, norms, rows};
+  return {loss, layer_losses, map_grad};
 }
 
-std::vector<at::Tensor> at_loss_backward_cpu(
-    const at::Tensor& grad, at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas,
-    const at::Tensor& maps, const at::Tensor& norms, const at::Tensor& rows, int64_t kind, double p,
-    double eps, bool mean) {
+std::vector<at::Tensor> at_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
+                                             const at::Tensor& map_grad, int64_t kind, double p) {
   check_feature_list(student, "student");
-  check_args(kind, p, eps);
-  check_teacher(student, teacher);
+  check_kind(kind, p);
   const int64_t B = student[0].size(0), M = student.size();
-  const auto views = feature_views(student);
   const auto off = map_offsets(student);
+  TORCH_CHECK(map_grad.dim() == 1 && map_grad.size(0) == off[M] && map_grad.is_contiguous() &&
+                  map_grad.scalar_type() == acc_type_of(student[0].scalar_type()),
+              "map_grad: expected a contiguous vector of ", off[M], " ",
+              acc_type_of(student[0].scalar_type()), " values, got ", map_grad.sizes(), " ",
+              map_grad.scalar_type());
+  const auto views = feature_views(student);
   const std::vector<at::Tensor> grads = empty_like_each(student);
   const auto grad_views = feature_views(grads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t g_out = grad.item<acc_t>();
-    const acc_t* q_all = maps.data_ptr<acc_t>();
-    const acc_t* n_all = norms.data_ptr<acc_t>();
-    const acc_t* r_all = rows.data_ptr<acc_t>();
-    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    const acc_t* gS_all = map_grad.data_ptr<acc_t>();
     dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
-      constexpr int mode = decltype(MODE)::value;
       parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-        const int64_t r = m * B + b;
         const auto& v = views[m];
-        const int64_t HW = v.HW();
-        const acc_t* q = q_all + off[m] + b * HW;
-        const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
-        const acc_t coef = g_out * lam[m] * (mean ? acc_t(2) / (B * HW) : acc_t(1));
-        acc_t* gS = thread_scratch<acc_t>(HW);
-        // dL/dq, then back through q = S / max(‖S‖, eps): (g − q·⟨q, g⟩)/‖S‖ unless clamped.
-        acc_t dot = 0;
-        for (int64_t i = 0; i < HW; ++i) {
-          gS[i] = row_loss_grad<mode>(q[i] - t[i], r_all[r], acc_t(p), mean);
-          dot += gS[i] * q[i];
-        }
-        const acc_t n = n_all[r];
-        const bool clamped = !(n > acc_t(eps));
-        for (int64_t i = 0; i < HW; ++i)
-          gS[i] = coef * (clamped ? gS[i] / acc_t(eps) : (gS[i] - q[i] * dot) / n);
         spatial_map_backward<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
                                          grad_views[m],
                                          static_cast<scalar_t*>(grad_views[m].data) + b * grad_views[m].sb,
-                                         acc_t(p), gS);
+                                         acc_t(p), g_out, gS_all + off[m] + b * v.HW());
       });
     });
   });
@@ -308,9 +314,8 @@ std::vector<at::Tensor> at_loss_backward_cpu(
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("at_summary(Tensor[] feats, int kind, float p, float eps) -> Tensor[]");
   m.def("at_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, int kind, float p, float eps, "
-        "bool mean) -> (Tensor loss, Tensor maps, Tensor norms, Tensor rows)");
-  m.def("at_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor lambdas, "
-        "Tensor maps, Tensor norms, Tensor rows, int kind, float p, float eps, bool mean) -> Tensor[]");
+        "bool mean) -> (Tensor loss, Tensor layer_losses, Tensor map_grad)");
+  m.def("at_loss_backward(Tensor grad, Tensor[] student, Tensor map_grad, int kind, float p) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

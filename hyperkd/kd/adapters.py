@@ -30,12 +30,13 @@ class AttentionTransfer(LayerwiseMethod):
         return at_ops.attention_teacher_summary(g, self.kind, self.p)
 
     def weighted(self, student, summaries, lambdas):
-        # The AT op folds λ into its single launch; its per-row losses give the logged terms.
+        # The AT op folds λ into its single launch and returns the unweighted L_m for the log.
         acc = accumulation_dtype(student[0].dtype)
         lam = layer_weights(lambdas, len(student), student[0], acc)
-        loss, _, _, rows = torch.ops.hyperkd.at_loss(student, [t.to(acc).contiguous() for t in summaries],
-                                                     lam, self.kind, float(self.p), at_ops.EPS, False)
-        return loss, rows.sum(dim=1)
+        loss, layer_losses, _ = torch.ops.hyperkd.at_loss(
+            student, [t.to(acc).contiguous() for t in summaries], lam, self.kind, float(self.p),
+            at_ops.EPS, False)
+        return loss, layer_losses
 
 
 class ActivationBoundary(LayerwiseMethod):

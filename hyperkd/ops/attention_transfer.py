@@ -4,6 +4,11 @@
 Σ_m λ_m L_AT over all layers in one call, and ``at_loss_backward`` is its backward. CPU kernels are
 C++ (``csrc/cpu/attention_transfer.cpp``), CUDA kernels Triton (``kernels/attention_transfer.py``).
 The teacher is a constant target: no gradient flows to it.
+
+Forward also returns ``map_grad``, dL/dS for every spatial position (B×ΣHW, λ_m and the reduction
+folded in), and that is all backward keeps besides the student features: the loss is a scalar, so
+backward only scales it by the incoming gradient. Neither the student's nor the teacher's maps
+outlive the forward.
 """
 import torch
 from torch import nn
@@ -33,35 +38,33 @@ def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean):
     B, M = student[0].shape[0], len(student)
     total = sum(B * f.shape[2] * f.shape[3] for f in student)
     first = student[0]
-    return (first.new_empty((), dtype=acc), first.new_empty(total, dtype=acc),
-            first.new_empty(M, B, dtype=acc), first.new_empty(M, B, dtype=acc))
+    return (first.new_empty((), dtype=acc), first.new_empty(M, dtype=acc),
+            first.new_empty(total, dtype=acc))
 
 
 @torch.library.register_fake("hyperkd::at_loss_backward")
-def _at_loss_backward_fake(grad, student, teacher, lambdas, maps, norms, rows, kind, p, eps, mean):
+def _at_loss_backward_fake(grad, student, map_grad, kind, p):
     return [torch.empty_like(f) for f in student]
 
 
 def _setup_context(ctx, inputs, output):
     student, teacher, lambdas, kind, p, eps, mean = inputs
-    _, maps, norms, rows = output
-    ctx.mark_non_differentiable(maps, norms, rows)
-    # Otherwise autograd hands backward a zero-filled gradient for the B×ΣHW maps, as large as
-    # the maps themselves, only for it to be ignored.
+    _, layer_losses, map_grad = output
+    ctx.mark_non_differentiable(layer_losses, map_grad)
+    # Otherwise autograd hands backward a zero-filled gradient for the B×ΣHW map_grad, as large
+    # as map_grad itself, only for it to be ignored.
     ctx.set_materialize_grads(False)
     ctx.layers = len(student)
-    ctx.options = (kind, p, eps, mean)
-    ctx.save_for_backward(*student, *teacher, lambdas, maps, norms, rows)
+    ctx.options = (kind, p)
+    ctx.save_for_backward(*student, map_grad)
 
 
-def _backward(ctx, grad_loss, _maps, _norms, _rows):
+def _backward(ctx, grad_loss, _layer_losses, _map_grad):
     M = ctx.layers
     if grad_loss is None:  # the loss itself was not used
         return [None] * M, [None] * M, None, None, None, None, None
-    saved = ctx.saved_tensors
-    student, teacher, (lambdas, maps, norms, rows) = saved[:M], saved[M:2 * M], saved[2 * M:]
-    grads = torch.ops.hyperkd.at_loss_backward(grad_loss, student, teacher, lambdas, maps, norms, rows,
-                                               *ctx.options)
+    *student, map_grad = ctx.saved_tensors
+    grads = torch.ops.hyperkd.at_loss_backward(grad_loss, student, map_grad, *ctx.options)
     return list(grads), [None] * M, None, None, None, None, None
 
 
@@ -118,8 +121,8 @@ def attention_transfer_loss(student, teacher, *, kind: int = 0, p: float = 1.0, 
                              f"summary of shape {expected}, got {tuple(t.shape)}")
     maps = [t.detach().to(acc).contiguous() for t in maps]
     lam = layer_weights(lambdas, len(student), student[0], acc)
-    loss, _, _, _ = torch.ops.hyperkd.at_loss(student, maps, lam, kind, float(p), float(eps),
-                                              reduction == "mean")
+    loss, _, _ = torch.ops.hyperkd.at_loss(student, maps, lam, kind, float(p), float(eps),
+                                           reduction == "mean")
     return loss
 
 
