@@ -28,3 +28,11 @@ def test_table_reports_speedups_and_workspace_without_the_returned_gradients():
     row = table.splitlines()[-1]
     assert row == ("| resnet20 B=64 AT-0 raw | 10.00 | 40.00 | 20.00 | 4.00x | 2.00x | 102.0 | 108.0 "
                    "| 104.0 | 25% |")
+
+    # A skipped baseline shows as "–"; a peer library's row goes to its own table.
+    table = render({"benchmarks": [entry("fused", 0.010, 102 * 2 ** 20), entry("eager", 0.040, 108 * 2 ** 20),
+                                   entry("torchdistill", 0.050, 204 * 2 ** 20)]})
+    lines = table.splitlines()
+    assert lines[4] == ("| resnet20 B=64 AT-0 raw | 10.00 | 40.00 | – | 4.00x | – | 102.0 | 108.0 "
+                        "| – | 25% |")
+    assert lines[-1] == "| resnet20 B=64 AT-0 raw | torchdistill | 10.00 | 50.00 | 5.00x | 102.0 | 204.0 | 2.0x |"

@@ -21,6 +21,8 @@ CACHING_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 32), "MALLOC_MMAP_THRES
 def add_arguments(parser):
     parser.add_argument("--suite", choices=sorted(SUITES), default="attention_transfer")
     parser.add_argument("--full", action="store_true", help="every network, batch size and kind")
+    parser.add_argument("-k", "--select", metavar="EXPR", default=None,
+                        help="only the cases whose id matches this pytest -k expression")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON results path (default bench/results/<suite>-<device>.json)")
 
@@ -36,6 +38,8 @@ def run(args) -> int:
            f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds", "--rootdir", str(REPO)]
     if args.full:
         cmd.append("--full")
+    if args.select:
+        cmd += ["-k", args.select]
     code = subprocess.call(cmd, cwd=REPO, env={**CACHING_MALLOC_ENV, **os.environ})
     if code != 0:
         return code
@@ -44,27 +48,44 @@ def run(args) -> int:
     return 0
 
 
+BASELINES = ("eager", "compiled")
+
+
 def render(results: dict) -> str:
     """A markdown table: per case, median time and peak extra memory of each implementation, the
     fused op's speed-ups, and its workspace relative to eager's. Workspace is the peak less the
-    ``output_bytes`` a case declares (the gradients every implementation returns)."""
+    ``output_bytes`` a case declares (the gradients every implementation returns). A baseline that
+    was skipped shows as "–"; other libraries' rows (peers) follow in a second table."""
     rows = defaultdict(dict)
     for b in results["benchmarks"]:
         info = b["extra_info"]
         key = (info["network"], info["batch"], info["kind"])
         rows[key][info["impl"]] = (b["stats"]["median"], info["peak_extra_bytes"], info.get("output_bytes", 0))
     stamp = results.get("hyperkd", {})
+    mib = 2 ** 20
     lines = [f"device: {stamp.get('device', '?')}, torch {stamp.get('torch', '?')}, "
              f"triton {stamp.get('triton', '?')}, {stamp.get('date', '?')}", "",
              "| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
              "| fused MiB | eager MiB | compiled MiB | fused/eager workspace |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    peers = []
     for (net, batch, kind), impls in sorted(rows.items()):
-        if len(impls) < 3:
+        if "fused" not in impls:
             continue
-        (tf, mf, out), (te, me, _), (tc, mc, _) = impls["fused"], impls["eager"], impls["compiled"]
-        mib = 2 ** 20
-        lines.append(f"| {net} B={batch} {kind} | {tf * 1e3:.2f} | {te * 1e3:.2f} | {tc * 1e3:.2f} "
-                     f"| {te / tf:.2f}x | {tc / tf:.2f}x | {mf / mib:.1f} | {me / mib:.1f} "
-                     f"| {mc / mib:.1f} | {(mf - out) / max(me - out, 1):.0%} |")
+        tf, mf, out = impls["fused"]
+        base = [impls.get(name) for name in BASELINES]
+        times = " | ".join(f"{b[0] * 1e3:.2f}" if b else "–" for b in base)
+        ratios = " | ".join(f"{b[0] / tf:.2f}x" if b else "–" for b in base)
+        mems = " | ".join(f"{b[1] / mib:.1f}" if b else "–" for b in base)
+        eager = impls.get("eager")
+        workspace = f"{(mf - out) / max(eager[1] - out, 1):.0%}" if eager else "–"
+        lines.append(f"| {net} B={batch} {kind} | {tf * 1e3:.2f} | {times} | {ratios} | {mf / mib:.1f} "
+                     f"| {mems} | {workspace} |")
+        for name, (tp, mp, _) in impls.items():
+            if name not in ("fused",) + BASELINES:
+                peers.append(f"| {net} B={batch} {kind} | {name} | {tf * 1e3:.2f} | {tp * 1e3:.2f} "
+                             f"| {tp / tf:.2f}x | {mf / mib:.1f} | {mp / mib:.1f} | {mp / max(mf, 1):.1f}x |")
+    if peers:
+        lines += ["", "| case | peer | fused ms | peer ms | vs peer | fused MiB | peer MiB | peer/fused MiB |",
+                  "|---|---|---|---|---|---|---|---|", *peers]
     return "\n".join(lines)

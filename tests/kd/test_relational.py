@@ -164,3 +164,17 @@ def test_degenerate_triplets_of_coincident_samples_are_masked(method):
     assert_close(terms, ref_terms, torch.float64)
     (grad,) = torch.autograd.grad(terms.sum(), student)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("w_dist,w_angle", [(1.0, 0.0), (0.0, 1.0)])
+def test_matches_torchdistill_rkd(w_dist, w_angle):
+    """The benchmark's peer row computes the same loss: torchdistill 1.1.5's RKDLoss, per layer."""
+    mid_level = pytest.importorskip("torchdistill.losses.mid_level", reason="the bench extra is not installed")
+    rkd = mid_level.RKDLoss(None, None, dist_factor=w_dist, angle_factor=w_angle, reduction="mean")
+    gen = torch.Generator().manual_seed(0)
+    student = [torch.randn(8, c, 4, 4, generator=gen, dtype=torch.float64) for c in (3, 5)]
+    teacher = [torch.randn(8, c, 4, 4, generator=gen, dtype=torch.float64) for c in (3, 5)]
+    theirs = sum(rkd.compute_rkd_distance_loss(t.flatten(1), s.flatten(1))
+                 + rkd.compute_rkd_angle_loss(t.flatten(1), s.flatten(1)) for s, t in zip(student, teacher))
+    ours = rel.rkd_losses(student, [rel.gram(t) for t in teacher], w_dist=w_dist, w_angle=w_angle).sum()
+    assert_close(ours, theirs, torch.float64)
