@@ -157,12 +157,13 @@ class HyperOptimizer:
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
 
-    Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
-    ``fused=True`` W needs no gradient, and DDP fixes the parameters it reduces when it is built.
-
     With ``fused=True`` θ0 also leaves autograd (it gets no ``.grad``) and :meth:`step` steps it
     with b's gradient, which equals its own; it keeps its own weight decay and state in
     :attr:`inner`. Where b is frozen (``requires_grad=False``) θ0 keeps its own gradient.
+
+    Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
+    ``fused=True`` W and θ0 need no gradient, and DDP fixes the parameters it reduces when it is
+    built.
 
     ``scaler``: the ``torch.amp.GradScaler`` that scales the loss, when training with fp16 loss
     scaling. Step through it as usual (``scaler.step(opt); scaler.update()``); the fused step
