@@ -5,10 +5,16 @@ hyperlight 0.0.5 itself, on CPU.
 Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
 Each configuration is also run in a fresh process for its median step time and peak RSS; each
 result, stamped with the device, torch/triton/hyperlight versions and date, is appended to
-``bench/results/hyper-<date>.json``. Needs the model zoo (``hyperkd.models``); without it every case
+``bench/results/hyper-<date>.json``.
+
+Fresh processes only, in a chosen order and file (e.g. alternating implementations, repeated,
+on a noisy machine): ``PYTHONPATH=. python bench/bench_hyper.py --out FILE [--rounds N]
+NETWORK:IMPL:HIDDEN:OPTIMIZER ...`` (HIDDEN as ``16,64,128``) runs the listed rows in order, the
+whole list N times, appending each result to FILE as it comes. Needs the model zoo (``hyperkd.models``); without it every case
 is skipped with that reason. The hyperlight rows need ``pip install -e '.[bench]'`` and are skipped
 without it.
 """
+import argparse
 import importlib.metadata
 import json
 import os
@@ -41,12 +47,14 @@ def _stamp() -> dict:
     return {**stamp(DEVICE), "hyperlight": _version("hyperlight")}
 
 
-def _record(measured: dict) -> None:
-    """Appends one result to today's file right away, so an interrupted run keeps what it measured."""
+def _record(measured: dict, path: str = None) -> None:
+    """Appends one result to ``path`` (default: today's file) right away, so an interrupted run
+    keeps what it measured."""
     header = _stamp()
-    folder = os.path.join(os.path.dirname(__file__), "results")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"hyper-{header['date'][:10]}.json")
+    if path is None:
+        folder = os.path.join(os.path.dirname(__file__), "results")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"hyper-{header['date'][:10]}.json")
     results = []
     if os.path.exists(path):
         with open(path) as f:
@@ -54,6 +62,14 @@ def _record(measured: dict) -> None:
     results.append({**measured, "date": header["date"]})
     with open(path, "w") as f:
         json.dump({**header, "batch": 16, "results": results}, f, indent=1)
+
+
+def fresh_process(network: str, impl: str, hidden: str, optimizer: str) -> dict:
+    """One row measured in a process that runs nothing else: median step time and peak RSS."""
+    script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
+    run = subprocess.run([sys.executable, script, network, impl, hidden, optimizer, str(STEPS)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def _zoo_or_skip(network):
@@ -73,12 +89,30 @@ def test_step(benchmark, network, impl, hidden, optimizer):
         pytest.importorskip("hyperlight", reason="the hyperlight peer row needs hyperlight 0.0.5: "
                                                  "pip install -e '.[bench]'")
     # Peak RSS first, in a process that runs nothing else (and before this one holds a model).
-    script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
-    run = subprocess.run([sys.executable, script, network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer, str(STEPS)],
-                         capture_output=True, text=True, check=True)
-    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    measured = fresh_process(network, impl, ",".join(map(str, HIDDEN[hidden])), optimizer)
     _, _, step = build(network, impl, HIDDEN[hidden], optimizer)
     step()
     benchmark.pedantic(step, rounds=2, iterations=1)
     benchmark.extra_info.update(measured)
     _record({**measured, "benchmark_min_s": benchmark.stats.stats.min})
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(description="fresh-process rows only, in the order given")
+    parser.add_argument("--out", required=True, help="JSON file the results are appended to")
+    parser.add_argument("--rounds", type=int, default=1, help="times to run the whole list")
+    parser.add_argument("rows", nargs="+", metavar="NETWORK:IMPL:HIDDEN:OPTIMIZER")
+    args = parser.parse_args(argv)
+    rows = [row.split(":") for row in args.rows]
+    for row in rows:
+        if len(row) != 4:
+            parser.error(f"expected NETWORK:IMPL:HIDDEN:OPTIMIZER, got {':'.join(row)!r}")
+    for _ in range(args.rounds):
+        for row in rows:
+            measured = fresh_process(*row)
+            _record(measured, args.out)
+            print(json.dumps(measured), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -74,7 +74,7 @@ def _generate_kernel(table, block_layer, block_first, W, z, b, theta0, B, D,
 
 
 @triton.jit
-def _generate_backward_kernel(table, block_layer, block_first, W, dtheta, dsum, partial, B, D, P,
+def _generate_backward_kernel(table, block_layer, block_first, W, dtheta, partial, B, D, P,
                               BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     row, local, mask, addr = _rows(table, block_layer, block_first, BLOCK_P)
     grad = tl.load(row).to(tl.pointer_type(tl.float32))
@@ -83,14 +83,11 @@ def _generate_backward_kernel(table, block_layer, block_first, W, dtheta, dsum, 
     k = tl.arange(0, BLOCK_D)
     w = tl.load(W + p[:, None] * D + k[None, :], mask=mask[:, None] & (k < D)[None, :], other=0.0)
     w = w.to(tl.float32)
-    total = tl.zeros([BLOCK_P], dtype=tl.float32)
     pid = tl.program_id(0)
     for s in range(B):
         g = tl.load(grad + s * batch_stride + addr, mask=mask, other=0.0)
         tl.store(dtheta + s * P + p, g, mask=mask)
-        total += g
         tl.store(partial + (pid * B + s) * D + k, tl.sum(w * g[:, None], axis=0), mask=k < D)
-    tl.store(dsum + p, total, mask=mask)
 
 
 def _layer_offsets(numels):
@@ -133,14 +130,13 @@ def hyper_generate(W, z, b, theta0, ndims, sizes, channels_last):
 
 
 def hyper_generate_backward(grads, W, z, ndims, sizes, channels_last):
-    """(dz, dθ packed B_γ×P, Σ_γ dθ) from one pass over W."""
+    """(dz, dθ packed B_γ×P) from one pass over W (Σ_γ dθ is the caller's: see the CPU kernel)."""
     B, (P, D) = z.shape[0], W.shape
     numels = _numels(sizes)
     layer, first, grid = block_schedule(numels, W.device)
     dtheta = torch.empty(B, P, dtype=z.dtype, device=z.device)
-    dsum = torch.empty(P, dtype=z.dtype, device=z.device)
     partial = torch.empty(grid, B, D, dtype=z.dtype, device=z.device)
     _generate_backward_kernel[(grid,)](layer_table(list(grads), ndims, _layer_offsets(numels)), layer,
-                                       first, W, dtheta, dsum, partial, B, D, P,
+                                       first, W, dtheta, partial, B, D, P,
                                        BLOCK_P=BLOCK_P, BLOCK_D=triton.next_power_of_2(D))
-    return partial.sum(0), dtheta, dsum
+    return partial.sum(0), dtheta

@@ -1,7 +1,8 @@
 // Fused MIP weight generation on the CPU (LayerKD-HN Eq. 2–3): θ = W·z + b + θ0 for B_γ codes z,
 // read W once and write every layer's kernel straight into its final (contiguous or
 // channels_last) layout. Backward makes one pass over W for dz, and packs dθ (B_γ×P, the factor
-// of W's rank-B_γ gradient dθᵀ·z) and Σ_γ dθ (the gradient of b and of θ0).
+// of W's rank-B_γ gradient dθᵀ·z). It returns no Σ_γ dθ (b's and θ0's gradient): for one γ that
+// is dθ's only row, and a second P-vector beside it would raise the step's peak memory.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -136,7 +137,7 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_generate_backward_cpu(
+std::tuple<at::Tensor, at::Tensor> hyper_generate_backward_cpu(
     at::TensorList grads, const at::Tensor& W, const at::Tensor& z, at::IntArrayRef ndims,
     at::IntArrayRef sizes, at::IntArrayRef channels_last) {
   check_generation_inputs(W, z);
@@ -164,13 +165,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_generate_backward_cpu(
   auto opts = z.options();
   at::Tensor partial = at::zeros({T, B, d}, opts);
   at::Tensor dtheta = at::empty({B, P}, opts);
-  at::Tensor dsum = at::empty({P}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, W.scalar_type(), "hyper_generate_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = W.data_ptr<scalar_t>();
     acc_t* part = partial.data_ptr<acc_t>();
     acc_t* dt = dtheta.data_ptr<acc_t>();
-    acc_t* ds = dsum.data_ptr<acc_t>();
     at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
       for (int64_t t = t_begin; t < t_end; ++t) {
         const auto& task = tasks[t];
@@ -186,19 +185,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_generate_backward_cpu(
             rem /= g.size[k];
           }
           const scalar_t* row = w + (g.offset + p) * d;
-          acc_t total = 0;
           for (int64_t s = 0; s < B; ++s) {
             const acc_t gv = gr[s * st[0] + a];
             dt[s * P + g.offset + p] = gv;
-            total += gv;
             for (int64_t k = 0; k < d; ++k) dz[s * d + k] += gv * static_cast<acc_t>(row[k]);
           }
-          ds[g.offset + p] = total;
         }
       }
     });
   });
-  return {partial.sum(0), dtheta, dsum};
+  return {partial.sum(0), dtheta};
 }
 
 }  // namespace
@@ -207,7 +203,7 @@ TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("hyper_generate(Tensor W, Tensor z, Tensor b, Tensor theta0, int[] ndims, int[] sizes, "
         "int[] channels_last) -> Tensor[]");
   m.def("hyper_generate_backward(Tensor[] grads, Tensor W, Tensor z, int[] ndims, int[] sizes, "
-        "int[] channels_last) -> (Tensor dz, Tensor dtheta, Tensor dsum)");
+        "int[] channels_last) -> (Tensor dz, Tensor dtheta)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

@@ -18,7 +18,9 @@ class HyperNet(nn.Module):
 
     Parameters: the hidden layers ``hidden`` (Eq. 1), the output layer ``W`` (P×d) and ``b`` (P),
     and the additive base weights ``theta0`` (P), all trainable. ``W`` may be stored in bf16
-    (``weight_dtype``); it is then updated only by the fused step, with stochastic rounding.
+    (``weight_dtype``); it is then updated only by the fused step, with stochastic rounding. The
+    fused step (``HyperOptimizer(fused=True)``) takes ``W`` and ``theta0`` off autograd: it updates
+    W inside backward, and steps θ0 with b's gradient, which equals θ0's.
     """
 
     def __init__(self, plan: LayoutPlan, theta0: torch.Tensor, gamma_dim: int = 1,

@@ -6,6 +6,13 @@ pass of the generation op applies W's update in place from those factors
 MLP, b, θ0, BatchNorm, classifier) is stepped by an ordinary torch optimizer. ``fused=False`` is
 the opt-out: W becomes an ordinary parameter of that torch optimizer.
 
+θ0's gradient equals b's (∂θ/∂θ0 = ∂θ/∂b = the identity, summed over γ), so the fused step also
+takes θ0 off autograd and steps it with b's gradient: one P-vector less at the peak of backward
+(for one γ that gradient is dθ itself, see ``gamma_sum``). θ0 keeps its place in the torch
+optimizer, with its own weight decay and momentum/Adam state, and borrows b's gradient only for
+the duration of :meth:`HyperOptimizer.step`. A shared ``.grad`` would not do: ``GradScaler.unscale_``
+would unscale it twice, and DDP expects a gradient of each of its parameters.
+
 The fused step cannot support what needs W's gradient after backward has finished:
 gradient accumulation over several backward calls, global gradient-norm clipping, and a second
 backward through the same graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
@@ -14,9 +21,10 @@ Under DDP (torch.distributed initialised, world size > 1) W is no DDP parameter 
 gradient), so the fused step itself applies the rank-mean of dW that DDP gives every other
 parameter, exchanging only the factors (see :func:`rank_mean_factors`). With fp16 loss scaling
 (``scaler``) dθ arrives multiplied by the loss scale: the step divides it out and skips W's update
-when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. b's and θ0's gradient
-is Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf confined to a
-non-generated parameter's gradient (seen after W was updated) skips the torch step alone.
+when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. b's gradient (θ0's
+step too) is Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf
+confined to a non-generated parameter's gradient (seen after W was updated) skips the torch step
+alone.
 """
 from typing import Optional
 
@@ -24,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from hyperkd.hyper.hypernetize import HyperNetized
+from hyperkd.ops.hyper_generate import gamma_sum
 from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
 from hyperkd.train import distributed
 
@@ -49,8 +58,10 @@ class _FusedGeneration(torch.autograd.Function):
         ctx.used = True
         (z,) = ctx.saved_tensors
         grads = [torch.zeros_like(g) if g is None else g for g in grads]
-        dz, dtheta, dsum = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
+        dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
         ctx.step.apply(dtheta, z.detach())
+        # b's gradient; θ0's only where it is still an autograd input (see FusedOutputStep.theta0).
+        dsum = gamma_sum(dtheta)
         return None, None, dz, dsum, dsum, None
 
 
@@ -76,8 +87,11 @@ def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
     """
     world = distributed.world_size()
     if _same_on_every_rank(z):
-        dist.all_reduce(dtheta)
-        return dtheta / world, z
+        # Not in place: for one γ dθ is also b's gradient (a view of it), which DDP reduces itself.
+        # Divided first, as DDP divides each gradient before its all-reduce.
+        mean = dtheta / world
+        dist.all_reduce(mean)
+        return mean, z
     packed = torch.cat([dtheta, z], dim=1)
     stacked = packed.new_empty(world * packed.shape[0], packed.shape[1])
     dist.all_gather_single(stacked, packed)
@@ -87,10 +101,14 @@ def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
 
 class FusedOutputStep:
     """W's optimizer state and its in-place update from the factors (dθ, z), averaged over the
-    DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one."""
+    DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one.
 
-    def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None):
-        self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
+    ``theta0``: θ0 when the fused step took it off autograd to be stepped with b's gradient (see
+    :class:`HyperOptimizer`), else None. ``apply`` must leave dθ as it is: it is b's gradient.
+    """
+
+    def __init__(self, W, theta0, algorithm, hyper, state_dtype, lr_source, scaler=None):
+        self.W, self.theta0, self.algorithm, self.hyper, self.lr_source = W, theta0, algorithm, hyper, lr_source
         self.scaler = scaler
         slots = 0 if algorithm == SGD and hyper["beta1"] == 0.0 else (1 if algorithm == SGD else 2)
         empty = W.new_empty(0, dtype=torch.float32)
@@ -139,8 +157,13 @@ class HyperOptimizer:
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
 
+    With ``fused=True`` θ0 also leaves autograd (it gets no ``.grad``) and :meth:`step` steps it
+    with b's gradient, which equals its own; it keeps its own weight decay and state in
+    :attr:`inner`. Where b is frozen (``requires_grad=False``) θ0 keeps its own gradient.
+
     Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
-    ``fused=True`` W needs no gradient, and DDP fixes the parameters it reduces when it is built.
+    ``fused=True`` W and θ0 need no gradient, and DDP fixes the parameters it reduces when it is
+    built.
 
     ``scaler``: the ``torch.amp.GradScaler`` that scales the loss, when training with fp16 loss
     scaling. Step through it as usual (``scaler.step(opt); scaler.update()``); the fused step
@@ -163,13 +186,17 @@ class HyperOptimizer:
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler: expected a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         hypernet = model.hypernet
-        W = hypernet.W
+        W, b, theta0 = hypernet.W, hypernet.b, hypernet.theta0
         if W.dtype == torch.bfloat16 and not fused:
             raise ValueError("fused: a bf16 W is updated only by the fused step (stochastic rounding); "
                              "use fused=True or weight_dtype=torch.float32")
         if state_dtype != torch.float32 and not fused:
             raise ValueError("state_dtype: bf16 optimizer state is available with fused=True only")
         self.model, self.fused, self.scaler = model, fused, scaler
+        if hypernet.fused_step is not None and hypernet.fused_step.theta0 is not None:
+            theta0.requires_grad_(True)  # an earlier fused optimizer of this model took it off autograd
+        hypernet.fused_step = None
+        # θ0 stays in the torch optimizer, in its usual place, also when it leaves autograd below.
         others = [p for p in model.parameters() if p.requires_grad and p is not W]
         params = others if fused else others + [W]
         if algorithm == "sgd":
@@ -177,13 +204,15 @@ class HyperOptimizer:
         else:
             cls = torch.optim.Adam if algorithm == "adam" else torch.optim.AdamW
             self.inner = cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        hypernet.fused_step = None
         W.requires_grad_(not fused)
         if fused:
             beta1 = momentum if algorithm == "sgd" else betas[0]
             hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
                          weight_decay=float(weight_decay))
-            hypernet.fused_step = FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
+            follows_b = theta0 if b.requires_grad and theta0.requires_grad else None
+            if follows_b is not None:
+                theta0.requires_grad_(False)
+            hypernet.fused_step = FusedOutputStep(W, follows_b, ALGORITHMS[algorithm], hyper, state_dtype,
                                                   lambda: self.inner.param_groups[0]["lr"], scaler)
 
     @property
@@ -197,8 +226,19 @@ class HyperOptimizer:
         self._end_fused_step()
 
     def step(self) -> None:
-        """Steps everything but W (W was stepped in backward when fused)."""
-        self.inner.step()
+        """Steps everything but W (W was stepped in backward when fused), θ0 with b's gradient
+        when the fused step took it off autograd."""
+        theta0 = self.model.hypernet.fused_step.theta0 if self.fused else None
+        if theta0 is None:
+            self.inner.step()
+        else:
+            # Lent for this step only: left in place, the shared tensor would be unscaled twice by
+            # the next GradScaler.unscale_ (and zeroed twice by zero_grad(set_to_none=False)).
+            theta0.grad = self.model.hypernet.b.grad
+            try:
+                self.inner.step()
+            finally:
+                theta0.grad = None
         self._end_fused_step()
 
     def _end_fused_step(self) -> None:

@@ -1,11 +1,11 @@
 """Fused MIP weight generation (LayerKD-HN §3.2, Eq. 2–3) as ``torch.ops.hyperkd`` ops.
 
 ``hyper_generate`` computes θ = W·z + b + θ0 for B_γ codes z (one read of W) and writes each
-generated tensor straight into its final layout; ``hyper_generate_backward`` returns dz, the
-packed dθ (B_γ×P) and Σ_γ dθ from one pass over W. W's gradient is the rank-B_γ product dθᵀ·z,
-formed only when W requires a gradient (the fused optimizer step in ``hyperkd.hyper`` never
-forms it). CPU kernels are C++ (``csrc/cpu/hyper_generate.cpp``), CUDA kernels Triton
-(``kernels/hyper_generate.py``).
+generated tensor straight into its final layout; ``hyper_generate_backward`` returns dz and the
+packed dθ (B_γ×P) from one pass over W. W's gradient is the rank-B_γ product dθᵀ·z, formed only
+when W requires a gradient (the fused optimizer step in ``hyperkd.hyper`` never forms it); b's
+and θ0's is Σ_γ dθ (:func:`gamma_sum`), a view of dθ for one γ. CPU kernels are C++
+(``csrc/cpu/hyper_generate.cpp``), CUDA kernels Triton (``kernels/hyper_generate.py``).
 """
 import math
 
@@ -29,8 +29,14 @@ def _hyper_generate_fake(W, z, b, theta0, ndims, sizes, channels_last):
 
 @torch.library.register_fake("hyperkd::hyper_generate_backward")
 def _hyper_generate_backward_fake(grads, W, z, ndims, sizes, channels_last):
-    B, P = z.shape[0], W.shape[0]
-    return z.new_empty(z.shape), z.new_empty(B, P), z.new_empty(P)
+    return z.new_empty(z.shape), z.new_empty(z.shape[0], W.shape[0])
+
+
+def gamma_sum(dtheta):
+    """Σ_γ dθ, the gradient of b and of θ0. For one γ it is dθ's only row, returned as a view: the
+    backward then holds one P-vector where a separate sum would hold two (the op returns no sum
+    for that reason)."""
+    return dtheta[0] if dtheta.shape[0] == 1 else dtheta.sum(0)
 
 
 def _setup_context(ctx, inputs, output):
@@ -43,8 +49,9 @@ def _backward(ctx, grads):
     W, z = ctx.saved_tensors
     grads = [torch.zeros_like(o) if g is None else g
              for g, o in zip(grads, triton_hg.empty_outputs(z, *ctx.geometry))]
-    dz, dtheta, dsum = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *ctx.geometry)
+    dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *ctx.geometry)
     dW = (dtheta.t() @ z).to(W.dtype) if ctx.needs_input_grad[0] else None
+    dsum = gamma_sum(dtheta)
     return dW, dz, dsum, dsum, None, None, None
 
 

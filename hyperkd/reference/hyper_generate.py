@@ -41,6 +41,16 @@ def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
     return out
 
 
+def hyper_generate_backward(grads, W, z):
+    """Backward of Eq. 2–3 from the upstream gradients of the generated tensors (any layout).
+
+    dθ = the gradients flattened in logical order and packed per γ (B_γ×P), dz = dθ·W (B_γ×d).
+    W's gradient is dθᵀ·z, b's and θ0's Σ_γ dθ. Returns (dz, dθ).
+    """
+    dtheta = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+    return dtheta @ W.to(dtheta.dtype), dtheta
+
+
 SGD, ADAM, ADAMW = 0, 1, 2
 
 

@@ -91,27 +91,86 @@ def batches(steps=STEPS, batch=4, groups=2):
 
 # Adam on the ResNet-style net is left out: its conv1 bias feeds a BatchNorm, so its exact gradient
 # is 0 and Adam normalises pure rounding noise into ±lr steps that the two paths draw differently.
+# One γ per step (groups=1) is the case where b's gradient is dθ itself.
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("net, algorithm, kwargs", [
     ("resnet", "sgd", dict(momentum=0.9, weight_decay=1e-3)),
     ("vgg", "sgd", dict(momentum=0.9)),
     ("vgg", "adam", dict(weight_decay=1e-3)),
     ("vgg", "adamw", dict(weight_decay=1e-2)),
 ])
-def test_fused_trajectory_matches_unfused_over_20_steps(net, algorithm, kwargs):
+def test_fused_trajectory_matches_unfused_over_20_steps(net, algorithm, kwargs, groups):
     base = hypernetize(NETS[net](), hidden=(8, 16))
     fused_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
     fused_opt = HyperOptimizer(fused_model, algorithm, lr=1e-2, fused=True, **kwargs)
     eager_opt = HyperOptimizer(eager_model, algorithm, lr=1e-2, fused=False, **kwargs)
-    data = batches()
+    data = batches(groups=groups)
     fused_losses, eager_losses = train(fused_model, fused_opt, data), train(eager_model, eager_opt, data)
     assert fused_model.hypernet.W.grad is None  # no P×d gradient ever existed
     assert eager_model.hypernet.W.grad is not None
+    # θ0 left autograd and stepped with b's gradient; unfused it is an ordinary parameter.
+    assert fused_model.hypernet.theta0.grad is None and not fused_model.hypernet.theta0.requires_grad
+    assert eager_model.hypernet.theta0.grad is not None
     # The two paths sum dW = dθᵀ·z in different orders; fp32 rounding then accumulates over the steps.
     assert_close(fused_losses, eager_losses, torch.float32, scale=STEPS)
     assert (fused_model.hypernet.W - base.hypernet.W).abs().max() > 1e-3  # W did train
+    assert (fused_model.hypernet.theta0 - base.hypernet.theta0).abs().max() > 1e-3  # θ0 too
     eager = dict(eager_model.named_parameters())
     for name, p in fused_model.named_parameters():
         assert_close(p, eager[name], torch.float32, scale=STEPS, msg=name)
+    # θ0's own momentum / Adam moments, as every other parameter's: the same slots, the same values
+    # (the unfused optimizer has W last, the fused one does not have it).
+    fused_params, eager_params = fused_opt.param_groups[0]["params"], eager_opt.param_groups[0]["params"]
+    assert len(eager_params) == len(fused_params) + 1
+    for f, e in zip(fused_params, eager_params):
+        fused_state, eager_state = fused_opt.inner.state[f], eager_opt.inner.state[e]
+        assert fused_state.keys() == eager_state.keys()
+        for key in fused_state:
+            assert_close(fused_state[key], eager_state[key], torch.float32, scale=STEPS, msg=key)
+
+
+def test_theta0_steps_with_bs_gradient_and_never_holds_one():
+    model = hypernetize(NETS["vgg"](), hidden=(8, 16))
+    opt = HyperOptimizer(model, "sgd", lr=0.1, weight_decay=0.01)
+    hn = model.hypernet
+    theta0 = hn.theta0.detach().clone()
+    x, y, gamma = batches(steps=1, groups=1)[0]
+    F.cross_entropy(model(x, gamma), y).backward()
+    assert hn.theta0.grad is None and hn.b.grad is not None
+    b_grad = hn.b.grad.clone()
+    opt.step()
+    assert hn.theta0.grad is None  # lent for the step only: GradScaler must never see it twice
+    torch.testing.assert_close(hn.theta0, theta0 - 0.1 * (b_grad + 0.01 * theta0), rtol=1e-6, atol=1e-7)
+    # The primary's own copies are views of θ0 and follow it.
+    conv = model.primary[0].weight
+    assert conv.untyped_storage().data_ptr() == hn.theta0.untyped_storage().data_ptr()
+
+
+def test_theta0_keeps_its_own_gradient_where_b_is_frozen():
+    base = hypernetize(NETS["vgg"](), hidden=(8, 16))
+    base.hypernet.b.requires_grad_(False)
+    fused_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
+    fused_opt = HyperOptimizer(fused_model, "sgd", lr=1e-2, momentum=0.9, fused=True)
+    eager_opt = HyperOptimizer(eager_model, "sgd", lr=1e-2, momentum=0.9, fused=False)
+    assert fused_model.hypernet.theta0.requires_grad
+    data = batches(steps=4, groups=1)
+    train(fused_model, fused_opt, data)
+    train(eager_model, eager_opt, data)
+    assert fused_model.hypernet.theta0.grad is not None
+    assert torch.equal(fused_model.hypernet.b, base.hypernet.b)
+    assert_close(fused_model.hypernet.theta0, eager_model.hypernet.theta0, torch.float32, scale=4)
+
+
+def test_a_later_unfused_optimizer_gives_theta0_back_to_autograd():
+    model, _ = fused_model()
+    assert not model.hypernet.theta0.requires_grad
+    opt = HyperOptimizer(model, "sgd", lr=1e-2, fused=False)
+    assert model.hypernet.theta0.requires_grad and model.hypernet.W.requires_grad
+    assert any(p is model.hypernet.theta0 for p in opt.param_groups[0]["params"])
+    model(torch.randn(2, 3, 8, 8), 0.3).sum().backward()
+    assert model.hypernet.theta0.grad is not None
+    HyperOptimizer(model, "sgd", lr=1e-2)  # fused again: off autograd again
+    assert not model.hypernet.theta0.requires_grad
 
 
 def test_fused_with_bf16_weights_and_state_trains():
@@ -179,11 +238,15 @@ def test_optimizer_state_dict_round_trip_continues_the_same_trajectory():
     data = batches(steps=4)
     train(model, opt, data[:2])
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    assert "hypernet.theta0" in saved_model
+    theta0_slot = [p is model.hypernet.theta0 for p in opt.param_groups[0]["params"]].index(True)
+    assert "momentum_buffer" in saved_opt["inner"]["state"][theta0_slot]  # θ0's own momentum
     expected = train(model, opt, data[2:])
     other, other_opt = fused_model()
     other.load_state_dict(saved_model)
     other_opt.load_state_dict(saved_opt)
     torch.testing.assert_close(train(other, other_opt, data[2:]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(other.hypernet.theta0, model.hypernet.theta0, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -6,8 +6,9 @@ import torch
 
 from hyperkd.kernels import hyper_generate as triton_hg
 from hyperkd.ops import hyper_generate
-from hyperkd.ops.hyper_generate import op_geometry
+from hyperkd.ops.hyper_generate import gamma_sum, op_geometry
 from hyperkd.reference import hyper_generate as reference
+from hyperkd.reference.hyper_generate import hyper_generate_backward as reference_backward
 from tests.tolerances import assert_close
 
 # Odd sizes: a 1×1 conv, a conv bias, a Linear weight, channel counts that are not powers of two.
@@ -49,16 +50,39 @@ def test_cpu_bf16_storage_of_W_matches_reference():
         assert_close(o, r, torch.float32)
 
 
-def test_cpu_backward_returns_dz_packed_dtheta_and_sum():
-    W, z, b, theta0 = inputs(3)
+@pytest.mark.parametrize("B", [1, 2, 3])
+def test_cpu_backward_returns_dz_and_packed_dtheta_as_the_reference(B):
+    W, z, b, theta0 = inputs(B)
     geometry = op_geometry(SHAPES, CHANNELS_LAST)
+    grads = strided_grads(hyper_generate(W, z, b, theta0, SHAPES, CHANNELS_LAST))
+    out = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
+    assert len(out) == 2  # no Σ_γ dθ: it would be a second P-vector (gamma_sum makes it)
+    ref_dz, ref_dtheta = reference_backward(grads, W, z)
+    assert_close(out[1], ref_dtheta, torch.float32)
+    assert_close(out[0], ref_dz, torch.float32, scale=math.sqrt(P))
+
+
+def test_backward_schema_returns_dz_and_dtheta_only():
+    schema = torch.ops.hyperkd.hyper_generate_backward.default._schema
+    assert [r.name for r in schema.returns] == ["dz", "dtheta"]
+    assert not any(a.alias_info for a in schema.arguments)  # reads its inputs only
+
+
+def test_gamma_sum_is_a_view_for_one_gamma_and_a_sum_for_several():
+    one = torch.randn(1, P)
+    assert gamma_sum(one).data_ptr() == one.data_ptr() and gamma_sum(one).shape == (P,)
+    several = torch.randn(3, P)
+    torch.testing.assert_close(gamma_sum(several), several.sum(0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_unfused_b_and_theta0_get_equal_gradients_in_distinct_tensors(B):
+    W, z, b, theta0 = inputs(B, requires_grad=True)
     outs = hyper_generate(W, z, b, theta0, SHAPES, CHANNELS_LAST)
-    grads = strided_grads(outs)
-    dz, dtheta, dsum = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
-    flat = torch.cat([g.reshape(3, -1) for g in grads], dim=1)
-    assert_close(dtheta, flat, torch.float32)
-    assert_close(dsum, flat.sum(0), torch.float32)
-    assert_close(dz, flat @ W, torch.float32, scale=math.sqrt(P))
+    torch.autograd.backward(outs, strided_grads(outs))
+    torch.testing.assert_close(b.grad, theta0.grad, rtol=0, atol=0)
+    # Distinct storage: a shared .grad would be unscaled twice by GradScaler.unscale_.
+    assert b.grad.untyped_storage().data_ptr() != theta0.grad.untyped_storage().data_ptr()
 
 
 def test_gradcheck_fp64():
@@ -75,10 +99,18 @@ def test_gradients_match_autograd_through_reference():
         assert_close(f, e, torch.float32, scale=math.sqrt(P), msg=name)
 
 
-def test_opcheck():
-    W, z, b, theta0 = inputs(2, requires_grad=True)
+@pytest.mark.parametrize("B", [1, 2])
+def test_opcheck(B):
+    W, z, b, theta0 = inputs(B, requires_grad=True)
     torch.library.opcheck(torch.ops.hyperkd.hyper_generate.default,
                           (W, z, b, theta0, *op_geometry(SHAPES, CHANNELS_LAST)))
+
+
+def test_opcheck_of_the_backward_op():
+    W, z, b, theta0 = inputs(2)
+    grads = strided_grads(hyper_generate(W, z, b, theta0, SHAPES, CHANNELS_LAST))
+    torch.library.opcheck(torch.ops.hyperkd.hyper_generate_backward.default,
+                          (grads, W, z, *op_geometry(SHAPES, CHANNELS_LAST)))
 
 
 def test_compile_fullgraph_forward_and_backward():
@@ -108,6 +140,18 @@ def test_bad_geometry_raises_naming_the_argument(kwargs, error, match):
         hyper_generate(W, z, b, theta0, args["shapes"], args["channels_last"])
 
 
+def test_backward_op_with_bad_gradients_raises_naming_the_argument():
+    W, z, b, theta0 = inputs(2)
+    geometry = op_geometry(SHAPES, CHANNELS_LAST)
+    grads = strided_grads(hyper_generate(W, z, b, theta0, SHAPES, CHANNELS_LAST))
+    with pytest.raises(RuntimeError, match="grads: expected 5 tensors, got 4"):
+        torch.ops.hyperkd.hyper_generate_backward(grads[:-1], W, z, *geometry)
+    with pytest.raises(RuntimeError, match=r"grads\[1\]: expected a Float tensor of the generated shape"):
+        torch.ops.hyperkd.hyper_generate_backward([grads[0], grads[1][:1]] + grads[2:], W, z, *geometry)
+    with pytest.raises(RuntimeError, match="z: expected a contiguous B_γ×9 code matrix"):
+        torch.ops.hyperkd.hyper_generate_backward(grads, W, z[:, :4].contiguous(), *geometry)
+
+
 def test_bad_tensors_raise_naming_the_argument():
     W, z, b, theta0 = inputs(1)
     with pytest.raises(ValueError, match="z: expected a B_γ×9 matrix"):
@@ -119,9 +163,8 @@ def test_bad_tensors_raise_naming_the_argument():
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("w_dtype", [torch.float32, torch.float16])
-def test_triton_forward_and_backward_match_reference(w_dtype):
-    B = 2
+@pytest.mark.parametrize("w_dtype, B", [(torch.float32, 1), (torch.float32, 2), (torch.float16, 2)])
+def test_triton_forward_and_backward_match_reference(w_dtype, B):
     W, z, b, theta0 = inputs(B, w_dtype=w_dtype)
     geometry = op_geometry(SHAPES, CHANNELS_LAST)
     outs = triton_hg.hyper_generate(W, z, b, theta0, *geometry)
@@ -130,9 +173,12 @@ def test_triton_forward_and_backward_match_reference(w_dtype):
         assert_close(o, r, torch.float32)
         assert o[0].is_contiguous(memory_format=torch.channels_last if flag else torch.contiguous_format)
     grads = strided_grads(outs)
-    dz, dtheta, dsum = triton_hg.hyper_generate_backward(grads, W, z, *geometry)
+    triton_out = triton_hg.hyper_generate_backward(grads, W, z, *geometry)
+    assert len(triton_out) == 2
+    ref = reference_backward(grads, W, z)
     cpu = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
-    for name, t, c in zip(("dz", "dtheta", "dsum"), (dz, dtheta, dsum), cpu):
+    for name, t, r, c in zip(("dz", "dtheta"), triton_out, ref, cpu):
+        assert_close(t, r, torch.float32, scale=math.sqrt(P), msg=name)
         assert_close(t, c, torch.float32, scale=math.sqrt(P), msg=name)
 
 
@@ -147,3 +193,8 @@ def test_cuda_op_matches_cpu_op_on_a_real_layer_list():
     cuda = hyper_generate(W.cuda(), z.cuda(), b.cuda(), theta0.cuda(), shapes, cl)
     for c, g in zip(cpu, cuda):
         assert_close(g.cpu(), c, torch.float32)
+    grads, geometry = [torch.randn_like(c) for c in cpu], op_geometry(shapes, cl)
+    ref = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
+    got = torch.ops.hyperkd.hyper_generate_backward([g.cuda() for g in grads], W.cuda(), z.cuda(), *geometry)
+    for name, g, r in zip(("dz", "dtheta"), got, ref):
+        assert_close(g.cpu(), r, torch.float32, scale=math.sqrt(P_real), msg=name)

@@ -20,11 +20,11 @@ def base_model():
     return hypernetize(NETS["vgg"](), hidden=(8, 16))
 
 
-def train(model, algorithm, fused, scaler=None, autocast=False, **kwargs):
+def train(model, algorithm, fused, scaler=None, autocast=False, set_to_none=True, groups=2, **kwargs):
     """``STEPS`` steps; with ``scaler`` the loss is scaled and the step goes through it."""
     opt = HyperOptimizer(model, algorithm, lr=1e-2, fused=fused, scaler=scaler, **kwargs)
-    for x, y, gamma in batches(steps=STEPS):
-        opt.zero_grad()
+    for x, y, gamma in batches(steps=STEPS, groups=groups):
+        opt.zero_grad(set_to_none=set_to_none)
         with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
             loss = F.cross_entropy(model(x, gamma), y)
         if scaler is None:
@@ -48,6 +48,21 @@ def test_loss_scaled_steps_equal_unscaled_fp32_steps(fused, algorithm, kwargs):
     # Exact, tolerance 0: scaling the loss by 2^12 scales every fp32 value of backward by exactly
     # 2^12 (rounding commutes with a power of two while nothing overflows or turns subnormal), and
     # unscaling multiplies by 2^-12, again exactly; so both runs see the very same gradients.
+    plain_params = dict(plain.named_parameters())
+    for name, p in scaled.named_parameters():
+        torch.testing.assert_close(p, plain_params[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_theta0_stepping_with_bs_gradient_is_unscaled_once(set_to_none):
+    # The fused step lends b's gradient to θ0 inside step() only; GradScaler.unscale_ (which runs
+    # before) sees θ0 without a gradient, also when zero_grad keeps the gradient tensors.
+    base = base_model()
+    scaled, plain = copy.deepcopy(base), copy.deepcopy(base)
+    kwargs = dict(momentum=0.9, weight_decay=1e-3, set_to_none=set_to_none, groups=1)
+    train(scaled, "sgd", True, torch.amp.GradScaler("cpu", init_scale=SCALE), **kwargs)
+    train(plain, "sgd", True, **kwargs)
+    assert (plain.hypernet.theta0 - base.hypernet.theta0).abs().max() > 1e-3
     plain_params = dict(plain.named_parameters())
     for name, p in scaled.named_parameters():
         torch.testing.assert_close(p, plain_params[name], rtol=0, atol=0, msg=name)

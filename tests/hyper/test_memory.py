@@ -28,6 +28,18 @@ def test_output_layer_gradient_and_state_sizes():
     assert fused["total"] == sum(v for k, v in fused.items() if k != "total")
 
 
+@pytest.mark.parametrize("gammas, fewer_gradients", [(1, 2), (2, 1)])
+def test_fused_theta0_has_no_gradient_and_b_shares_dtheta_for_one_gamma(gammas, fewer_gradients):
+    # Fused, θ0 steps with b's gradient, and for one γ b's gradient is dθ itself (in W_grad).
+    net = NETS["vgg"]()
+    P = generated_count(net)
+    for optimizer in ("sgd", "adam"):
+        fused = memory_estimate(net, optimizer=optimizer, fused=True, gammas=gammas)
+        eager = memory_estimate(net, optimizer=optimizer, fused=False, gammas=gammas)
+        assert eager["other"] - fused["other"] == fewer_gradients * P * 4
+        assert fused["W_grad"] == gammas * P * 4
+
+
 def test_activations_count_every_leaf_output_and_scale_with_batch():
     net = NETS["vgg"]()
     # conv 6×8×8, bn, relu, pool 6×4×4, conv 10×4×4, relu, avgpool 10, flatten 10, linear 5.
