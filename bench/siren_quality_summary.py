@@ -28,7 +28,7 @@ def records(run: Path) -> list:
 
 def describe(run: Path, original) -> dict:
     """Selected epoch, val/test accuracy, CR, steps and the kernel error of best.pt."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = {k.replace("-", "_"): v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()}
     summary = json.loads((run / "summary.json").read_text())
     options = dict(encoding=config["encoding"], width=config["width"], depth=config["depth"],
                    permutation=config["permutation"])
