@@ -43,16 +43,25 @@ class Representation(nn.Module):
         return {f"{s.name}.weight": w for s, w in zip(self.layout.slots, self.layout.crop(decoded))}
 
     def logits(self, x: torch.Tensor, decoded=None) -> torch.Tensor:
-        """The decoded CNN's output. In eval mode without grad the decode is cached until
-        ``train()``, so evaluating a split decodes once rather than once per batch."""
+        """The decoded CNN's output. In eval mode without grad the decode is cached for as long
+        as the predictor's parameters are unchanged, so evaluating a split decodes once rather
+        than once per batch, and the val and test splits of one epoch share one decode."""
         if decoded is None and not self.training and not torch.is_grad_enabled():
-            if self._eval_decoded is None:
-                self._eval_decoded = self.decode()
-            decoded = self._eval_decoded
+            key = self._parameter_key()
+            if self._eval_decoded is None or self._eval_decoded[0] != key:
+                self._eval_decoded = (key, self.decode())
+            decoded = self._eval_decoded[1]
         return torch.func.functional_call(self.seed, self.conv_weights(decoded), (x,))
 
+    def _parameter_key(self) -> tuple:
+        """Identity and in-place version of every predictor parameter and buffer (an optimizer
+        step or ``load_state_dict`` bumps the versions) and the coordinates."""
+        tensors = [*self.predictor.parameters(), *self.predictor.buffers(), self.coords]
+        return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+
     def train(self, mode: bool = True):
-        self._eval_decoded = None
+        if mode:
+            self._eval_decoded = None  # training changes the predictor: drop the cached decode
         super().train(mode)
         self.seed.eval()  # BatchNorm statistics are the original's, never updated
         return self

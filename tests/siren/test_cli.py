@@ -35,3 +35,14 @@ def test_unknown_model_is_rejected(capsys, checkpoint, tmp_path):
     code, err = run(capsys, "reconstruct", "--model", "resnet21", "--checkpoint", str(checkpoint),
                     "--out", str(tmp_path), "--epochs", "1")
     assert code == 2 and "unknown model 'resnet21'" in err
+
+
+@pytest.mark.parametrize("encoding,lr", [("siren", 3e-4), ("nern", 1e-3)])
+def test_reconstruction_default_lr_per_encoding(capsys, checkpoint, tmp_path, encoding, lr):
+    """Without --lr, reconstruct trains at the encoding's measured default (docs/siren.md)."""
+    import json
+    code, _ = run(capsys, "reconstruct", "--model", "resnet20", "--checkpoint", str(checkpoint),
+                  "--out", str(tmp_path), "--epochs", "1", "--encoding", encoding, "--width", "8",
+                  "--depth", "2", "--kernel-batch", "64", "--batch-size", "2000")
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert code == 0 and record["lr"] == pytest.approx(lr)

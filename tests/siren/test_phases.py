@@ -128,3 +128,33 @@ def test_joint_baseline_logs_every_term(loaders, tmp_path):
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert {"recon", "kd", "fmd", "train_acc"} <= set(record) and record["fmd"] > 0
     assert not rep.seed.conv1._forward_hooks  # the taps are gone once the phase returns
+
+
+def test_evaluation_decodes_once_per_predictor_state(monkeypatch):
+    """Val and test of one epoch share a decode; an optimizer step or a load invalidates it."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    rep = Representation(net, **OPTIONS)
+    calls = []
+    decode = rep.decode
+    monkeypatch.setattr(rep, "decode", lambda: calls.append(1) or decode())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        rep.eval()
+        first = rep.logits(x)
+        rep.eval()  # the Trainer calls eval() once per split
+        assert torch.equal(rep.logits(x), first) and len(calls) == 1
+    optimizer = torch.optim.Adam(rep.predictor.parameters(), lr=1e-2)
+    rep.train()
+    rep.logits(x).square().mean().backward()
+    optimizer.step()
+    rep.eval()
+    with torch.no_grad():
+        stepped = rep.logits(x)
+        assert len(calls) == 3 and not torch.equal(stepped, first)  # one train, one fresh eval decode
+        state = {k: v.clone() for k, v in rep.state_dict().items()}
+        with torch.no_grad():
+            rep.predictor.out_bias.add_(1.0)  # an in-place edit in eval mode is seen
+        assert not torch.equal(rep.logits(x), stepped) and len(calls) == 4
+        rep.load_state_dict(state)
+        assert torch.equal(rep.logits(x), stepped) and len(calls) == 5

@@ -1,0 +1,129 @@
+"""Collects the runs of bench/siren_quality.sh into one JSON and prints the two tables (markdown).
+
+    PYTHONPATH=. python bench/siren_quality_summary.py [--runs runs] [--out bench/results/siren-quality-digits-DATE.json]
+
+Every number is read from the runs (summary.json, metrics.jsonl, config.yaml, best.pt); the kernel
+error of each run's selected predictor is recomputed from its best.pt against the original net.
+The analysis plots of runs/recon320/analysis are copied to docs/img/.
+"""
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from hyperkd import data, models
+from hyperkd.siren import analysis, phases
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def records(run: Path) -> list:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def describe(run: Path, original) -> dict:
+    """Selected epoch, val/test accuracy, CR, steps and the kernel error of best.pt."""
+    config = {k.replace("-", "_"): v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()}
+    summary = json.loads((run / "summary.json").read_text())
+    options = dict(encoding=config["encoding"], width=config["width"], depth=config["depth"],
+                   permutation=config["permutation"])
+    rep = phases.load_representation(original, run / "best.pt", **options)
+    targets, mask = phases.padded_targets(rep, original), phases.valid_mask(rep)
+    variance = float(targets[mask].var())
+    with torch.no_grad():
+        mse = float(((rep.decode() - targets).square() * mask).sum() / mask.sum())
+        # The last epoch too: the Trainer keeps the first epoch with the best val accuracy.
+        last = phases.load_representation(original, run / "last.pt", **options)
+        last_mse = float(((last.decode() - targets).square() * mask).sum() / mask.sum())
+        last_test = analysis.accuracy(last.materialise(), data.loaders("digits", 360, augment=False)[2])
+    train_size = len(data.splits("digits", augment=False)[0])
+    steps_per_epoch = math.ceil(train_size / config["batch_size"])
+    log = records(run)
+    return {"run": str(run), "phase": config["phase"], "width": config["width"],
+            "encoding": config["encoding"], "cr": rep.compression_ratio(), "lr": config["lr"],
+            "kd_weight": config["kd_weight"], "fmd_weight": config["fmd_weight"],
+            "noise": config["noise"], "epochs": summary["epochs"],
+            "steps": summary["epochs"] * steps_per_epoch, "best_epoch": summary["epoch"],
+            "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
+            "kernel_mse": mse, "kernel_mse_relative": mse / variance,
+            "last_epoch_test_acc": last_test, "last_epoch_kernel_mse_relative": last_mse / variance,
+            "mean_epoch_time_s": summary["mean_epoch_time_s"],
+            "first_epoch_val_acc": log[0]["val_acc"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "bench" / "results" / f"siren-quality-digits-{time.strftime('%Y-%m-%d')}.json")
+    args = parser.parse_args()
+    runs = args.runs
+    teacher = json.loads((runs / "teacher" / "summary.json").read_text())
+    original = models.create("resnet20", 10, runs / "teacher" / "best.pt").eval()
+    result = {"data": "digits (1257/180/360)", "model": "resnet20",
+              "original": {"val_acc": teacher["val_acc"], "test_acc": teacher["test_acc"],
+                           "best_epoch": teacher["epoch"]},
+              "table1": {}, "table2": {}}
+    if (runs / "recon320" / "summary.json").is_file():
+        result["table1"]["recon320"] = describe(runs / "recon320", original)
+    for name in ("recon210", "joint210", "decoupled210", "decoupled210-noise"):
+        if (runs / name / "summary.json").is_file():
+            result["table2"][name] = describe(runs / name, original)
+    folder = runs / "recon320" / "analysis"
+    if (folder / "analysis.json").is_file():
+        record = json.loads((folder / "analysis.json").read_text())
+        orig = [r[1] if isinstance(r, list) else r for r in record["s_ratio"]["original"]]
+        recon = [r[1] if isinstance(r, list) else r for r in record["s_ratio"]["reconstructed"]]
+        diffs = [b - a for a, b in zip(orig, recon)]
+        result["analysis"] = {"s_ratio_layers": len(diffs),
+                              "s_ratio_layers_higher_after": sum(d > 0 for d in diffs),
+                              "s_ratio_mean_difference": sum(diffs) / len(diffs),
+                              "interpolation": record["interpolation"]}
+        img = ROOT / "docs" / "img"
+        img.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "s_ratio.png", img / "siren-s-ratio-digits.png")
+        shutil.copyfile(folder / "interpolation.png", img / "siren-interpolation-digits.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(tables(result))
+    print(f"wrote {args.out}")
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def tables(result: dict) -> str:
+    o = result["original"]
+    lines = ["Table 1 (reconstruction only, CR > 1)", "",
+             "| net | CR | steps | kernel MSE (rel.) | val % | test % | Δ test vs original | last epoch: test % (rel. MSE) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| original ResNet-20 | – | – | – | {pct(o['val_acc'])} | {pct(o['test_acc'])} | – | – |"]
+    for r in result["table1"].values():
+        lines.append(f"| recon-only, SIREN width {r['width']} | {r['cr']:.3f} | {r['steps']} | "
+                     f"{r['kernel_mse']:.2e} ({r['kernel_mse_relative']:.3f}) | {pct(r['val_acc'])} | "
+                     f"{pct(r['test_acc'])} | {100 * (r['test_acc'] - o['test_acc']):+.2f} | "
+                     f"{pct(r['last_epoch_test_acc'])} ({r['last_epoch_kernel_mse_relative']:.4f}) |")
+    labels = {"recon210": "recon-only (phase 1)", "joint210": "joint baseline L_recon + α L_KD + β L_FMD",
+              "decoupled210": "decoupled: phase 1 + L_KD-only phase 2 (ours)",
+              "decoupled210-noise": "decoupled on U[−1,1] noise (data-free)"}
+    lines += ["", "Table 2 (CR ≈ 0.5)", "",
+              "| method | CR | steps | kernel MSE (rel.) | val % | test % | last epoch: test % |",
+              "|---|---|---|---|---|---|---|",
+              f"| original ResNet-20 | – | – | – | {pct(o['val_acc'])} | {pct(o['test_acc'])} | – |"]
+    phase1 = result["table2"].get("recon210")
+    for name, r in result["table2"].items():
+        steps = r["steps"] + (phase1["steps"] if r["phase"] == "decouple" and phase1 else 0)
+        lines.append(f"| {labels[name]} | {r['cr']:.3f} | {steps} | {r['kernel_mse']:.2e} "
+                     f"({r['kernel_mse_relative']:.3f}) | {pct(r['val_acc'])} | {pct(r['test_acc'])} | "
+                     f"{pct(r['last_epoch_test_acc'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
