@@ -19,5 +19,4 @@ $RUN siren reconstruct $COMMON --width 210 --lr 3e-4 --epochs 12 --out runs/reco
 $RUN siren decouple $COMMON --width 210 --from runs/recon210/best.pt --teacher-checkpoint $T --epochs 4 --lr 2e-6 --out runs/decoupled210
 $RUN siren decouple $COMMON --width 210 --from runs/recon210/best.pt --teacher-checkpoint $T --epochs 4 --lr 2e-6 --noise --out runs/decoupled210-noise
 $RUN siren reconstruct $COMMON --width 210 --lr 3e-4 --epochs 16 --kd-weight 1e-4 --fmd-weight 1e-4 --out runs/joint210
-$RUN siren reconstruct $COMMON --width 210 --lr 3e-4 --epochs 16 --kd-weight 1e-6 --fmd-weight 1e-6 --out runs/joint210-1e-6
 $RUN siren reconstruct $COMMON --width 210 --lr 3e-4 --epochs 16 --out runs/recon210-16
