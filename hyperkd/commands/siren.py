@@ -26,7 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=None, help="required by the training phases")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None,
-                        help="reconstruction: 3e-4 (siren) or 1e-3 (nern); decouple: 1e-4")
+                        help="reconstruction: 3e-4 (siren) or 1e-3 (nern); decouple: 2e-6")
     parser.add_argument("--kernel-batch", type=int, default=4096)
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
@@ -81,7 +81,7 @@ def run(args) -> int:
     if args.phase == "decouple":
         teacher = models.create(args.teacher_model or args.model, classes, args.teacher_checkpoint)
         rep = phases.load_representation(original, args.source, **options)
-        result = phases.decouple(rep, teacher, loaders, args.out, lr=args.lr or 1e-4,
+        result = phases.decouple(rep, teacher, loaders, args.out, lr=args.lr or phases.DECOUPLE_LR,
                                  kd_weight=1.0 if args.kd_weight is None else args.kd_weight,
                                  noise=args.noise, **common)
     elif args.phase == "reconstruct":

@@ -29,6 +29,12 @@ from hyperkd.train.loop import Trainer
 P_UNIFORM = 0.8
 KERNEL_BATCH = 4096
 TEMPERATURE = 4.0
+# Phase 2's Adam lr. Adam's first steps move every predictor weight by ~lr at once, and through a
+# SIREN (ω0 = 30, five layers) that coherent move is amplified: on ResNet-20/digits one step at 1e-4
+# (or ten at 1e-5) turned the decoded CNN into a dead net (every ReLU off, constant logits, zero
+# gradient) that never recovered, while 2e-6 took the phase-1 net from 19 % to 97 % val in 40 steps
+# (docs/siren.md, "Why phase 2 collapsed").
+DECOUPLE_LR = 2e-6
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float = TEMPERATURE) -> torch.Tensor:
@@ -166,10 +172,13 @@ def reconstruct(rep: Representation, target: nn.Module, loaders, out, *, epochs:
 
 
 def decouple(rep: Representation, teacher: Optional[nn.Module], loaders, out, *, epochs: int,
-             lr: float = 1e-4, kd_weight: float = 1.0, temperature: float = TEMPERATURE,
+             lr: float = DECOUPLE_LR, kd_weight: float = 1.0, temperature: float = TEMPERATURE,
              noise: bool = False, resume: bool = False, device=torch.device("cpu"),
              progress: bool = False) -> dict:
-    """Phase 2: fine-tune the predictor with α·L_KD only (paper §3.2; App. B with ``noise``)."""
+    """Phase 2: fine-tune the predictor with α·L_KD only (paper §3.2; App. B with ``noise``).
+
+    The decoded CNN keeps the original's BatchNorm in eval mode (``Representation.train``): its
+    running statistics are never updated, by images or by noise; only the predictor trains."""
     if not isinstance(teacher, nn.Module):
         raise ValueError("teacher: decouple distils from a teacher network; pass the original net "
                          f"or a stronger one, got {type(teacher).__name__}")

@@ -46,3 +46,18 @@ def test_reconstruction_default_lr_per_encoding(capsys, checkpoint, tmp_path, en
                   "--depth", "2", "--kernel-batch", "64", "--batch-size", "2000")
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert code == 0 and record["lr"] == pytest.approx(lr)
+
+
+def test_decouple_default_lr(capsys, checkpoint, tmp_path):
+    """Without --lr, decouple trains at phases.DECOUPLE_LR (2e-6; 1e-4 killed the decoded net)."""
+    import json
+    code, _ = run(capsys, "reconstruct", "--model", "resnet20", "--checkpoint", str(checkpoint),
+                  "--out", str(tmp_path / "p1"), "--epochs", "1", "--width", "8", "--depth", "2",
+                  "--kernel-batch", "64", "--batch-size", "2000")
+    assert code == 0
+    code, _ = run(capsys, "decouple", "--model", "resnet20", "--checkpoint", str(checkpoint),
+                  "--out", str(tmp_path / "p2"), "--epochs", "1", "--width", "8", "--depth", "2",
+                  "--batch-size", "2000", "--from", str(tmp_path / "p1" / "best.pt"),
+                  "--teacher-checkpoint", str(checkpoint), "--noise")
+    record = json.loads((tmp_path / "p2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert code == 0 and record["lr"] == pytest.approx(2e-6)

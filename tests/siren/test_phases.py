@@ -158,3 +158,49 @@ def test_evaluation_decodes_once_per_predictor_state(monkeypatch):
         assert not torch.equal(rep.logits(x), stepped) and len(calls) == 4
         rep.load_state_dict(state)
         assert torch.equal(rep.logits(x), stepped) and len(calls) == 5
+
+
+def _bn_state(rep):
+    return {k: v.clone() for k, v in rep.seed.state_dict().items()
+            if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_phase2_keeps_the_decoded_nets_batchnorm_statistics(loaders, tmp_path, noise):
+    """The decoded CNN's BatchNorm runs on the original's running statistics in eval mode during
+    phase 2: neither images nor U[−1, 1] noise may overwrite them (only the predictor trains)."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    net.train()(torch.randn(64, 3, 8, 8) * 3 + 1)  # statistics that batch statistics would change
+    net.eval()
+    rep = Representation(net, **OPTIONS)
+    before = _bn_state(rep)
+    decouple(rep, net, loaders, tmp_path, epochs=1, lr=1e-3, noise=noise)
+    after = _bn_state(rep)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert not rep.seed.training
+
+
+def test_joint_baseline_keeps_the_decoded_nets_batchnorm_statistics(loaders, tmp_path):
+    """The joint baseline goes through the same ``Representation.logits``: same frozen BatchNorm."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    net.train()(torch.randn(64, 3, 8, 8) * 3 + 1)
+    net.eval()
+    rep = Representation(net, **OPTIONS)
+    before = _bn_state(rep)
+    reconstruct(rep, net, loaders, tmp_path, epochs=1, lr=1e-3, kernel_batch=32, kd_weight=1e-2,
+                fmd_weight=1e-2)
+    after = _bn_state(rep)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_decouple_default_lr_is_the_measured_one():
+    """Phase 2's default Adam lr is 2e-6: 1e-4 (the old default) killed the decoded ResNet-20 on
+    digits in one step (docs/siren.md, "Why phase 2 collapsed")."""
+    import inspect
+    assert phases.DECOUPLE_LR == pytest.approx(2e-6)
+    assert inspect.signature(decouple).parameters["lr"].default == phases.DECOUPLE_LR
