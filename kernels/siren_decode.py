@@ -4,8 +4,8 @@
 Fully fused, as tiny-cuda-nn's MLP: program ``pid`` takes a block of BLOCK_N coordinates, gathers
 z₀ = T_ℓ[ℓ] + T_f[f] + T_c[c] and carries the block's activations through every layer in
 registers, writing only the N×O kernels. The whole hidden width is one register tile, which suits
-widths up to ~128 (the regime where fusion beats cuBLAS GEMM chains); wider predictors would need
-the activations staged through shared memory in K-tiles.
+widths up to ~128 (the regime where fusion beats cuBLAS GEMM chains); the op hands wider
+predictors to the GEMM chain (``hyperkd.ops.siren_decode.FUSED_MAX_WIDTH``).
 
 Backward recomputes rather than stores: for layer i it recomputes z_i from the tables (a sine's
 derivative needs z, not sin z). With the default 3 hidden layers this costs 6 extra block GEMMs

@@ -4,18 +4,47 @@ CPU kernels are C++ (``csrc/cpu/siren_decode.cpp``), CUDA kernels Triton
 (``kernels/siren_decode.py``); ``siren_decode_backward`` is the backward, itself an op. Both
 backends recompute pre-activations in backward instead of saving N×H per layer: only the inputs
 (coordinates and weights, a few MB) are kept between forward and backward.
+
+On CUDA, predictors wider than ``FUSED_MAX_WIDTH`` run as the reference's chain of GEMMs instead
+of the fully fused kernel, as tiny-cuda-nn's fully fused MLP hands widths above 128 to CUTLASS
+GEMMs: the fused kernel keeps the whole width of a block in one register tile, which spills
+beyond that, while GEMMs that wide run near cuBLAS's peak on their own.
 """
 import torch
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import siren_decode as triton_decode
 from hyperkd.reference.siren_decode import RELU, SINE
+from hyperkd.reference.siren_decode import siren_decode as reference_decode
 
 ACTIVATIONS = {"relu": RELU, "sin": SINE}
+FUSED_MAX_WIDTH = 128
 
-torch.library.register_kernel("hyperkd::siren_decode", "cuda", triton_decode.siren_decode)
-torch.library.register_kernel("hyperkd::siren_decode_backward", "cuda",
-                              triton_decode.siren_decode_backward)
+
+def _is_wide(out_weight) -> bool:
+    return out_weight.shape[1] > FUSED_MAX_WIDTH
+
+
+def decode_cuda(index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias,
+                activation: int):
+    args = (index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias, activation)
+    return (reference_decode if _is_wide(out_weight) else triton_decode.siren_decode)(*args)
+
+
+def decode_backward_cuda(grad, index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                         out_weight, out_bias, activation: int):
+    weights = (table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias)
+    if not _is_wide(out_weight):
+        return triton_decode.siren_decode_backward(grad, index, *weights, activation)
+    # Recomputes the forward, as the fused kernel does; its activations live only for this call.
+    leaves = [w.detach().requires_grad_() for w in weights]
+    with torch.enable_grad():
+        out = reference_decode(index, *leaves, activation)
+    return torch.autograd.grad(out, leaves, grad)
+
+
+torch.library.register_kernel("hyperkd::siren_decode", "cuda", decode_cuda)
+torch.library.register_kernel("hyperkd::siren_decode_backward", "cuda", decode_backward_cuda)
 
 
 @torch.library.register_fake("hyperkd::siren_decode")

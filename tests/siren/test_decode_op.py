@@ -3,6 +3,7 @@
 SIREN layers multiply pre-activation errors by ω0 and sum ``width`` terms per unit, so their
 tolerances are scaled by ω0·√width (ARCHITECTURE.md: 3e-5..8e-5 in fp32 at ω0 = 30).
 """
+import importlib
 import math
 
 import pytest
@@ -12,6 +13,9 @@ import hyperkd
 from hyperkd import reference
 from hyperkd.kernels import siren_decode as triton_decode
 from tests.tolerances import assert_close
+
+# The module, which hyperkd.ops shadows with its function of the same name.
+siren_ops = importlib.import_module("hyperkd.ops.siren_decode")
 
 OMEGA0 = 30.0
 ACT = {"relu": 0, "sin": 1}
@@ -80,6 +84,25 @@ def test_triton_matches_reference(n, width, hidden, out, activation):
     grad_out = torch.randn(y.shape)
     grads = triton_decode.siren_decode_backward(grad_out, index, *plain, ACT[activation])
     check(y, grads, index, tensors, activation, grad_out)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("width", [16, siren_ops.FUSED_MAX_WIDTH + 32])
+def test_cuda_path_is_fused_up_to_its_width_and_a_gemm_chain_beyond(width, monkeypatch):
+    """The CUDA registrations, called on CPU tensors (Triton under the interpreter)."""
+    fused_calls = []
+    for name in ("siren_decode", "siren_decode_backward"):
+        launcher = getattr(triton_decode, name)
+        monkeypatch.setattr(triton_decode, name,
+                            lambda *a, _f=launcher, _n=name: fused_calls.append(_n) or _f(*a))
+    index, tensors = make_inputs(23, width, 2, 9, activation="sin")
+    plain = [t.detach() for t in tensors]
+    y = siren_ops.decode_cuda(index, *plain, ACT["sin"])
+    grad_out = torch.randn(y.shape)
+    grads = siren_ops.decode_backward_cuda(grad_out, index, *plain, ACT["sin"])
+    check(y, grads, index, tensors, "sin", grad_out)
+    fused = width <= siren_ops.FUSED_MAX_WIDTH
+    assert fused_calls == (["siren_decode", "siren_decode_backward"] if fused else [])
 
 
 @pytest.mark.parametrize("activation", ["sin", "relu"])
