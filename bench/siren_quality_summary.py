@@ -36,10 +36,10 @@ def describe(run: Path, original) -> dict:
     targets, mask = phases.padded_targets(rep, original), phases.valid_mask(rep)
     variance = float(targets[mask].var())
     with torch.no_grad():
-        mse = float(((rep.decode() - targets).square() * mask).sum() / mask.sum())
+        mse = float(phases.masked_mse(rep.decode(), targets, mask))
         # The last epoch too: the Trainer keeps the first epoch with the best val accuracy.
         last = phases.load_representation(original, run / "last.pt", **options)
-        last_mse = float(((last.decode() - targets).square() * mask).sum() / mask.sum())
+        last_mse = float(phases.masked_mse(last.decode(), targets, mask))
         last_test = analysis.accuracy(last.materialise(), data.loaders("digits", 360, augment=False)[2])
     train_size = len(data.splits("digits", augment=False)[0])
     steps_per_epoch = math.ceil(train_size / config["batch_size"])

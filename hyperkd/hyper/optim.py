@@ -57,7 +57,6 @@ class _FusedGeneration(torch.autograd.Function):
                                f"W's update twice; {_OPT_OUT}")
         ctx.used = True
         (z,) = ctx.saved_tensors
-        grads = [torch.zeros_like(g) if g is None else g for g in grads]
         dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
         ctx.step.apply(dtheta, z.detach())
         # b's gradient; θ0's only where it is still an autograd input (see FusedOutputStep.theta0).

@@ -40,7 +40,9 @@ def decode_backward_cuda(grad, index, table_l, table_f, table_c, hidden_weight, 
     leaves = [w.detach().requires_grad_() for w in weights]
     with torch.enable_grad():
         out = reference_decode(index, *leaves, activation)
-    return torch.autograd.grad(out, leaves, grad)
+    # With no hidden layer the hidden tensors are not used: their gradients are zeros, as the
+    # kernels return them.
+    return torch.autograd.grad(out, leaves, grad, materialize_grads=True)
 
 
 torch.library.register_kernel("hyperkd::siren_decode", "cuda", decode_cuda)

@@ -116,6 +116,11 @@ def padded_targets(rep: Representation, target: nn.Module) -> torch.Tensor:
     return F.pad(kernels, (pad, pad, pad, pad)).reshape(rep.layout.num_kernels, -1)
 
 
+def masked_mse(predicted: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the kernel entries ``mask`` marks (see :func:`valid_mask`)."""
+    return ((predicted - targets).square() * mask).sum() / mask.sum()
+
+
 def _trainer(rep, optimizer, loss_fn, loaders, out, device, progress, epochs):
     train, val, test = loaders
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -147,16 +152,14 @@ def reconstruct(rep: Representation, target: nn.Module, loaders, out, *, epochs:
         batch = sampler().to(device)
         if not joint:
             predicted = rep.predictor(rep.coords[batch], backend=rep.backend)
-            error = (predicted - targets[batch]).square() * mask[batch]
-            return None, {"recon": error.sum() / mask[batch].sum()}
+            return None, {"recon": masked_mse(predicted, targets[batch], mask[batch])}
         decoded = rep.decode()
-        error = (decoded[batch] - targets[batch]).square() * mask[batch]
         if fmd_weight > 0:  # drop what evaluation forwards left in the taps
             student_taps.take(), teacher_taps.take()
         logits = rep.logits(x, decoded)
         with torch.no_grad():
             teacher_logits = teacher(x)
-        terms = {"recon": error.sum() / mask[batch].sum(),
+        terms = {"recon": masked_mse(decoded[batch], targets[batch], mask[batch]),
                  "kd": kd_weight * kd_loss(logits, teacher_logits)}
         if fmd_weight > 0:
             terms["fmd"] = fmd_weight * fmd_loss(student_taps.take(), teacher_taps.take())

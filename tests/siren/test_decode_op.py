@@ -87,15 +87,16 @@ def test_triton_matches_reference(n, width, hidden, out, activation):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("hidden", [2, 0])
 @pytest.mark.parametrize("width", [16, siren_ops.FUSED_MAX_WIDTH + 32])
-def test_cuda_path_is_fused_up_to_its_width_and_a_gemm_chain_beyond(width, monkeypatch):
+def test_cuda_path_is_fused_up_to_its_width_and_a_gemm_chain_beyond(width, hidden, monkeypatch):
     """The CUDA registrations, called on CPU tensors (Triton under the interpreter)."""
     fused_calls = []
     for name in ("siren_decode", "siren_decode_backward"):
         launcher = getattr(triton_decode, name)
         monkeypatch.setattr(triton_decode, name,
                             lambda *a, _f=launcher, _n=name: fused_calls.append(_n) or _f(*a))
-    index, tensors = make_inputs(23, width, 2, 9, activation="sin")
+    index, tensors = make_inputs(23, width, hidden, 9, activation="sin")
     plain = [t.detach() for t in tensors]
     y = siren_ops.decode_cuda(index, *plain, ACT["sin"])
     grad_out = torch.randn(y.shape)
