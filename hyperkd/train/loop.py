@@ -19,6 +19,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -81,6 +82,7 @@ class Trainer:
         self.out_dir = Path(self.out_dir)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.best = {"epoch": -1, "val_acc": -math.inf, "test_acc": None}
+        self._warned_peak_scope = False
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -158,7 +160,10 @@ class Trainer:
         for epoch in range(start, epochs):
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                       **(self.on_epoch(epoch) if self.on_epoch else {})}
-            reset_peak_memory(self.device)
+            if not reset_peak_memory(self.device) and not self._warned_peak_scope:
+                self._warned_peak_scope = True
+                warnings.warn("peak_memory_bytes: this system ignored the reset of the RSS "
+                              "high-water mark, so each epoch reports the process's peak so far")
             began = time.perf_counter()
             record.update(self.train_epoch(epoch))
             record["epoch_time_s"] = time.perf_counter() - began
@@ -245,17 +250,30 @@ class Trainer:
         return state["epoch"]
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> bool:
     """Starts a new peak: the CUDA allocator's, or on Linux the process's RSS high-water mark
-    (so that several runs in one process, as in a sweep, each report their own peak)."""
+    (so that several runs in one process, as in a sweep, each report their own peak).
+
+    Returns whether the peak did restart. Some kernels and sandboxes accept the write to
+    ``/proc/self/clear_refs`` and ignore it; there VmHWM stays above VmRSS, and the CPU peak
+    stays the process's since it started."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass  # elsewhere the peak is the process's since it started
+        status = _proc_status_kib(("VmHWM", "VmRSS"))
+    except (OSError, KeyError):
+        return False
+    return status["VmHWM"] <= status["VmRSS"]
+
+
+def _proc_status_kib(keys) -> Dict[str, int]:
+    """The named kiB fields of ``/proc/self/status``, read in one pass."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in keys}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -264,8 +282,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     try:
-        with open("/proc/self/status") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        return kib * 1024
-    except (OSError, StopIteration):
+        return _proc_status_kib(("VmHWM",))["VmHWM"] * 1024
+    except (OSError, KeyError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
