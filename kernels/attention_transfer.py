@@ -3,9 +3,10 @@
 Every layer of a call is served by one launch: program ``pid`` handles row (layer m, sample b)
 with ``m = pid // B``. Layers of different shapes and strides are reached through a small int64
 table of (pointer, C, H, W, strides) per layer (see :func:`layer_table`), so features are read in
-place, channels_last and sliced ones included. Forward ends each row by turning its normalised map
-into dL/dS (B×ΣHW, λ_m and the reduction folded in), the only thing kept for backward, which
-re-reads each feature once to write its gradient.
+place, channels_last and sliced ones included. The loss launch ends each row by turning its
+normalised map into dL/dS (B×ΣHW, λ_m and the reduction folded in); the gradient launch re-reads
+each feature once to write its gradient. Both run in the op's forward: the loss is a scalar, so the
+gradient is final up to the incoming gradient's factor, which autograd applies.
 """
 import torch
 import triton
@@ -185,18 +186,17 @@ def _at_loss_kernel(table, ptr_carrier, teacher, lambdas, map_grad, rows, B, P, 
 
 
 @triton.jit
-def _at_loss_backward_kernel(table, grad_table, ptr_carrier, grad, map_grad, B, P,
-                             KIND: tl.constexpr, MODE: tl.constexpr,
-                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _at_feature_grad_kernel(table, grad_table, ptr_carrier, map_grad, B, P,
+                            KIND: tl.constexpr, MODE: tl.constexpr,
+                            BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
     _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
     HW = H * W
     gS_row = map_grad + off + b * HW
-    scale = tl.load(grad).to(tl.float32)
     for h0 in range(0, HW, BLOCK_HW):
         hw = h0 + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
-        g_s = scale * tl.load(gS_row + hw, mask=hw_mask, other=0.0)
+        g_s = tl.load(gS_row + hw, mask=hw_mask, other=0.0)
         sp = (hw // W) * sh + (hw % W) * sw
         dsp = (hw // W) * dsh + (hw % W) * dsw
         if KIND == 2:
@@ -257,8 +257,10 @@ def at_summary(feats, kind: int, p: float, eps: float):
     return out
 
 
-def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool):
-    """Forward of Eq. 7: (loss, layer_losses, map_grad), as the CPU op returns them."""
+def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool, with_grad: bool):
+    """Eq. 7: (loss, layer_losses, grads) as the CPU op returns them. The forward launch leaves
+    dL/dS (B×ΣHW) for the gradient launch, which reads each feature once more (kind 2: twice) and
+    writes its gradient; dL/dS is freed before returning."""
     B, M = student[0].shape[0], len(student)
     device = student[0].device
     offs, total = map_offsets(student)
@@ -273,16 +275,10 @@ def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bo
     if mean:
         hw = torch.tensor([f.shape[2] * f.shape[3] for f in student], dtype=torch.float32)
         layer_losses = layer_losses / (B * hw).to(device, non_blocking=True)
-    return (layer_losses * lambdas).sum(), layer_losses, map_grad
-
-
-def at_loss_backward(grad, student, map_grad, kind: int, p: float):
-    """Student gradients of Eq. 7 from one launch; reads each feature once (kind 2: twice)."""
-    B, M = student[0].shape[0], len(student)
-    offs, _ = map_offsets(student)
-    grads = [torch.empty_like(f) for f in student]
-    block_c, block_hw = _blocks(student)
-    _at_loss_backward_kernel[(M * B,)](
-        layer_table(student, offs), layer_table(grads, offs), student[0], grad, map_grad, B,
-        float(p), KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)
-    return grads
+    grads = []
+    if with_grad:
+        grads = [torch.empty_like(f) for f in student]
+        _at_feature_grad_kernel[(M * B,)](
+            layer_table(student, offs), layer_table(grads, offs), student[0], map_grad, B,
+            float(p), KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return (layer_losses * lambdas).sum(), layer_losses, grads

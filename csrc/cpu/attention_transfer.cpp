@@ -1,7 +1,8 @@
 // Fused attention-transfer KD on the CPU (LayerKD-HN Eq. 4–7): one parallel pass per (layer,
-// sample) row computes the spatial map, its L2 norm, the row's loss and the row's gradient with
-// respect to the map, dL/dS; backward re-reads the feature once and writes its gradient. Only
-// dL/dS (B×ΣHW) is kept between the passes: neither |f|^p nor the teacher's maps.
+// sample) row computes the spatial map, its L2 norm, the row's loss, the row's gradient with
+// respect to the map, dL/dS, and from it the feature's gradient, while the row (C·H·W values) is
+// still in cache. The loss is a scalar, so that gradient is final up to the incoming gradient's
+// factor: backward has no feature left to read, and nothing but the gradients outlives forward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -143,22 +144,10 @@ void dispatch_kind(int64_t kind, double p, Body&& body) {
   else with_mode(std::integral_constant<int, 2>{});
 }
 
-void check_kind(int64_t kind, double p) {
+void check_args(int64_t kind, double p, double eps) {
   TORCH_CHECK(kind >= 0 && kind <= 2, "kind: expected 0, 1 or 2, got ", kind);
   TORCH_CHECK(p > 0, "p: expected p > 0, got ", p);
-}
-
-void check_args(int64_t kind, double p, double eps) {
-  check_kind(kind, p);
   TORCH_CHECK(eps > 0, "eps: expected eps > 0, got ", eps);
-}
-
-// Offsets of each layer's B×HW block in the packed dL/dS buffer.
-std::vector<int64_t> map_offsets(at::TensorList feats) {
-  std::vector<int64_t> off(feats.size() + 1, 0);
-  const int64_t B = feats[0].size(0);
-  for (size_t m = 0; m < feats.size(); ++m) off[m + 1] = off[m] + B * feats[m].size(2) * feats[m].size(3);
-  return off;
 }
 
 // Normalises each sample's map in place, q = S / max(‖S‖₂, eps); returns ‖S‖₂.
@@ -248,10 +237,10 @@ void row_map_grad(acc_t* q, const acc_t* t, int64_t HW, acc_t n, acc_t row, acc_
   for (int64_t i = 0; i < HW; ++i) q[i] = scale * (clamped ? g[i] / eps : (g[i] - q[i] * dot) / n);
 }
 
-// Returns (Σ_m λ_m L_m, the unweighted L_m, dL/dS packed layer by layer as B×HW blocks).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
+// Returns (Σ_m λ_m L_m, the unweighted L_m, and with `with_grad` d(Σ_m λ_m L_m)/df_m per layer).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
     at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, int64_t kind,
-    double p, double eps, bool mean) {
+    double p, double eps, bool mean, bool with_grad) {
   check_feature_list(student, "student");
   check_args(kind, p, eps);
   check_teacher(student, teacher);
@@ -260,14 +249,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
   TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
               "lambdas: expected ", M, " weights of dtype ", acc);
   const auto views = feature_views(student);
-  const auto off = map_offsets(student);
   auto opts = student[0].options().dtype(acc);
-  at::Tensor map_grad = at::empty({off[M]}, opts);
   at::Tensor layer_losses = at::empty({M}, opts);
   at::Tensor loss = at::empty({}, opts);
+  std::vector<at::Tensor> grads = with_grad ? empty_like_each(student) : std::vector<at::Tensor>{};
+  const auto grad_views = feature_views(grads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acc_t* q_all = map_grad.data_ptr<acc_t>();
     const acc_t* lam = lambdas.data_ptr<acc_t>();
     std::vector<acc_t> rows(M * B);
     dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
@@ -275,14 +263,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
       parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
         const auto& v = views[m];
         const int64_t HW = v.HW();
-        acc_t* q = q_all + off[m] + b * HW;
-        spatial_map<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb, acc_t(p), q);
+        const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
+        acc_t* q = thread_scratch<acc_t, 1>(HW);
+        spatial_map<KIND, MODE>(v, f, acc_t(p), q);
         const acc_t n = normalise_row(q, HW, acc_t(eps));
         const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
         const acc_t row = row_loss<mode>(q, t, HW, acc_t(p), mean);
         rows[m * B + b] = row;
+        if (!with_grad) return;
         const acc_t scale = lam[m] * (mean ? acc_t(2) / (B * HW) : acc_t(1));
         row_map_grad<mode>(q, t, HW, n, row, acc_t(p), acc_t(eps), scale, mean);
+        const auto& dv = grad_views[m];
+        spatial_map_backward<KIND, MODE>(v, f, dv, static_cast<scalar_t*>(dv.data) + b * dv.sb,
+                                         acc_t(p), acc_t(1), q);
       });
     });
     acc_t* per_layer = layer_losses.data_ptr<acc_t>();
@@ -295,38 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> at_loss_cpu(
     }
     loss.fill_(total);
   });
-  return {loss, layer_losses, map_grad};
-}
-
-std::vector<at::Tensor> at_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
-                                             const at::Tensor& map_grad, int64_t kind, double p) {
-  check_feature_list(student, "student");
-  check_kind(kind, p);
-  const int64_t B = student[0].size(0), M = student.size();
-  const auto off = map_offsets(student);
-  TORCH_CHECK(map_grad.dim() == 1 && map_grad.size(0) == off[M] && map_grad.is_contiguous() &&
-                  map_grad.scalar_type() == acc_type_of(student[0].scalar_type()),
-              "map_grad: expected a contiguous vector of ", off[M], " ",
-              acc_type_of(student[0].scalar_type()), " values, got ", map_grad.sizes(), " ",
-              map_grad.scalar_type());
-  const auto views = feature_views(student);
-  const std::vector<at::Tensor> grads = empty_like_each(student);
-  const auto grad_views = feature_views(grads);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "at_loss_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t g_out = grad.item<acc_t>();
-    const acc_t* gS_all = map_grad.data_ptr<acc_t>();
-    dispatch_kind(kind, p, [&](auto KIND, auto MODE) {
-      parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-        const auto& v = views[m];
-        spatial_map_backward<KIND, MODE>(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
-                                         grad_views[m],
-                                         static_cast<scalar_t*>(grad_views[m].data) + b * grad_views[m].sb,
-                                         acc_t(p), g_out, gS_all + off[m] + b * v.HW());
-      });
-    });
-  });
-  return grads;
+  return {loss, layer_losses, grads};
 }
 
 }  // namespace
@@ -334,14 +296,12 @@ std::vector<at::Tensor> at_loss_backward_cpu(const at::Tensor& grad, at::TensorL
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("at_summary(Tensor[] feats, int kind, float p, float eps) -> Tensor[]");
   m.def("at_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, int kind, float p, float eps, "
-        "bool mean) -> (Tensor loss, Tensor layer_losses, Tensor map_grad)");
-  m.def("at_loss_backward(Tensor grad, Tensor[] student, Tensor map_grad, int kind, float p) -> Tensor[]");
+        "bool mean, bool with_grad) -> (Tensor loss, Tensor layer_losses, Tensor[] grads)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
   m.impl("at_summary", &at_summary_cpu);
   m.impl("at_loss", &at_loss_cpu);
-  m.impl("at_loss_backward", &at_loss_backward_cpu);
 }
 
 }  // namespace hyperkd

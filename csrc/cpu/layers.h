@@ -49,8 +49,9 @@ inline void parallel_for_rows(int64_t M, int64_t B, Fn&& fn) {
 }
 
 // A buffer of at least n elements owned by the calling thread and reused across rows: a malloc
-// and free per (layer, sample) row add up over the B·M rows of a call.
-template <typename T>
+// and free per (layer, sample) row add up over the B·M rows of a call. Slots give one kernel
+// several such buffers of one type.
+template <typename T, int Slot = 0>
 inline T* thread_scratch(int64_t n) {
   thread_local std::vector<T> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);

@@ -31,12 +31,7 @@ class AttentionTransfer(LayerwiseMethod):
 
     def weighted(self, student, summaries, lambdas):
         # The AT op folds λ into its single launch and returns the unweighted L_m for the log.
-        acc = accumulation_dtype(student[0].dtype)
-        lam = layer_weights(lambdas, len(student), student[0], acc)
-        loss, layer_losses, _ = torch.ops.hyperkd.at_loss(
-            student, [t.to(acc).contiguous() for t in summaries], lam, self.kind, float(self.p),
-            at_ops.EPS, False)
-        return loss, layer_losses
+        return at_ops.weighted_attention_loss(student, summaries, lambdas, self.kind, self.p)
 
 
 class ActivationBoundary(LayerwiseMethod):

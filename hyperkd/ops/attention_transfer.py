@@ -1,14 +1,13 @@
 """Fused attention-transfer KD (LayerKD-HN §3.3.1, Eq. 4–7) as ``torch.ops.hyperkd`` ops.
 
-``at_summary`` turns features into normalised maps (the teacher's summary), ``at_loss`` computes
-Σ_m λ_m L_AT over all layers in one call, and ``at_loss_backward`` is its backward. CPU kernels are
-C++ (``csrc/cpu/attention_transfer.cpp``), CUDA kernels Triton (``kernels/attention_transfer.py``).
+``at_summary`` turns features into normalised maps (the teacher's summary) and ``at_loss``
+computes Σ_m λ_m L_AT over all layers in one call. CPU kernels are C++
+(``csrc/cpu/attention_transfer.cpp``), CUDA kernels Triton (``kernels/attention_transfer.py``).
 The teacher is a constant target: no gradient flows to it.
 
-Forward also returns ``map_grad``, dL/dS for every spatial position (B×ΣHW, λ_m and the reduction
-folded in), and that is all backward keeps besides the student features: the loss is a scalar, so
-backward only scales it by the incoming gradient. Neither the student's nor the teacher's maps
-outlive the forward.
+With ``with_grad``, ``at_loss`` also returns d(Σ_m λ_m L_m)/df_m, computed per (layer, sample)
+row while the row is in cache (:mod:`hyperkd.ops._forward_grads`), and those gradients are all
+that backward keeps: neither the student's nor the teacher's maps outlive the forward.
 """
 import torch
 from torch import nn
@@ -17,13 +16,13 @@ from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import attention_transfer as triton_at
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_pairs,
                                  layer_weights, summarise_raw)
+from hyperkd.ops._forward_grads import scale_forward_grads, wants_grad
 
 EPS = 1e-6
 REDUCTIONS = ("sum", "mean")
 
 torch.library.register_kernel("hyperkd::at_summary", "cuda", triton_at.at_summary)
 torch.library.register_kernel("hyperkd::at_loss", "cuda", triton_at.at_loss)
-torch.library.register_kernel("hyperkd::at_loss_backward", "cuda", triton_at.at_loss_backward)
 
 
 @torch.library.register_fake("hyperkd::at_summary")
@@ -33,39 +32,27 @@ def _at_summary_fake(feats, kind, p, eps):
 
 
 @torch.library.register_fake("hyperkd::at_loss")
-def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean):
+def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean, with_grad):
     acc = accumulation_dtype(student[0].dtype)
-    B, M = student[0].shape[0], len(student)
-    total = sum(B * f.shape[2] * f.shape[3] for f in student)
     first = student[0]
-    return (first.new_empty((), dtype=acc), first.new_empty(M, dtype=acc),
-            first.new_empty(total, dtype=acc))
-
-
-@torch.library.register_fake("hyperkd::at_loss_backward")
-def _at_loss_backward_fake(grad, student, map_grad, kind, p):
-    return [torch.empty_like(f) for f in student]
+    grads = [torch.empty_like(f) for f in student] if with_grad else []
+    return first.new_empty((), dtype=acc), first.new_empty(len(student), dtype=acc), grads
 
 
 def _setup_context(ctx, inputs, output):
-    student, teacher, lambdas, kind, p, eps, mean = inputs
-    _, layer_losses, map_grad = output
-    ctx.mark_non_differentiable(layer_losses, map_grad)
-    # Otherwise autograd hands backward a zero-filled gradient for the B×ΣHW map_grad, as large
-    # as map_grad itself, only for it to be ignored.
+    _, layer_losses, grads = output
+    ctx.mark_non_differentiable(layer_losses, *grads)
+    # Otherwise autograd hands backward zero-filled gradients for the outputs nobody used.
     ctx.set_materialize_grads(False)
-    ctx.layers = len(student)
-    ctx.options = (kind, p)
-    ctx.save_for_backward(*student, map_grad)
+    ctx.layers = len(inputs[0])
+    ctx.save_for_backward(*grads)
 
 
-def _backward(ctx, grad_loss, _layer_losses, _map_grad):
+def _backward(ctx, grad_loss, _layer_losses, _grads):
     M = ctx.layers
     if grad_loss is None:  # the loss itself was not used
-        return [None] * M, [None] * M, None, None, None, None, None
-    *student, map_grad = ctx.saved_tensors
-    grads = torch.ops.hyperkd.at_loss_backward(grad_loss, student, map_grad, *ctx.options)
-    return list(grads), [None] * M, None, None, None, None, None
+        return [None] * M, [None] * M, None, None, None, None, None, None
+    return scale_forward_grads(grad_loss, ctx.saved_tensors), [None] * M, None, None, None, None, None, None
 
 
 torch.library.register_autograd("hyperkd::at_loss", _backward, setup_context=_setup_context)
@@ -112,18 +99,24 @@ def attention_transfer_loss(student, teacher, *, kind: int = 0, p: float = 1.0, 
     teacher = as_layer_list(teacher, "teacher")
     check_features(student, "student")
     check_pairs(student, teacher)
-    acc = accumulation_dtype(student[0].dtype)
     maps = summarise_raw(teacher, lambda raw: attention_teacher_summary(raw, kind, p, eps=eps))
     for m, (s, t) in enumerate(zip(student, maps)):
         expected = (s.shape[0], s.shape[2] * s.shape[3])
         if tuple(t.shape) != expected:
             raise ValueError(f"teacher[{m}]: expected a raw feature of shape {tuple(s.shape)} or a "
                              f"summary of shape {expected}, got {tuple(t.shape)}")
-    maps = [t.detach().to(acc).contiguous() for t in maps]
+    return weighted_attention_loss(student, maps, lambdas, kind, p, eps, reduction == "mean")[0]
+
+
+def weighted_attention_loss(student, summaries, lambdas, kind: int, p: float, eps: float = EPS,
+                            mean: bool = False):
+    """(Σ_m λ_m L_m, the unweighted L_m) from teacher summaries, through ``hyperkd::at_loss``."""
+    acc = accumulation_dtype(student[0].dtype)
+    summaries = [t.detach().to(acc).contiguous() for t in summaries]
     lam = layer_weights(lambdas, len(student), student[0], acc)
-    loss, _, _ = torch.ops.hyperkd.at_loss(student, maps, lam, kind, float(p), float(eps),
-                                           reduction == "mean")
-    return loss
+    loss, layer_losses, _ = torch.ops.hyperkd.at_loss(student, summaries, lam, kind, float(p),
+                                                      float(eps), mean, wants_grad(student))
+    return loss, layer_losses
 
 
 class AttentionTransferLoss(nn.Module):

@@ -46,9 +46,7 @@ def triton_loss_and_grads(student, teacher, kind, p, reduction, lambdas, eps=1e-
     lam = torch.tensor(lambdas if lambdas is not None else [1.0] * len(s), dtype=torch.float32,
                        device=s[0].device)
     mean = reduction == "mean"
-    loss, _, map_grad = triton_at.at_loss(s, maps, lam, kind, p, eps, mean)
-    grad = torch.ones((), dtype=torch.float32, device=s[0].device)
-    grads = triton_at.at_loss_backward(grad, s, map_grad, kind, p)
+    loss, _, grads = triton_at.at_loss(s, maps, lam, kind, p, eps, mean, True)
     return loss, grads
 
 
@@ -171,9 +169,9 @@ def test_zero_feature_uses_clamped_norm():
 
 
 @pytest.mark.parametrize("teacher_form", ["raw", "summary"])
-def test_saves_only_the_student_and_one_map_gradient(teacher_form):
-    """Backward keeps the student features plus dL/dS (B·ΣHW values), nothing of the teacher; the
-    reference keeps |f|^p at full size."""
+def test_saves_only_the_gradients_it_returns(teacher_form):
+    """Forward computes the student gradients, and they are all that backward keeps: nothing of
+    the teacher, no map. The reference keeps |f|^p at full size."""
     student, teacher = make_pairs([(16, 8, 8), (32, 4, 4)], batch=4)
     summaries = F.attention_teacher_summary(teacher, kind=1, p=2.0)
     given = teacher if teacher_form == "raw" else summaries
@@ -182,22 +180,54 @@ def test_saves_only_the_student_and_one_map_gradient(teacher_form):
     def saved_beyond_student(fn):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            fn()
-        return [t for t in saved if t.data_ptr() not in student_ptrs]
+            out = fn()
+        return out, [t for t in saved if t.data_ptr() not in student_ptrs]
 
-    fused = saved_beyond_student(lambda: F.attention_transfer_loss(student, given, kind=1, p=2.0))
-    B, spatial = 4, 8 * 8 + 4 * 4
-    assert [t.numel() for t in fused] == [B * spatial]
-    eager = saved_beyond_student(lambda: reference.attention_transfer_loss(
+    loss, fused = saved_beyond_student(lambda: F.attention_transfer_loss(student, given, kind=1, p=2.0))
+    grads = torch.autograd.grad(loss, student)
+    assert [t.data_ptr() for t in fused] == [g.data_ptr() for g in grads]
+    _, eager = saved_beyond_student(lambda: reference.attention_transfer_loss(
         student, summaries, kind=1, p=2.0, teacher_is_summary=True))
     assert sum(t.numel() for t in eager) >= sum(f.numel() for f in student)  # |f|^p per layer
+
+
+def test_gradients_follow_the_incoming_gradient_and_a_second_backward():
+    """The gradients made in forward are for a loss of 1: a scaled loss scales them, and a retained
+    graph gives the same gradients twice."""
+    student, teacher = make_pairs([(3, 5, 5), (4, 3, 3)], batch=2, dtype=torch.float64)
+    loss = F.attention_transfer_loss(student, teacher, kind=1, p=2.0)
+    once = torch.autograd.grad(loss, student, retain_graph=True)
+    again = torch.autograd.grad(loss, student, retain_graph=True)
+    scaled = torch.autograd.grad(-2.5 * loss, student)
+    _, ref = reference_loss_and_grads(student, teacher, 1, 2.0, "sum", None)
+    for o, a, s, r in zip(once, again, scaled, ref):
+        assert_close(o, r, torch.float64)
+        assert torch.equal(o, a)
+        assert_close(s, -2.5 * r, torch.float64)
+
+
+def test_no_gradient_is_computed_without_grad():
+    student, teacher = make_pairs([(3, 5, 5), (4, 3, 3)], batch=2)
+    summaries = F.attention_teacher_summary(teacher, kind=0)
+    lam = torch.ones(2)
+    _, _, grads = torch.ops.hyperkd.at_loss([f.detach() for f in student], summaries, lam, 0, 1.0,
+                                            1e-6, False, False)
+    assert grads == []
+    with torch.no_grad():
+        loss = F.attention_transfer_loss(student, summaries, kind=0)
+    assert loss.grad_fn is None
+    ref_loss, _ = reference_loss_and_grads(student, teacher, 0, 1.0, "sum", None)
+    assert_close(loss, ref_loss, torch.float32)
 
 
 def test_opcheck_cpu():
     student, teacher = make_pairs([(3, 5, 5), (4, 3, 3)], batch=2, dtype=torch.float64)
     summaries = F.attention_teacher_summary(teacher, kind=1, p=2.0)
     lam = torch.tensor([1.0, 0.5], dtype=torch.float64)
-    torch.library.opcheck(torch.ops.hyperkd.at_loss, (student, summaries, lam, 1, 2.0, 1e-6, False))
+    torch.library.opcheck(torch.ops.hyperkd.at_loss, (student, summaries, lam, 1, 2.0, 1e-6, False, True))
+    # Without its gradients the loss cannot be backpropagated, so the students must not ask for it.
+    torch.library.opcheck(torch.ops.hyperkd.at_loss,
+                          ([f.detach() for f in student], summaries, lam, 1, 2.0, 1e-6, False, False))
     torch.library.opcheck(torch.ops.hyperkd.at_summary, ([t for t in teacher], 2, 2.0, 1e-6))
 
 
