@@ -1,9 +1,11 @@
 """One hypernetised training step (hypernet forward, generation, primary forward and backward,
 update) in three implementations, the primary network's own step as the baseline, and a subprocess
-entry point that reports its time and peak RSS.
+entry point that reports its time and peak memory.
 
 - ``fused``: ``hyperkd.hyper.hypernetize`` + ``HyperOptimizer(fused=True)`` (the fused generation
   op writes each kernel in place; W is updated inside backward from (dθ, z)).
+- ``fused_bf16``: the same with W and its optimizer state stored in bf16 (stochastic rounding):
+  issue 4's GPU configuration.
 - ``eager``: the same maths in plain PyTorch: an ``nn.Linear(d, P)`` output layer,
   θ = Linear(z) + θ0, ``split`` into the layers, ``torch.func.functional_call``, a torch optimizer
   over every parameter (so W's P×d gradient exists).
@@ -11,9 +13,12 @@ entry point that reports its time and peak RSS.
   the same maths (its output bias is b + θ0) and the same torch optimizer as ``eager``.
 - ``primary``: the network alone, no hypernetwork: the footprint the hypernetwork adds to.
 
-Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS]  → one JSON line with the
-median step time after one warm-up step.
+Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS] [--device cpu|cuda]  → one
+JSON line with the median step time after one warm-up step and the peak memory: the process's
+peak RSS on the CPU (``peak_rss_bytes``), ``torch.cuda.max_memory_allocated()`` since the process
+started on CUDA (``peak_cuda_allocated_bytes``: W, its state and gradient, activations).
 """
+import argparse
 import json
 import math
 import statistics
@@ -28,6 +33,7 @@ from torch.func import functional_call
 from hyperkd.train.loop import peak_memory_bytes
 
 BATCH = 16
+DEVICES = ("cpu", "cuda")
 
 
 def create_network(name: str) -> nn.Module:
@@ -101,49 +107,88 @@ class Primary(nn.Module):
 
 
 TORCH_STEPPED = {"eager": EagerHyper, "hyperlight": HyperlightHyper, "primary": Primary}
+# Fused implementations: W's storage dtype and its optimizer state's.
+FUSED = {"fused": (torch.float32, torch.float32), "fused_bf16": (torch.bfloat16, torch.bfloat16)}
+IMPLS = tuple(FUSED) + tuple(TORCH_STEPPED)
 
 
-def build(network: str, impl: str, hidden, optimizer: str):
-    """(model, optimizer, step function) for one configuration; ``impl`` is "fused" or a key of
-    ``TORCH_STEPPED`` (those step every trainable parameter with a torch optimizer)."""
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names (one of ``DEVICES``); exits with the reason when it is CUDA and
+    none is present, before anything is built."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device cuda: no CUDA device is available here (torch.cuda.is_available() is "
+                         "False); this run needs a machine with a GPU")
+    return torch.device(name)
+
+
+def build(network: str, impl: str, hidden, optimizer: str, device: torch.device = torch.device("cpu")):
+    """(model, optimizer, step function) for one configuration on ``device``; ``impl`` is a key of
+    ``FUSED`` or of ``TORCH_STEPPED`` (those step every trainable parameter with a torch optimizer)."""
     from hyperkd.hyper import HyperOptimizer, hypernetize
 
-    primary = create_network(network)
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    primary = create_network(network).to(device)
     momentum = 0.9 if optimizer == "sgd_momentum" else 0.0
     algorithm = "sgd" if optimizer.startswith("sgd") else optimizer
-    if impl == "fused":
-        model = hypernetize(primary, hidden=hidden)
-        opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True)
+    if impl in FUSED:
+        weight_dtype, state_dtype = FUSED[impl]
+        model = hypernetize(primary, hidden=hidden, weight_dtype=weight_dtype)
+        opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True, state_dtype=state_dtype)
     else:
-        model = TORCH_STEPPED[impl](primary, hidden)
+        # Built on the device, so that no host copy of W (12.76 GiB for RepVGG-A2) is made; .to()
+        # moves what a peer library creates on the host regardless.
+        with device:
+            model = TORCH_STEPPED[impl](primary, hidden).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = (torch.optim.SGD(params, lr=1e-3, momentum=momentum) if algorithm == "sgd"
                else torch.optim.AdamW(params, lr=1e-3))
     model.train()
-    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+    x = torch.randn(BATCH, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
 
     def step():
         opt.zero_grad()
-        gamma = torch.rand(1, 1)
+        gamma = torch.rand(1, 1, device=device)
         F.cross_entropy(model(x, gamma), y).backward()
         opt.step()
 
     return model, opt, step
 
 
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of ``step`` takes, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="one hypernetised training configuration, timed")
+    parser.add_argument("network")
+    parser.add_argument("impl", choices=IMPLS)
+    parser.add_argument("hidden", help="hidden widths, e.g. 16,64,128")
+    parser.add_argument("optimizer", choices=("sgd", "sgd_momentum", "adam", "adamw"))
+    parser.add_argument("steps", nargs="?", type=int, default=3, help="timed steps after one warm-up")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    return parser.parse_args(argv)
+
+
 def main(argv):
-    network, impl, hidden, optimizer = argv[:4]
-    steps = int(argv[4]) if len(argv) > 4 else 3
-    _, _, step = build(network, impl, tuple(int(h) for h in hidden.split(",")), optimizer)
-    step()  # warm-up: allocates the optimizer state
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"network": network, "impl": impl, "hidden": hidden, "optimizer": optimizer,
-                      "step_s": statistics.median(times), "step_times_s": times,
-                      "peak_rss_bytes": peak_memory_bytes(torch.device("cpu"))}))
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    _, _, step = build(args.network, args.impl, tuple(int(h) for h in args.hidden.split(",")), args.optimizer,
+                       device)
+    step()  # warm-up: allocates the optimizer state (and compiles the Triton kernels on CUDA)
+    times = [timed(step, device) for _ in range(args.steps)]
+    peak = "peak_rss_bytes" if device.type == "cpu" else "peak_cuda_allocated_bytes"
+    print(json.dumps({"network": args.network, "impl": args.impl, "hidden": args.hidden,
+                      "optimizer": args.optimizer, "device": device.type, "step_s": statistics.median(times),
+                      "step_times_s": times, peak: peak_memory_bytes(device)}))
 
 
 if __name__ == "__main__":

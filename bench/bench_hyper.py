@@ -1,6 +1,6 @@
 """Hypernetised training step: fused generation + fused W step against the eager
 functional_call + split + torch-optimizer implementation (issue 4's workloads) and against
-hyperlight 0.0.5 itself, on CPU.
+hyperlight 0.0.5 itself, on CPU; and issue 4's GPU rows (``--device cuda``).
 
 Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
 Each configuration is also run in a fresh process for its median step time and peak RSS; each
@@ -13,6 +13,12 @@ NETWORK:IMPL:HIDDEN:OPTIMIZER ...`` (HIDDEN as ``16,64,128``) runs the listed ro
 whole list N times, appending each result to FILE as it comes. Needs the model zoo (``hyperkd.models``); without it every case
 is skipped with that reason. The hyperlight rows need ``pip install -e '.[bench]'`` and are skipped
 without it.
+
+On a GPU: ``PYTHONPATH=. python bench/bench_hyper.py --device cuda --out FILE`` runs ``GPU_ROWS``
+(VGG-19-bn and RepVGG-A2, [16, 64, 128], batch 16, SGD + momentum: the fused step with bf16 W and
+state, then the eager implementation), each row reporting ``peak_cuda_allocated_bytes``
+(``torch.cuda.max_memory_allocated()``; the goal is under 15 GiB for ``fused_bf16``). Without CUDA
+it exits at once, saying so.
 """
 import argparse
 import importlib.metadata
@@ -25,13 +31,15 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _hyper_step import build, create_network  # noqa: E402
+from _hyper_step import DEVICES, IMPLS, build, create_network, resolve_device  # noqa: E402
 from bench.measure import stamp  # noqa: E402
 
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Issue 4's GPU target: fused step + bf16 W and state under a T4's 15 GiB, against eager (> 2×W).
+GPU_ROWS = [f"{net}:{impl}:16,64,128:sgd_momentum" for net in ("vgg19_bn", "repvgg_a2")
+            for impl in ("fused_bf16", "eager")]
 STEPS = 3  # timed steps per fresh process, after one warm-up step; the median is reported
 
 
@@ -43,14 +51,14 @@ def _version(package: str):
         return None
 
 
-def _stamp() -> dict:
-    return {**stamp(DEVICE), "hyperlight": _version("hyperlight")}
+def _stamp(device: torch.device) -> dict:
+    return {**stamp(device), "hyperlight": _version("hyperlight")}
 
 
-def _record(measured: dict, path: str = None) -> None:
+def _record(measured: dict, path: str = None, device: torch.device = torch.device("cpu")) -> None:
     """Appends one result to ``path`` (default: today's file) right away, so an interrupted run
-    keeps what it measured."""
-    header = _stamp()
+    keeps what it measured; the file's stamp names ``device``."""
+    header = _stamp(device)
     if path is None:
         folder = os.path.join(os.path.dirname(__file__), "results")
         os.makedirs(folder, exist_ok=True)
@@ -64,11 +72,12 @@ def _record(measured: dict, path: str = None) -> None:
         json.dump({**header, "batch": 16, "results": results}, f, indent=1)
 
 
-def fresh_process(network: str, impl: str, hidden: str, optimizer: str) -> dict:
-    """One row measured in a process that runs nothing else: median step time and peak RSS."""
+def fresh_process(network: str, impl: str, hidden: str, optimizer: str, device: str = "cpu") -> dict:
+    """One row measured in a process that runs nothing else: median step time and peak memory
+    (RSS on the CPU, max_memory_allocated on CUDA)."""
     script = os.path.join(os.path.dirname(__file__), "_hyper_step.py")
-    run = subprocess.run([sys.executable, script, network, impl, hidden, optimizer, str(STEPS)],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, script, network, impl, hidden, optimizer, str(STEPS),
+                          "--device", device], capture_output=True, text=True, check=True)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -97,20 +106,35 @@ def test_step(benchmark, network, impl, hidden, optimizer):
     _record({**measured, "benchmark_min_s": benchmark.stats.stats.min})
 
 
-def main(argv) -> None:
+def parse_rows(argv):
+    """(arguments, rows split into [NETWORK, IMPL, HIDDEN, OPTIMIZER]); no rows means ``GPU_ROWS``
+    with ``--device cuda``."""
     parser = argparse.ArgumentParser(description="fresh-process rows only, in the order given")
     parser.add_argument("--out", required=True, help="JSON file the results are appended to")
     parser.add_argument("--rounds", type=int, default=1, help="times to run the whole list")
-    parser.add_argument("rows", nargs="+", metavar="NETWORK:IMPL:HIDDEN:OPTIMIZER")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("rows", nargs="*", metavar="NETWORK:IMPL:HIDDEN:OPTIMIZER",
+                        help="default with --device cuda: issue 4's GPU rows")
     args = parser.parse_args(argv)
-    rows = [row.split(":") for row in args.rows]
+    if not args.rows and args.device != "cuda":
+        parser.error("rows: name at least one NETWORK:IMPL:HIDDEN:OPTIMIZER (only --device cuda has "
+                     "default rows)")
+    rows = [row.split(":") for row in args.rows or GPU_ROWS]
     for row in rows:
         if len(row) != 4:
-            parser.error(f"expected NETWORK:IMPL:HIDDEN:OPTIMIZER, got {':'.join(row)!r}")
+            parser.error(f"rows: expected NETWORK:IMPL:HIDDEN:OPTIMIZER, got {':'.join(row)!r}")
+        if row[1] not in IMPLS:
+            parser.error(f"rows: IMPL must be one of {IMPLS}, got {row[1]!r} in {':'.join(row)!r}")
+    return args, rows
+
+
+def main(argv) -> None:
+    args, rows = parse_rows(argv)
+    device = resolve_device(args.device)  # before any subprocess: no CUDA, no run
     for _ in range(args.rounds):
         for row in rows:
-            measured = fresh_process(*row)
-            _record(measured, args.out)
+            measured = fresh_process(*row, device=args.device)
+            _record(measured, args.out, device)
             print(json.dumps(measured), flush=True)
 
 

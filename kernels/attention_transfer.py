@@ -258,11 +258,17 @@ def at_summary(feats, kind: int, p: float, eps: float):
 
 
 def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool, with_grad: bool):
-    """Eq. 7: (loss, layer_losses, grads) as the CPU op returns them. The forward launch leaves
+    """Eq. 7: (loss, layer_losses, grads) as the CPU op returns them; a teacher entry is a summary
+    or a raw feature. The forward launch leaves
     dL/dS (B×ΣHW) for the gradient launch, which reads each feature once more (kind 2: twice) and
     writes its gradient; dL/dS is freed before returning."""
     B, M = student[0].shape[0], len(student)
     device = student[0].device
+    raw = [m for m, t in enumerate(teacher) if t.dim() == 4]
+    if raw:  # summarised first, in one launch: B×HW maps, a C-th of each raw feature
+        teacher = list(teacher)
+        for m, summary in zip(raw, at_summary([teacher[m] for m in raw], kind, p, eps)):
+            teacher[m] = summary
     offs, total = map_offsets(student)
     map_grad = torch.empty(total, dtype=torch.float32, device=device)
     rows = torch.empty(M, B, dtype=torch.float32, device=device)

@@ -207,16 +207,24 @@ std::vector<at::Tensor> at_summary_cpu(at::TensorList feats, int64_t kind, doubl
   return out;
 }
 
+// Each teacher entry is a summary (B×HW normalised maps in the accumulation type) or the raw
+// feature (the student's shape and dtype), whose row maps are then made inside the loss's rows.
 void check_teacher(at::TensorList student, at::TensorList teacher) {
   TORCH_CHECK(teacher.size() == student.size(), "teacher: expected ", student.size(),
-              " summaries, got ", teacher.size());
+              " entries, got ", teacher.size());
   const auto acc = acc_type_of(student[0].scalar_type());
   for (size_t m = 0; m < student.size(); ++m) {
     const auto& s = student[m];
     const auto& t = teacher[m];
+    if (t.dim() == 4) {
+      TORCH_CHECK(t.sizes() == s.sizes() && t.scalar_type() == s.scalar_type(), "teacher[", m,
+                  "]: expected a raw feature of shape ", s.sizes(), " and dtype ", s.scalar_type(),
+                  ", got ", t.sizes(), " ", t.scalar_type());
+      continue;
+    }
     TORCH_CHECK(t.dim() == 2 && t.size(0) == s.size(0) && t.size(1) == s.size(2) * s.size(3),
                 "teacher[", m, "]: expected a ", s.size(0), "×", s.size(2) * s.size(3),
-                " summary, got ", t.sizes());
+                " summary or a raw feature of shape ", s.sizes(), ", got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == acc && t.is_contiguous(), "teacher[", m,
                 "]: expected a contiguous ", acc, " summary");
   }
@@ -249,6 +257,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
   TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
               "lambdas: expected ", M, " weights of dtype ", acc);
   const auto views = feature_views(student);
+  std::vector<FeatureView> teacher_views;
+  for (const auto& t : teacher) teacher_views.push_back(t.dim() == 4 ? feature_view(t) : FeatureView{});
   auto opts = student[0].options().dtype(acc);
   at::Tensor layer_losses = at::empty({M}, opts);
   at::Tensor loss = at::empty({}, opts);
@@ -267,7 +277,17 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
         acc_t* q = thread_scratch<acc_t, 1>(HW);
         spatial_map<KIND, MODE>(v, f, acc_t(p), q);
         const acc_t n = normalise_row(q, HW, acc_t(eps));
-        const acc_t* t = teacher[m].data_ptr<acc_t>() + b * HW;
+        const acc_t* t;
+        if (teacher[m].dim() == 4) {
+          // A raw teacher's row map lives in scratch: no B×HW summary is ever allocated.
+          const auto& tv = teacher_views[m];
+          acc_t* tq = thread_scratch<acc_t, 2>(HW);
+          spatial_map<KIND, MODE>(tv, static_cast<const scalar_t*>(tv.data) + b * tv.sb, acc_t(p), tq);
+          normalise_row(tq, HW, acc_t(eps));
+          t = tq;
+        } else {
+          t = teacher[m].data_ptr<acc_t>() + b * HW;
+        }
         const acc_t row = row_loss<mode>(q, t, HW, acc_t(p), mean);
         rows[m * B + b] = row;
         if (!with_grad) return;

@@ -21,6 +21,10 @@ class HyperNet(nn.Module):
     (``weight_dtype``); it is then updated only by the fused step, with stochastic rounding. The
     fused step (``HyperOptimizer(fused=True)``) takes ``W`` and ``theta0`` off autograd: it updates
     W inside backward, and steps θ0 with b's gradient, which equals θ0's.
+
+    Every parameter is created on ``theta0``'s device: W's initialisation runs the MLP beside θ0,
+    and a W built on the host and then moved would pass through a host copy of its own (6.4 GiB
+    for RepVGG-A2 in bf16).
     """
 
     def __init__(self, plan: LayoutPlan, theta0: torch.Tensor, gamma_dim: int = 1,
@@ -40,10 +44,11 @@ class HyperNet(nn.Module):
             raise ValueError(f"theta0: expected {plan.total} values, got shape {tuple(theta0.shape)}")
         self.plan, self.gamma_dim, self.negative_slope = plan, gamma_dim, negative_slope
         widths = (2 * gamma_dim,) + hidden
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.W = nn.Parameter(torch.empty(plan.total, hidden[-1], dtype=weight_dtype),
+        device = theta0.device
+        self.hidden = nn.ModuleList(nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:]))
+        self.W = nn.Parameter(torch.empty(plan.total, hidden[-1], dtype=weight_dtype, device=device),
                               requires_grad=weight_dtype == torch.float32)
-        self.b = nn.Parameter(torch.zeros(plan.total))
+        self.b = nn.Parameter(torch.zeros(plan.total, device=device))
         self.theta0 = nn.Parameter(theta0.detach().clone().float())
         self._geometry = op_geometry([e.shape for e in plan], [e.memory_format == "channels_last" for e in plan])
         self.fused_step = None  # set by hyperkd.hyper.HyperOptimizer(fused=True)

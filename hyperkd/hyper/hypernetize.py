@@ -103,10 +103,10 @@ def hypernetize(model: nn.Module, hidden=(16, 64, 128), gamma_dim: int = 1, modu
         plan = LayoutPlan.from_modules(model, paths, memory_format=memory_format)
     plan.check(model)
     theta0 = plan.gather(model) if init_theta0 == "model" else theta0_kaiming(plan)
+    # The hypernetwork is built where θ0 is, on the model's device (see HyperNet).
+    theta0 = theta0.to(next(model.parameters()).device)
     hypernet = HyperNet(plan, theta0, gamma_dim=gamma_dim, hidden=hidden, negative_slope=negative_slope,
                         delta_ratio=delta_ratio, weight_dtype=weight_dtype)
-    device = next(model.parameters()).device
-    hypernet = hypernet.to(device)
     if init_theta0 == "model":
         _share_with_theta0(model, plan, hypernet.theta0)
     return HyperNetized(model, plan, hypernet)

@@ -10,7 +10,7 @@ from hyperkd.ops import activation_boundary as ab_ops
 from hyperkd.ops import attention_transfer as at_ops
 from hyperkd.ops import channelwise as cw_ops
 from hyperkd.ops import relational as rel_ops
-from hyperkd.ops._checks import accumulation_dtype, layer_weights
+from hyperkd.ops._checks import accumulation_dtype
 from hyperkd.reference.fsp import fsp_losses
 from hyperkd.reference.logit import logit_kd_loss
 

@@ -45,8 +45,12 @@ class LayerKD(nn.Module):
     def lambdas(self, epoch: int, epochs: int):
         return self.schedule.weights(epoch, epochs, self.method.term_count(len(self.layers)))
 
-    def forward(self, epoch: int = 0, epochs: int = 1):
-        """(Σ_m λ_m L_m, {term name: detached L_m}) for the batch both nets last ran on."""
+    def forward(self, epoch: int = 0, epochs: int = 1, weight: float = 1.0):
+        """(weight · Σ_m λ_m L_m, {term name: detached L_m}) for the batch both nets last ran on.
+
+        ``weight`` (the KD weight β) is folded into λ_m rather than applied to the result: the
+        fused ops compute their gradients in forward for the loss they return, so a loss that
+        reaches the total unscaled needs no second pass over them in backward."""
         student = self.student_taps.collected()
         teacher = self.teacher_taps.collected()
         for name, f in zip(self.layers, student):
@@ -56,7 +60,8 @@ class LayerKD(nn.Module):
                                  f"the teacher's {shape}")
         names = self.term_names()
         try:
-            total, terms = layerwise_terms(self.method, student, teacher, self.lambdas(epoch, epochs),
+            lambdas = [weight * lam for lam in self.lambdas(epoch, epochs)]
+            total, terms = layerwise_terms(self.method, student, teacher, lambdas,
                                            teacher_summarised=True, check_finite=self.debug, names=names)
         finally:
             self.student_taps.clear()

@@ -15,7 +15,7 @@ from torch import nn
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import attention_transfer as triton_at
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_pairs,
-                                 layer_weights, summarise_raw)
+                                 layer_weights)
 from hyperkd.ops._forward_grads import scale_forward_grads, wants_grad
 
 EPS = 1e-6
@@ -99,22 +99,24 @@ def attention_transfer_loss(student, teacher, *, kind: int = 0, p: float = 1.0, 
     teacher = as_layer_list(teacher, "teacher")
     check_features(student, "student")
     check_pairs(student, teacher)
-    maps = summarise_raw(teacher, lambda raw: attention_teacher_summary(raw, kind, p, eps=eps))
-    for m, (s, t) in enumerate(zip(student, maps)):
+    for m, (s, t) in enumerate(zip(student, teacher)):
         expected = (s.shape[0], s.shape[2] * s.shape[3])
-        if tuple(t.shape) != expected:
+        if t.dim() != 4 and tuple(t.shape) != expected:
             raise ValueError(f"teacher[{m}]: expected a raw feature of shape {tuple(s.shape)} or a "
                              f"summary of shape {expected}, got {tuple(t.shape)}")
-    return weighted_attention_loss(student, maps, lambdas, kind, p, eps, reduction == "mean")[0]
+    return weighted_attention_loss(student, teacher, lambdas, kind, p, eps, reduction == "mean")[0]
 
 
-def weighted_attention_loss(student, summaries, lambdas, kind: int, p: float, eps: float = EPS,
+def weighted_attention_loss(student, teacher, lambdas, kind: int, p: float, eps: float = EPS,
                             mean: bool = False):
-    """(Σ_m λ_m L_m, the unweighted L_m) from teacher summaries, through ``hyperkd::at_loss``."""
+    """(Σ_m λ_m L_m, the unweighted L_m) through ``hyperkd::at_loss``. Each teacher entry is a
+    summary or a raw feature; a raw one is read in place, its maps made row by row inside the
+    loss, so that no B×HW summary of it is allocated."""
     acc = accumulation_dtype(student[0].dtype)
-    summaries = [t.detach().to(acc).contiguous() for t in summaries]
+    teacher = [t.detach().to(s.dtype) if t.dim() == 4 else t.detach().to(acc).contiguous()
+               for s, t in zip(student, teacher)]
     lam = layer_weights(lambdas, len(student), student[0], acc)
-    loss, layer_losses, _ = torch.ops.hyperkd.at_loss(student, summaries, lam, kind, float(p),
+    loss, layer_losses, _ = torch.ops.hyperkd.at_loss(student, teacher, lam, kind, float(p),
                                                       float(eps), mean, wants_grad(student))
     return loss, layer_losses
 

@@ -170,8 +170,8 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, progre
             loss = ce(logits.float(), y)
             if kd is None:
                 return logits, {"ce": loss}
-            kd_total, per_layer = kd(epoch_now["n"], cfg.epochs)
-        return (logits, {"ce": cfg.lambda0 * loss, "kd": cfg.kd_weight * kd_total},
+            kd_total, per_layer = kd(epoch_now["n"], cfg.epochs, weight=cfg.kd_weight)
+        return (logits, {"ce": cfg.lambda0 * loss, "kd": kd_total},
                 {f"kd/{k}": v for k, v in per_layer.items()})
 
     def on_epoch(epoch):

@@ -218,6 +218,29 @@ def test_global_clipping_raises_when_fused_and_works_unfused():
     assert total == pytest.approx(1e-3, rel=1e-4)
 
 
+def test_torch_clip_grad_norm_when_fused_leaves_out_w_and_theta0():
+    # It cannot raise: fused, W and θ0 hold no .grad, so it sees and clips only the others.
+    base = hypernetize(NETS["vgg"](), hidden=(8, 16))
+    fused, eager = copy.deepcopy(base), copy.deepcopy(base)
+    fused_opt = HyperOptimizer(fused, "sgd", lr=0.1, fused=True)
+    HyperOptimizer(eager, "sgd", lr=0.1, fused=False)
+    x, y, gamma = batches(steps=1, groups=1)[0]
+    for model in (fused, eager):
+        F.cross_entropy(model(x, gamma), y).backward()
+    assert not torch.equal(fused.hypernet.W, base.hypernet.W)  # W has taken its (unclipped) step
+    grads = {n: p.grad for n, p in eager.named_parameters() if p.grad is not None}
+    full = torch.stack([g.norm() for g in grads.values()]).norm()
+    rest = torch.stack([g.norm() for n, g in grads.items() if n not in ("hypernet.W", "hypernet.theta0")]).norm()
+    norm = torch.nn.utils.clip_grad_norm_(fused.parameters(), max_norm=1e-3)
+    torch.testing.assert_close(norm, rest, rtol=1e-5, atol=0)
+    assert norm < 0.9 * full
+    # θ0 still steps with b's gradient, now clipped, though its own share was not in the norm.
+    b_grad, theta0 = fused.hypernet.b.grad.clone(), fused.hypernet.theta0.detach().clone()
+    assert b_grad.norm() <= 1e-3 * (1 + 1e-5)
+    fused_opt.step()
+    torch.testing.assert_close(fused.hypernet.theta0, theta0 - 0.1 * b_grad, rtol=0, atol=1e-7)
+
+
 def test_bad_optimizer_arguments_name_the_argument():
     model = hypernetize(NETS["vgg"](), hidden=(8, 16))
     with pytest.raises(ValueError, match="algorithm: expected one of"):

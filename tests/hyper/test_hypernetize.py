@@ -4,9 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
-from hyperkd.hyper import HyperOptimizer, LayoutPlan, find_modules, hypernetize
+from hyperkd.hyper import HyperOptimizer, LayoutEntry, LayoutPlan, find_modules, hypernetize
 from hyperkd.reference import encode_gamma, hidden_code, hyper_generate
 from tests.hyper.nets import NETS, tiny_vgg
 from tests.tolerances import assert_close
@@ -211,6 +213,77 @@ def test_stale_layout_plan_raises():
     model.primary[4] = nn.Conv2d(6, 10, 3, padding=1, bias=False)
     with pytest.raises(ValueError, match="plan: 4.bias is planned but the model has no such tensor"):
         model(torch.randn(1, 3, 8, 8), 0.5)
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def test_explicit_module_paths_generate_those_modules_only():
+    net = tiny_vgg()
+    model = hypernetize(net, hidden=(8, 12), modules=["4"])
+    assert model.plan.names == ["4.weight", "4.bias"]
+    assert model.plan.total == 10 * 6 * 3 * 3 + 10
+    # The unplanned conv stays an ordinary parameter of its own, trained by the torch optimizer.
+    assert net[0].weight.requires_grad and not net[4].weight.requires_grad
+    assert _storage(net[0].weight) != _storage(model.hypernet.theta0)
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        expected = reference_weights(model, 0.3)
+        for w, ref in zip(model.generate(0.3), expected):
+            assert_close(w[0], ref, torch.float32)
+        injected = functional_call(net, dict(zip(model.plan.names, expected)), (x,))
+        assert_close(model(x, 0.3), injected, torch.float32)
+    model.train()
+    opt = HyperOptimizer(model, "sgd", lr=0.1)
+    conv0 = net[0].weight.detach().clone()
+    F.cross_entropy(model(x, 0.3), torch.tensor([0, 1])).backward()
+    opt.step()
+    assert not torch.equal(net[0].weight, conv0)
+
+
+def test_hand_built_layout_plan_keeps_its_order_and_memory_formats():
+    net = tiny_vgg()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    # Not the model's order, and not every tensor of a module: conv 4's bias, then conv 0's kernel.
+    plan = LayoutPlan([LayoutEntry("4", "bias", (10,), 0),
+                       LayoutEntry("0", "weight", (6, 3, 3, 3), 10, "channels_last")])
+    model = hypernetize(net, hidden=(8, 12), modules=plan)
+    assert model.plan is plan and plan.total == 10 + 162
+    torch.testing.assert_close(model.hypernet.theta0, torch.cat([before["4.bias"], before["0.weight"].flatten()]),
+                               rtol=0, atol=0)
+    assert net[4].weight.requires_grad and not net[4].bias.requires_grad
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        bias, kernel = model.generate(0.6)
+        assert kernel[0].is_contiguous(memory_format=torch.channels_last) and not kernel[0].is_contiguous()
+        expected = reference_weights(model, 0.6)
+        for w, ref in zip((bias, kernel), expected):
+            assert_close(w[0], ref, torch.float32)
+        injected = functional_call(net, {"4.bias": expected[0], "0.weight": expected[1]}, (x,))
+        assert_close(model(x, 0.6), injected, torch.float32)
+    with pytest.raises(ValueError, match="entries: 0.weight starts at 9, expected 10"):
+        LayoutPlan([LayoutEntry("4", "bias", (10,), 0), LayoutEntry("0", "weight", (6, 3, 3, 3), 9)])
+
+
+@pytest.mark.gpu
+def test_hypernetize_on_a_cuda_model_builds_and_trains_there():
+    cpu = hypernetize(NETS["resnet"](), hidden=(8, 12))
+    cuda = hypernetize(NETS["resnet"]().cuda(), hidden=(8, 12))
+    assert all(p.is_cuda for p in cuda.parameters())
+    cuda.load_state_dict(cpu.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    cpu.eval(), cuda.eval()
+    with torch.no_grad():
+        assert_close(cuda(x.cuda(), 0.3).cpu(), cpu(x, 0.3), torch.float32)
+    cuda.train()
+    opt = HyperOptimizer(cuda, "sgd", lr=0.1, momentum=0.9)
+    W = cuda.hypernet.W.detach().clone()
+    cuda(x.cuda(), 0.3).square().sum().backward()
+    opt.step()
+    assert not torch.equal(cuda.hypernet.W, W)
 
 
 def test_bad_arguments_name_the_argument():

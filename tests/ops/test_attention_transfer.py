@@ -151,6 +151,9 @@ def test_teacher_summary_matches_reference_and_raw_teacher():
     from_summary = F.attention_transfer_loss(student, summaries, kind=1, p=2.0)
     from_raw = F.attention_transfer_loss(student, teacher, kind=1, p=2.0)
     assert_close(from_summary, from_raw, torch.float32)
+    # The C++ op reads raw teachers in place, in any layout, beside summaries in the same call.
+    mixed = [summaries[0], teacher[1].to(memory_format=torch.channels_last)]
+    check_backend(lambda s, t, *args: cpp_loss_and_grads(s, mixed, *args), student, teacher, 1, 2.0, "sum")
 
 
 def test_teacher_requiring_grad_is_treated_as_constant():
