@@ -2,8 +2,8 @@
 
 One launch serves every layer; program (m, b) walks the channels of sample b of layer m in tiles
 of BLOCK_C channels × BLOCK_HW positions. CwD keeps, per (sample, channel) row, the student and
-teacher log-sum-exps (online softmax, one pass); FitNets keeps the row norms ‖f − g‖. Backward
-re-reads f and g and writes the gradient in the student's layout.
+teacher log-sum-exps (online softmax, one pass); FitNets keeps the row norms ‖f − g‖. The gradient
+launch, run in the op's forward, re-reads f and g and writes the gradient in the student's layout.
 """
 import torch
 import triton
@@ -148,24 +148,20 @@ def _cwd_scales(student, tau):
         student[0].device, non_blocking=True)
 
 
-def cwd_loss(student, teacher, tau: float):
-    """(per-layer CwD terms, student and teacher log-sum-exps per (sample, channel))."""
+def cwd_loss(student, teacher, lambdas, tau: float, with_grad: bool):
+    """(λ_m L_m, L_m, and with ``with_grad`` d(Σ_m λ_m L_m)/df_m) as the CPU op returns them. The
+    gradient launch runs in forward, from the log-sum-exps that the loss launch leaves."""
     rows, lse_s, lse_t = _forward(CWD, student, teacher, tau)
-    return rows * _cwd_scales(student, tau), lse_s, lse_t
+    losses = rows * _cwd_scales(student, tau)
+    # dL/df = λ_m · τ²/(C·B) · (p_s − p_t)/τ.
+    grads = (_backward(CWD, lambdas * _cwd_scales(student, tau) / tau, student, teacher, lse_s, lse_t, tau)
+             if with_grad else [])
+    return lambdas * losses, losses, grads
 
 
-def cwd_loss_backward(grad, student, teacher, lse_s, lse_t, tau: float):
-    # dL/df = g_m · τ²/(C·B) · (p_s − p_t)/τ.
-    coefs = grad.to(torch.float32) * _cwd_scales(student, tau) / tau
-    return _backward(CWD, coefs, student, teacher, lse_s, lse_t, tau)
-
-
-def fitnets_loss(student, teacher):
-    """(per-layer Σ‖f − g‖₂ over (sample, channel) rows, the row norms)."""
-    rows, norms, _ = _forward(FITNETS, student, teacher, 1.0)
-    return rows, norms
-
-
-def fitnets_loss_backward(grad, student, teacher, norms):
-    empty = norms.new_empty(0)
-    return _backward(FITNETS, grad, student, teacher, norms, empty, 1.0)
+def fitnets_loss(student, teacher, lambdas, with_grad: bool):
+    """(λ_m L_m, L_m with L_m = Σ‖f − g‖₂ over (sample, channel) rows, and with ``with_grad`` the
+    gradients of Σ_m λ_m L_m), the gradient launch reading the loss launch's row norms."""
+    losses, norms, empty = _forward(FITNETS, student, teacher, 1.0)
+    grads = _backward(FITNETS, lambdas, student, teacher, norms, empty, 1.0) if with_grad else []
+    return lambdas * losses, losses, grads

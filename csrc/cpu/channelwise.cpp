@@ -2,8 +2,9 @@
 // (sample, channel) row of student f and teacher g:
 //   CwD (LayerKD-HN Eq. 20–21): KL(softmax(g/τ) ‖ softmax(f/τ)) per row, × τ²/(C·B) per layer;
 //   FitNets (Eq. 11): ‖f − g‖₂ per row, summed.
-// Forward is one pass per row; only per-row statistics (log-sum-exps, norms) are kept for backward,
-// never a softmax or a difference of feature size.
+// Each (sample, channel) row is read once: its loss, then its gradient from the row's exps or
+// difference while they are in cache (the loss is a scalar, so the gradient is final up to the
+// incoming gradient's factor, which autograd applies). Nothing else outlives forward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -40,31 +41,41 @@ void check_teacher_features(at::TensorList student, at::TensorList teacher) {
                 student[m].scalar_type(), ", got ", teacher[m].sizes(), " ", teacher[m].scalar_type());
 }
 
-// Start of each layer's B×C block in the flat per-row statistics.
-std::vector<int64_t> row_offsets(at::TensorList feats) {
-  std::vector<int64_t> off(feats.size() + 1, 0);
-  for (size_t m = 0; m < feats.size(); ++m) off[m + 1] = off[m] + feats[m].size(0) * feats[m].size(1);
-  return off;
-}
-
-// What both backward passes start from: checked inputs, their strided views, fresh gradients
-// with the students' strides, and the per-layer upstream gradients in the accumulation type.
-struct PairedBackward {
-  int64_t B;
+// What both losses start from: checked inputs, their strided views, the λ_m in the accumulation
+// type, the outputs, and with `with_grad` fresh gradients with the students' strides.
+struct PairedLoss {
+  int64_t B, M;
   std::vector<FeatureView> sv, tv, dv;
-  std::vector<int64_t> off;
   std::vector<at::Tensor> grads;
-  at::Tensor g_layers;
+  at::Tensor terms, losses, rows;
 };
 
-PairedBackward paired_backward(const at::Tensor& grad, at::TensorList student, at::TensorList teacher) {
+PairedLoss paired_loss(at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas,
+                       bool with_grad) {
   check_feature_list(student, "student");
   check_teacher_features(student, teacher);
-  std::vector<at::Tensor> grads = empty_like_each(student);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
+              "lambdas: expected ", M, " weights of dtype ", acc);
+  std::vector<at::Tensor> grads = with_grad ? empty_like_each(student) : std::vector<at::Tensor>{};
   auto dv = feature_views(grads);
-  return {student[0].size(0), feature_views(student), feature_views(teacher), std::move(dv),
-          row_offsets(student), std::move(grads),
-          grad.to(acc_type_of(student[0].scalar_type())).contiguous()};
+  auto opts = student[0].options().dtype(acc);
+  return {B, M, feature_views(student), feature_views(teacher), std::move(dv), std::move(grads),
+          at::empty({M}, opts), at::empty({M}, opts), at::empty({M, B}, opts)};
+}
+
+// Sums each layer's per-sample rows into L_m (times `scale(m)`) and λ_m L_m.
+template <typename acc_t, typename Scale>
+void reduce_layers(PairedLoss& out, const at::Tensor& lambdas, Scale&& scale) {
+  const acc_t *r = out.rows.data_ptr<acc_t>(), *lam = lambdas.data_ptr<acc_t>();
+  acc_t *loss = out.losses.data_ptr<acc_t>(), *term = out.terms.data_ptr<acc_t>();
+  for (int64_t m = 0; m < out.M; ++m) {
+    acc_t sum = 0;
+    for (int64_t b = 0; b < out.B; ++b) sum += r[m * out.B + b];
+    loss[m] = sum * scale(m);
+    term[m] = lam[m] * loss[m];
+  }
 }
 
 template <typename T>
@@ -103,121 +114,100 @@ inline void for_each_elementwise(Fn&& fn, const FeatureView& v, const Views&... 
 
 // ------------------------------------------------------------------------------------------ CwD
 
-// KL(softmax(g/τ) ‖ softmax(f/τ)) of one channel and both log-sum-exps, in two passes: the maxima,
-// then one exp per element of each map. With log p = x/τ − lse and Σ p_t = 1,
-// KL = Σ p_t (g − f)/τ − lse_t + lse_s.
+// KL(softmax(g/τ) ‖ softmax(f/τ)) of one channel, in two passes: the maxima, then one exp per
+// element of each map, kept in `es`/`et` for the gradient. With log p = x/τ − lse and Σ p_t = 1,
+// KL = Σ p_t (g − f)/τ − lse_t + lse_s. Returns the KL; z_s, z_t are the two exp sums.
 template <typename scalar_t, typename acc_t>
 acc_t channel_kl(const FeatureView& s, const scalar_t* f, const FeatureView& t, const scalar_t* g,
-                 acc_t inv_tau, acc_t& lse_s, acc_t& lse_t) {
+                 acc_t inv_tau, acc_t* __restrict__ es, acc_t* __restrict__ et, acc_t& z_s, acc_t& z_t) {
   acc_t mx_s = -std::numeric_limits<acc_t>::infinity(), mx_t = mx_s;
-  acc_t z_s = 0, z_t = 0, weighted = 0;
+  acc_t zs = 0, zt = 0, weighted = 0;
   auto take_max = [&](int64_t o, int64_t p) {
     mx_s = std::max(mx_s, static_cast<acc_t>(f[o]) * inv_tau);
     mx_t = std::max(mx_t, static_cast<acc_t>(g[p]) * inv_tau);
   };
-  auto add_exps = [&](int64_t o, int64_t p) {
+  // k: the position's index h·W + w in the channel, for the exp buffers.
+  auto add_exps = [&](int64_t k, int64_t o, int64_t p) {
     const acc_t fs = static_cast<acc_t>(f[o]) * inv_tau, gt = static_cast<acc_t>(g[p]) * inv_tau;
-    const acc_t e_t = std::exp(gt - mx_t);
-    z_s += std::exp(fs - mx_s);
-    z_t += e_t;
+    const acc_t e_s = std::exp(fs - mx_s), e_t = std::exp(gt - mx_t);
+    es[k] = e_s;
+    et[k] = e_t;
+    zs += e_s;
+    zt += e_t;
     weighted += e_t * (gt - fs);
   };
   if (s.plane_contiguous() && t.plane_contiguous()) {
     // The reductions must be declared for the compiler to vectorise them (and the exps).
 #pragma omp simd reduction(max : mx_s, mx_t)
-    for (int64_t i = 0; i < s.HW(); ++i) take_max(i, i);
-#pragma omp simd reduction(+ : z_s, z_t, weighted)
-    for (int64_t i = 0; i < s.HW(); ++i) add_exps(i, i);
+    for (int64_t j = 0; j < s.HW(); ++j) take_max(j, j);
+#pragma omp simd reduction(+ : zs, zt, weighted)
+    for (int64_t j = 0; j < s.HW(); ++j) add_exps(j, j, j);
   } else {
     for_each_position(take_max, s, t);
-    for_each_position(add_exps, s, t);
+    int64_t k = 0;  // for_each_position walks h-major, w-minor
+    for_each_position([&](int64_t o, int64_t p) { add_exps(k++, o, p); }, s, t);
   }
-  lse_s = mx_s + std::log(z_s);
-  lse_t = mx_t + std::log(z_t);
-  return weighted / z_t - lse_t + lse_s;
+  z_s = zs;
+  z_t = zt;
+  const acc_t lse_s = mx_s + std::log(zs), lse_t = mx_t + std::log(zt);
+  return weighted / zt - lse_t + lse_s;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cwd_loss_cpu(at::TensorList student, at::TensorList teacher,
-                                                            double tau) {
-  check_feature_list(student, "student");
-  check_teacher_features(student, teacher);
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cwd_loss_cpu(
+    at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, double tau,
+    bool with_grad) {
   TORCH_CHECK(tau > 0, "tau: expected tau > 0, got ", tau);
-  const int64_t B = student[0].size(0), M = student.size();
-  const auto acc = acc_type_of(student[0].scalar_type());
-  const auto sv = feature_views(student), tv = feature_views(teacher);
-  const auto off = row_offsets(student);
-  auto opts = student[0].options().dtype(acc);
-  at::Tensor lse_s = at::empty({off[M]}, opts), lse_t = at::empty({off[M]}, opts);
-  at::Tensor rows = at::empty({M, B}, opts), losses = at::empty({M}, opts);
+  auto out = paired_loss(student, teacher, lambdas, with_grad);
+  const int64_t B = out.B;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t inv_tau = acc_t(1) / acc_t(tau);
-    acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-      const auto &s = sv[m], &t = tv[m];
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    acc_t* r_all = out.rows.data_ptr<acc_t>();
+    parallel_for_rows(out.M, B, [&](int64_t m, int64_t b) {
+      const auto &s = out.sv[m], &t = out.tv[m];
+      acc_t* es = thread_scratch<acc_t, 0>(s.HW());
+      acc_t* et = thread_scratch<acc_t, 1>(s.HW());
+      // d(λ_m L_m)/df = λ_m · τ²/(C·B) · (p_s − p_t)/τ.
+      const acc_t coef = lam[m] * acc_t(tau) / acc_t(s.C * B);
       acc_t kl_sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
         const scalar_t* f = row_ptr<scalar_t>(s, b, c);
         const scalar_t* g = row_ptr<scalar_t>(t, b, c);
-        const int64_t k = off[m] + b * s.C + c;
-        kl_sum += channel_kl(s, f, t, g, inv_tau, ls[k], lt[k]);
+        acc_t z_s, z_t;
+        kl_sum += channel_kl(s, f, t, g, inv_tau, es, et, z_s, z_t);
+        if (!with_grad) continue;
+        // p = exp(x/τ − max)/z: the exps of the pass above, scaled; no exp is taken twice.
+        const auto& d = out.dv[m];
+        scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
+        const acc_t cs = coef / z_s, ct = coef / z_t;
+        if (d.plane_contiguous()) {
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < d.HW(); ++j) df[j] = static_cast<scalar_t>(cs * es[j] - ct * et[j]);
+        } else {
+          for (int64_t h = 0; h < d.H; ++h)
+            for (int64_t w = 0; w < d.W; ++w)
+              df[h * d.sh + w * d.sw] = static_cast<scalar_t>(cs * es[h * d.W + w] - ct * et[h * d.W + w]);
+        }
       }
       r_all[m * B + b] = kl_sum;
     });
-    acc_t* out = losses.data_ptr<acc_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      acc_t sum = 0;
-      for (int64_t b = 0; b < B; ++b) sum += r_all[m * B + b];
-      out[m] = sum * acc_t(tau * tau) / acc_t(sv[m].C * B);
-    }
+    reduce_layers<acc_t>(out, lambdas, [&](int64_t m) { return acc_t(tau * tau) / acc_t(out.sv[m].C * B); });
   });
-  return {losses, lse_s, lse_t};
-}
-
-std::vector<at::Tensor> cwd_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
-                                              at::TensorList teacher, const at::Tensor& lse_s,
-                                              const at::Tensor& lse_t, double tau) {
-  const auto [B, sv, tv, dv, off, grads, g_layers] = paired_backward(grad, student, teacher);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "cwd_loss_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t inv_tau = acc_t(1) / acc_t(tau);
-    const acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
-    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
-      const auto &s = sv[m], &t = tv[m], &d = dv[m];
-      // dL/df = g_m · τ²/(C·B) · (p_s − p_t)/τ.
-      const acc_t coef = g[m] * acc_t(tau) / acc_t(s.C * B);
-      for (int64_t c = 0; c < s.C; ++c) {
-        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
-        const scalar_t* gt = row_ptr<scalar_t>(t, b, c);
-        scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
-        const int64_t k = off[m] + b * s.C + c;
-        for_each_elementwise([&](int64_t o, int64_t p, int64_t q) {
-          const acc_t ps = std::exp(static_cast<acc_t>(f[o]) * inv_tau - ls[k]);
-          const acc_t pt = std::exp(static_cast<acc_t>(gt[p]) * inv_tau - lt[k]);
-          df[q] = static_cast<scalar_t>(coef * (ps - pt));
-        }, s, t, d);
-      }
-    });
-  });
-  return grads;
+  return {out.terms, out.losses, out.grads};
 }
 
 // -------------------------------------------------------------------------------------- FitNets
 
-std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::TensorList teacher) {
-  check_feature_list(student, "student");
-  check_teacher_features(student, teacher);
-  const int64_t B = student[0].size(0), M = student.size();
-  const auto acc = acc_type_of(student[0].scalar_type());
-  const auto sv = feature_views(student), tv = feature_views(teacher);
-  const auto off = row_offsets(student);
-  auto opts = student[0].options().dtype(acc);
-  at::Tensor norms = at::empty({off[M]}, opts), rows = at::empty({M, B}, opts), losses = at::empty({M}, opts);
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> fitnets_loss_cpu(
+    at::TensorList student, at::TensorList teacher, const at::Tensor& lambdas, bool with_grad) {
+  auto out = paired_loss(student, teacher, lambdas, with_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acc_t *n = norms.data_ptr<acc_t>(), *r_all = rows.data_ptr<acc_t>();
-    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-      const auto &s = sv[m], &t = tv[m];
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
+    acc_t* r_all = out.rows.data_ptr<acc_t>();
+    parallel_for_rows(out.M, out.B, [&](int64_t m, int64_t b) {
+      const auto &s = out.sv[m], &t = out.tv[m];
       acc_t sum = 0;
       for (int64_t c = 0; c < s.C; ++c) {
         const scalar_t* f = row_ptr<scalar_t>(s, b, c);
@@ -235,60 +225,36 @@ std::tuple<at::Tensor, at::Tensor> fitnets_loss_cpu(at::TensorList student, at::
         } else {
           for_each_position([&](int64_t o, int64_t p) { sq += squared_diff(o, p); }, s, t);
         }
-        n[off[m] + b * s.C + c] = std::sqrt(sq);
-        sum += std::sqrt(sq);
-      }
-      r_all[m * B + b] = sum;
-    });
-    acc_t* out = losses.data_ptr<acc_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      acc_t sum = 0;
-      for (int64_t b = 0; b < B; ++b) sum += r_all[m * B + b];
-      out[m] = sum;
-    }
-  });
-  return {losses, norms};
-}
-
-std::vector<at::Tensor> fitnets_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
-                                                  at::TensorList teacher, const at::Tensor& norms) {
-  const auto [B, sv, tv, dv, off, grads, g_layers] = paired_backward(grad, student, teacher);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "fitnets_loss_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t *n = norms.data_ptr<acc_t>(), *g = g_layers.data_ptr<acc_t>();
-    parallel_for_rows(student.size(), B, [&](int64_t m, int64_t b) {
-      const auto &s = sv[m], &t = tv[m], &d = dv[m];
-      for (int64_t c = 0; c < s.C; ++c) {
-        const scalar_t* f = row_ptr<scalar_t>(s, b, c);
-        const scalar_t* gt = row_ptr<scalar_t>(t, b, c);
-        scalar_t* df = row_ptr_mut<scalar_t>(d, b, c);
-        const acc_t norm = n[off[m] + b * s.C + c];
-        // d‖f − g‖/df = (f − g)/‖f − g‖, taken as 0 where f = g on the whole row.
-        const acc_t coef = norm > 0 ? g[m] / norm : acc_t(0);
+        const acc_t norm = std::sqrt(sq);
+        sum += norm;
+        if (!with_grad) continue;
+        // d‖f − g‖/df = (f − g)/‖f − g‖, taken as 0 where f = g on the whole row; the row is
+        // still in cache.
+        const acc_t coef = norm > 0 ? lam[m] / norm : acc_t(0);
+        scalar_t* df = row_ptr_mut<scalar_t>(out.dv[m], b, c);
         for_each_elementwise([&](int64_t o, int64_t p, int64_t q) {
-          df[q] = static_cast<scalar_t>(coef * (static_cast<acc_t>(f[o]) - static_cast<acc_t>(gt[p])));
-        }, s, t, d);
+          df[q] = static_cast<scalar_t>(coef * (static_cast<acc_t>(f[o]) - static_cast<acc_t>(g[p])));
+        }, s, t, out.dv[m]);
       }
+      r_all[m * out.B + b] = sum;
     });
+    reduce_layers<acc_t>(out, lambdas, [](int64_t) { return acc_t(1); });
   });
-  return grads;
+  return {out.terms, out.losses, out.grads};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
-  m.def("cwd_loss(Tensor[] student, Tensor[] teacher, float tau) -> (Tensor losses, Tensor lse_s, Tensor lse_t)");
-  m.def("cwd_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor lse_s, Tensor lse_t, "
-        "float tau) -> Tensor[]");
-  m.def("fitnets_loss(Tensor[] student, Tensor[] teacher) -> (Tensor losses, Tensor norms)");
-  m.def("fitnets_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor norms) -> Tensor[]");
+  m.def("cwd_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, float tau, bool with_grad) -> "
+        "(Tensor terms, Tensor losses, Tensor[] grads)");
+  m.def("fitnets_loss(Tensor[] student, Tensor[] teacher, Tensor lambdas, bool with_grad) -> "
+        "(Tensor terms, Tensor losses, Tensor[] grads)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
   m.impl("cwd_loss", &cwd_loss_cpu);
-  m.impl("cwd_loss_backward", &cwd_loss_backward_cpu);
   m.impl("fitnets_loss", &fitnets_loss_cpu);
-  m.impl("fitnets_loss_backward", &fitnets_loss_backward_cpu);
 }
 
 }  // namespace hyperkd

@@ -83,6 +83,11 @@ class ChannelWiseDistillation(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return cw_ops.cwd_losses(student, summaries, tau=self.tau)
 
+    def weighted(self, student, summaries, lambdas):
+        # λ goes into the fused call, whose gradients are then the final ones (no scaling pass).
+        terms, losses = cw_ops.cwd_terms(student, summaries, tau=self.tau, lambdas=lambdas)
+        return terms.sum(), losses
+
 
 class FitNets(LayerwiseMethod):
     """FitNets, Eq. 11: Σ_{i,c} ‖f_ic − g_ic‖₂ against the same-architecture teacher."""
@@ -91,6 +96,10 @@ class FitNets(LayerwiseMethod):
 
     def layer_losses(self, student, summaries):
         return cw_ops.fitnets_losses(student, summaries)
+
+    def weighted(self, student, summaries, lambdas):
+        terms, losses = cw_ops.fitnets_terms(student, summaries, lambdas=lambdas)
+        return terms.sum(), losses
 
 
 class FlowOfSolution(LayerwiseMethod):

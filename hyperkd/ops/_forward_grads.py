@@ -7,7 +7,8 @@ second read of every feature from memory; backward is left with the incoming gra
 Liger-Kernel's fused losses do the same.
 
 That factor is 1 for a loss summed into the total as it is (fold any KD weight into ``lambdas``),
-and then backward returns the stored gradients without touching them. Otherwise, and whenever the
+and then backward returns the stored gradients without touching them (on the CPU; on CUDA reading
+the factor would sync the device, so they are always scaled). Otherwise, and whenever the
 backward is being traced (torch.compile), they are scaled out of place: one extra pass.
 """
 from typing import Sequence
@@ -20,16 +21,19 @@ def wants_grad(student: Sequence[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(f.requires_grad for f in student)
 
 
-def _is_exactly_one(grad: torch.Tensor) -> bool:
+def _all_ones(grad: torch.Tensor) -> bool:
     # Only a concrete CPU tensor can be read without a device sync or a data-dependent trace.
-    return type(grad) is torch.Tensor and grad.device.type == "cpu" and grad.item() == 1.0
+    return type(grad) is torch.Tensor and grad.device.type == "cpu" and bool((grad == 1).all())
 
 
-def scale_forward_grads(grad_loss: torch.Tensor, grads: Sequence[torch.Tensor]) -> list:
-    """d(loss)/df · grad_loss for the gradients ``grads`` that forward computed for a loss of 1."""
+def scale_forward_grads(grad: torch.Tensor, grads: Sequence[torch.Tensor]) -> list:
+    """The gradients ``grads`` that forward computed for an output of ones, times the output's
+    incoming gradient ``grad``: a scalar for a scalar loss, or one factor per layer for per-layer
+    terms (layer m's term depends on layer m's feature alone)."""
     if not grads:
         raise RuntimeError("this loss was computed without its gradients (no student feature "
                            "required grad at the time), so it cannot be backpropagated")
-    if _is_exactly_one(grad_loss):
+    if _all_ones(grad):
         return list(grads)
-    return list(torch._foreach_mul(list(grads), grad_loss))
+    factors = grad.unbind() if grad.dim() else [grad] * len(grads)
+    return [g * w.to(g.dtype) for g, w in zip(grads, factors)]

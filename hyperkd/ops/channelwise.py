@@ -1,9 +1,11 @@
 """Fused per-channel KD losses as ``torch.ops.hyperkd`` ops: channel-wise distillation (CwD,
 LayerKD-HN Eq. 20–21) and FitNets (Eq. 11). Both reduce each (sample, channel) row of student and
 teacher over its H·W positions; the teacher is kept raw (no smaller statistic determines these
-losses). Autograd saves the inputs and per-row statistics only (log-sum-exps, norms): never a
-softmax or a difference of feature size. CPU kernels are C++ (``csrc/cpu/channelwise.cpp``), CUDA
-kernels Triton (``kernels/channelwise.py``).
+losses). Each op returns λ_m L_m and L_m per layer, and computes the gradients of Σ_m λ_m L_m in
+forward, row by row while the row's exps or differences are in cache
+(:mod:`hyperkd.ops._forward_grads`): those gradients are all that backward keeps, never a softmax
+or a difference of feature size. CPU kernels are C++ (``csrc/cpu/channelwise.cpp``), CUDA kernels
+Triton (``kernels/channelwise.py``).
 """
 import torch
 from torch import nn
@@ -12,61 +14,47 @@ from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import channelwise as triton_cw
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_number,
                                  check_pairs, layer_weights)
+from hyperkd.ops._forward_grads import scale_forward_grads, wants_grad
 
 torch.library.register_kernel("hyperkd::cwd_loss", "cuda", triton_cw.cwd_loss)
-torch.library.register_kernel("hyperkd::cwd_loss_backward", "cuda", triton_cw.cwd_loss_backward)
 torch.library.register_kernel("hyperkd::fitnets_loss", "cuda", triton_cw.fitnets_loss)
-torch.library.register_kernel("hyperkd::fitnets_loss_backward", "cuda", triton_cw.fitnets_loss_backward)
 
 
-def _row_stats_like(student):
+def _outputs_like(student, with_grad):
     acc = accumulation_dtype(student[0].dtype)
-    rows = sum(f.shape[0] * f.shape[1] for f in student)
-    return student[0].new_empty(len(student), dtype=acc), student[0].new_empty(rows, dtype=acc)
+    M = len(student)
+    grads = [torch.empty_like(f) for f in student] if with_grad else []
+    return student[0].new_empty(M, dtype=acc), student[0].new_empty(M, dtype=acc), grads
 
 
 @torch.library.register_fake("hyperkd::cwd_loss")
-def _cwd_loss_fake(student, teacher, tau):
-    losses, stats = _row_stats_like(student)
-    return losses, stats, torch.empty_like(stats)
+def _cwd_loss_fake(student, teacher, lambdas, tau, with_grad):
+    return _outputs_like(student, with_grad)
 
 
 @torch.library.register_fake("hyperkd::fitnets_loss")
-def _fitnets_loss_fake(student, teacher):
-    return _row_stats_like(student)
-
-
-@torch.library.register_fake("hyperkd::cwd_loss_backward")
-def _cwd_loss_backward_fake(grad, student, teacher, lse_s, lse_t, tau):
-    return [torch.empty_like(f) for f in student]
-
-
-@torch.library.register_fake("hyperkd::fitnets_loss_backward")
-def _fitnets_loss_backward_fake(grad, student, teacher, norms):
-    return [torch.empty_like(f) for f in student]
+def _fitnets_loss_fake(student, teacher, lambdas, with_grad):
+    return _outputs_like(student, with_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    student, teacher, *options = inputs
-    stats = output[1:]
-    ctx.mark_non_differentiable(*stats)
-    ctx.layers, ctx.options = len(student), options
-    ctx.save_for_backward(*student, *teacher, *stats)
+    _, losses, grads = output
+    ctx.mark_non_differentiable(losses, *grads)
+    ctx.set_materialize_grads(False)
+    ctx.layers, ctx.options = len(inputs[0]), len(inputs) - 2
+    ctx.save_for_backward(*grads)
 
 
-def _backward_with(backward_op):
-    def backward(ctx, grad, *_stats):
-        saved, M = ctx.saved_tensors, ctx.layers
-        grads = backward_op(grad, saved[:M], saved[M:2 * M], *saved[2 * M:], *ctx.options)
-        return (list(grads), [None] * M) + (None,) * len(ctx.options)
-    return backward
+def _backward(ctx, grad_terms, _losses, _grads):
+    M = ctx.layers
+    none = (None,) * ctx.options
+    if grad_terms is None:
+        return ([None] * M, [None] * M) + none
+    return (scale_forward_grads(grad_terms, ctx.saved_tensors), [None] * M) + none
 
 
-torch.library.register_autograd("hyperkd::cwd_loss", _backward_with(torch.ops.hyperkd.cwd_loss_backward),
-                                setup_context=_setup_context)
-torch.library.register_autograd("hyperkd::fitnets_loss",
-                                _backward_with(torch.ops.hyperkd.fitnets_loss_backward),
-                                setup_context=_setup_context)
+for _op in ("cwd_loss", "fitnets_loss"):
+    torch.library.register_autograd(f"hyperkd::{_op}", _backward, setup_context=_setup_context)
 
 
 def _paired(student, teacher):
@@ -81,30 +69,45 @@ def _paired(student, teacher):
     return student, [t.detach().to(s.dtype) for s, t in zip(student, teacher)]
 
 
+def _weighted_terms(op, student, teacher, lambdas, *options):
+    """(λ_m L_m, L_m) per layer from one fused call; the first is differentiable."""
+    student, teacher = _paired(student, teacher)
+    acc = accumulation_dtype(student[0].dtype)
+    lam = layer_weights(lambdas, len(student), student[0], acc)
+    terms, losses, _ = op(student, teacher, lam, *options, wants_grad(student))
+    return terms, losses
+
+
+def cwd_terms(student, teacher, *, tau: float = 4.0, lambdas=None):
+    """(λ_m L_CwD,m, L_CwD,m) per layer (Eq. 20–21), see :func:`cwd_losses`."""
+    tau = check_number(tau, "tau", minimum=0.0, strict=True)
+    return _weighted_terms(torch.ops.hyperkd.cwd_loss, student, teacher, lambdas, tau)
+
+
 def cwd_losses(student, teacher, *, tau: float = 4.0) -> torch.Tensor:
     """Per-layer CwD terms τ²/(C·B) Σ_{i,c} KL(softmax(g_ic/τ) ‖ softmax(f_ic/τ)) (Eq. 20–21),
     softmax over the H·W positions of each channel; an M-vector."""
-    tau = check_number(tau, "tau", minimum=0.0, strict=True)
-    student, teacher = _paired(student, teacher)
-    return torch.ops.hyperkd.cwd_loss(student, teacher, tau)[0]
+    return cwd_terms(student, teacher, tau=tau)[0]
 
 
 def cwd_loss(student, teacher, *, tau: float = 4.0, lambdas=None) -> torch.Tensor:
     """Σ_m λ_m L_CwD,m in one fused call."""
-    terms = cwd_losses(student, teacher, tau=tau)
-    return (layer_weights(lambdas, terms.numel(), terms, terms.dtype) * terms).sum()
+    return cwd_terms(student, teacher, tau=tau, lambdas=lambdas)[0].sum()
+
+
+def fitnets_terms(student, teacher, *, lambdas=None):
+    """(λ_m L_FitNets,m, L_FitNets,m) per layer (Eq. 11), see :func:`fitnets_losses`."""
+    return _weighted_terms(torch.ops.hyperkd.fitnets_loss, student, teacher, lambdas)
 
 
 def fitnets_losses(student, teacher) -> torch.Tensor:
     """Per-layer FitNets terms Σ_{i,c} ‖vec(f_ic) − vec(g_ic)‖₂ (Eq. 11); an M-vector."""
-    student, teacher = _paired(student, teacher)
-    return torch.ops.hyperkd.fitnets_loss(student, teacher)[0]
+    return fitnets_terms(student, teacher)[0]
 
 
 def fitnets_loss(student, teacher, *, lambdas=None) -> torch.Tensor:
     """Σ_m λ_m L_FitNets,m in one fused call."""
-    terms = fitnets_losses(student, teacher)
-    return (layer_weights(lambdas, terms.numel(), terms, terms.dtype) * terms).sum()
+    return fitnets_terms(student, teacher, lambdas=lambdas)[0].sum()
 
 
 class ChannelWiseDistillationLoss(nn.Module):

@@ -8,12 +8,13 @@ from hyperkd import reference as R
 from hyperkd.kernels import channelwise as triton_cw
 from hyperkd.ops import channelwise as cw
 from tests.kd.features import ODD_SHAPES, feature_pair
-from tests.kd.op_checks import assert_compiled_matches_eager, saved_tensor_shapes
+from tests.kd.op_checks import assert_compiled_matches_eager
 from tests.tolerances import assert_close
 
 TAU = 2.0
 FUSED = {"cwd": lambda s, t: cw.cwd_losses(s, t, tau=TAU), "fitnets": cw.fitnets_losses}
 REFERENCE = {"cwd": lambda s, t: R.cwd_losses(s, t, TAU), "fitnets": R.fitnets_losses}
+FUSED_SUM = {"cwd": lambda s, t: cw.cwd_loss(s, t, tau=TAU), "fitnets": cw.fitnets_loss}
 
 
 def _reference(student, teacher, method):
@@ -45,13 +46,13 @@ def test_triton_matches_reference(method, dtype):
     student, teacher = feature_pair([(2, 5, 3, 7), (2, 3, 4, 4)], dtype, channels_last_layer=1,
                                     requires_grad=False)
     ref_terms, ref_grads, weights = _reference(student, teacher, method)
+    lam = weights.float()
     if method == "cwd":
-        terms, lse_s, lse_t = triton_cw.cwd_loss(student, teacher, TAU)
-        grads = triton_cw.cwd_loss_backward(weights.float(), student, teacher, lse_s, lse_t, TAU)
+        terms, losses, grads = triton_cw.cwd_loss(student, teacher, lam, TAU, True)
     else:
-        terms, norms = triton_cw.fitnets_loss(student, teacher)
-        grads = triton_cw.fitnets_loss_backward(weights.float(), student, teacher, norms)
-    assert_close(terms, ref_terms, dtype)
+        terms, losses, grads = triton_cw.fitnets_loss(student, teacher, lam, True)
+    assert_close(losses, ref_terms, dtype)
+    assert_close(terms, lam * losses, torch.float32)
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()
         assert_close(g, r, dtype)
@@ -66,14 +67,11 @@ def test_gradcheck_fp64(method):
 def test_opcheck():
     student, teacher = feature_pair(ODD_SHAPES, torch.float32)
     detached = [s.detach() for s in student]
-    grad = torch.rand(len(student))
-    torch.library.opcheck(torch.ops.hyperkd.cwd_loss.default, (student, teacher, TAU))
-    _, lse_s, lse_t = torch.ops.hyperkd.cwd_loss(detached, teacher, TAU)
-    torch.library.opcheck(torch.ops.hyperkd.cwd_loss_backward.default,
-                          (grad, detached, teacher, lse_s, lse_t, TAU))
-    torch.library.opcheck(torch.ops.hyperkd.fitnets_loss.default, (student, teacher))
-    _, norms = torch.ops.hyperkd.fitnets_loss(detached, teacher)
-    torch.library.opcheck(torch.ops.hyperkd.fitnets_loss_backward.default, (grad, detached, teacher, norms))
+    lam = torch.rand(len(student))
+    torch.library.opcheck(torch.ops.hyperkd.cwd_loss.default, (student, teacher, lam, TAU, True))
+    torch.library.opcheck(torch.ops.hyperkd.cwd_loss.default, (detached, teacher, lam, TAU, False))
+    torch.library.opcheck(torch.ops.hyperkd.fitnets_loss.default, (student, teacher, lam, True))
+    torch.library.opcheck(torch.ops.hyperkd.fitnets_loss.default, (detached, teacher, lam, False))
 
 
 @pytest.mark.parametrize("method", ["cwd:tau=2", "fitnets"])
@@ -87,12 +85,32 @@ def test_compile_fullgraph(method):
 
 
 @pytest.mark.parametrize("method", ["cwd", "fitnets"])
-def test_saves_inputs_and_row_statistics_only(method):
+def test_saves_only_the_gradients_it_returns(method):
+    """Forward computes the student gradients; nothing else (no input, softmax or statistic) is
+    kept, and backward returns those very tensors for a weight of one."""
     student, teacher = feature_pair(ODD_SHAPES, torch.float32)
-    shapes = saved_tensor_shapes(lambda: FUSED[method](student, teacher))
-    rows = sum(s[0] * s[1] for s in ODD_SHAPES)
-    stats = [(rows,)] * (2 if method == "cwd" else 1)
-    assert sorted(shapes) == sorted(ODD_SHAPES * 2 + stats)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = FUSED_SUM[method](student, teacher)
+    grads = torch.autograd.grad(loss, student)
+    assert [t.data_ptr() for t in saved] == [g.data_ptr() for g in grads]
+
+
+@pytest.mark.parametrize("method", ["cwd", "fitnets"])
+def test_per_layer_weights_and_unweighted_terms(method):
+    """λ in the call weights the gradients; the per-layer vector backpropagates any weights."""
+    student, teacher = feature_pair(ODD_SHAPES, torch.float64)
+    ref_terms, ref_grads, weights = _reference(student, teacher, method)
+    terms_of = cw.cwd_terms if method == "cwd" else cw.fitnets_terms
+    options = {"tau": TAU} if method == "cwd" else {}
+    terms, losses = terms_of(student, teacher, lambdas=weights, **options)
+    assert_close(losses, ref_terms, torch.float64)
+    assert_close(terms, weights * ref_terms, torch.float64)
+    for g, r in zip(torch.autograd.grad(terms.sum(), student), ref_grads):
+        assert_close(g, r, torch.float64)
+    unweighted = FUSED[method](student, teacher)
+    for g, r in zip(torch.autograd.grad(-(weights * unweighted).sum(), student), ref_grads):
+        assert_close(g, -r, torch.float64)
 
 
 def test_registry_names_map_to_the_fused_terms():
