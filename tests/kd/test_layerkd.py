@@ -1,5 +1,6 @@
 """Feature taps and LayerKD: the loss equals layerwise_loss on the raw features, the teacher keeps
 only summaries, and bad set-ups are reported with the module path."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -139,7 +140,12 @@ def test_teacher_peak_memory_with_summaries_is_well_below_raw_features():
     # 24 layers × 32×16×48×48 fp32 = 24 × 4.5 MiB kept raw; the AB mask is 1/32 of that and the
     # AT map 1/16, so the summarised peak is a few live activations and the conv workspace. A subprocess
     # keeps the peak RSS free of this process's other allocations.
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    # A fixed mmap threshold gives every tensor its own pages, returned to the OS when freed: with
+    # glibc's moving threshold, whether earlier runs' freed blocks were still resident changed
+    # the measured peaks by 15 MB from run to run.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)}
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True,
+                         env=env)
     peak = {keep: int(value) for keep, value in (line.split() for line in out.stdout.splitlines())}
     assert peak["raw"] > 24 * 4.5 * 2 ** 20 * 0.9
     assert peak["ab"] < peak["raw"] / 3
