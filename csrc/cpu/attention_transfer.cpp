@@ -70,7 +70,11 @@ void spatial_map(const FeatureView& v, const scalar_t* f, acc_t p, acc_t* S) {
       const scalar_t* __restrict__ fc = f + c * v.sc;
       if constexpr (KIND == 2) {
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) s[i] = std::max(s[i], std::abs(static_cast<acc_t>(fc[i])));
+        for (int64_t i = 0; i < HW; ++i) {
+          // Spelled as a select: GCC 12 leaves std::max(s[i], std::abs(x)) scalar (2x slower).
+          const acc_t a = std::abs(static_cast<acc_t>(fc[i]));
+          s[i] = a > s[i] ? a : s[i];
+        }
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < HW; ++i) {
@@ -91,41 +95,56 @@ void spatial_map(const FeatureView& v, const scalar_t* f, acc_t p, acc_t* S) {
     for (int64_t i = 0; i < v.HW(); ++i) S[i] = power<MODE>(S[i], p);
 }
 
-// df = scale · gS · dS/df for one sample (df has its own strides). Kind 2 routes the gradient to the
-// channels attaining the maximum, split evenly among ties as torch.amax does.
+// Kind 2's map before the power, A = max_c |f_c|, with the number of channels attaining it at each
+// position (torch.amax splits the gradient evenly among ties). One branch-free pass: a new maximum
+// restarts the count, an equal value adds to it.
+template <typename scalar_t, typename acc_t>
+void max_map_with_ties(const FeatureView& v, const scalar_t* f, acc_t* __restrict__ amax,
+                       acc_t* __restrict__ ties) {
+  std::fill(amax, amax + v.HW(), acc_t(0));
+  std::fill(ties, ties + v.HW(), acc_t(0));
+  auto take = [&](int64_t hw, acc_t a) {
+    const acc_t m = amax[hw];
+    ties[hw] = a > m ? acc_t(1) : ties[hw] + static_cast<acc_t>(a == m);
+    amax[hw] = a > m ? a : m;  // a select, which vectorises (see spatial_map)
+  };
+  if (v.plane_contiguous()) {
+    for (int64_t c = 0; c < v.C; ++c) {
+      const scalar_t* __restrict__ fc = f + c * v.sc;
+#pragma omp simd
+      for (int64_t i = 0; i < v.HW(); ++i) take(i, std::abs(static_cast<acc_t>(fc[i])));
+    }
+  } else {
+    for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
+      take(hw, std::abs(static_cast<acc_t>(f[off])));
+    });
+  }
+}
+
+// df = gS · dS/df for one sample (df has its own strides). Kind 2 routes the gradient to the
+// channels attaining the maximum, `amax` and `ties` from max_map_with_ties.
 template <int KIND, int MODE, typename scalar_t, typename acc_t>
 void spatial_map_backward(const FeatureView& v, const scalar_t* f, const FeatureView& dv,
-                          scalar_t* df, acc_t p, acc_t scale, const acc_t* gS) {
-  const int64_t HW = v.HW();
-  std::vector<acc_t> amax, coef;
+                          scalar_t* df, acc_t p, acc_t* __restrict__ gS, const acc_t* __restrict__ amax,
+                          const acc_t* __restrict__ ties) {
   if constexpr (KIND == 2) {
-    // Branch-free passes (max, then tie count) vectorise; one branchy pass does not.
-    amax.assign(HW, acc_t(0));
-    coef.assign(HW, acc_t(0));
-    for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
-      amax[hw] = std::max(amax[hw], std::abs(static_cast<acc_t>(f[off])));
-    });
-    for_each_element(v, v, [&](int64_t, int64_t hw, int64_t off, int64_t) {
-      coef[hw] += static_cast<acc_t>(std::abs(static_cast<acc_t>(f[off])) == amax[hw]);
-    });
-    for (int64_t i = 0; i < HW; ++i) {
-      acc_t dpow = MODE == kPowOne ? acc_t(1) : (MODE == kPowTwo ? 2 * amax[i] : p * std::pow(amax[i], p - 1));
-      coef[i] = scale * gS[i] * dpow / coef[i];  // scale·gS·p·max^(p−1) / ties
+    for (int64_t i = 0; i < v.HW(); ++i) {
+      const acc_t dpow = MODE == kPowOne ? acc_t(1)
+                                         : (MODE == kPowTwo ? 2 * amax[i] : p * std::pow(amax[i], p - 1));
+      gS[i] *= dpow / ties[i];  // gS·p·max^(p−1) / ties
     }
   }
   // Restrict-qualified aliases let the compiler vectorise without runtime overlap checks.
   const scalar_t* __restrict__ fr = f;
   scalar_t* __restrict__ dfr = df;
   const acc_t* __restrict__ gs = gS;
-  const acc_t* __restrict__ am = amax.data();
-  const acc_t* __restrict__ co = coef.data();
   for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
     acc_t x = static_cast<acc_t>(fr[off]);
     acc_t g;
-    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = scale * gs[hw] * sign(x);
-    else if constexpr (KIND == 1 && MODE == kPowTwo) g = scale * gs[hw] * 2 * x;
-    else if constexpr (KIND == 1) g = scale * gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
-    else g = static_cast<acc_t>(std::abs(x) == am[hw]) * co[hw] * sign(x);
+    if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gs[hw] * sign(x);
+    else if constexpr (KIND == 1 && MODE == kPowTwo) g = gs[hw] * 2 * x;
+    else if constexpr (KIND == 1) g = gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
+    else g = static_cast<acc_t>(std::abs(x) == amax[hw]) * gs[hw] * sign(x);
     dfr[doff] = static_cast<scalar_t>(g);
   });
 }
@@ -275,7 +294,15 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
         const int64_t HW = v.HW();
         const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
         acc_t* q = thread_scratch<acc_t, 1>(HW);
-        spatial_map<KIND, MODE>(v, f, acc_t(p), q);
+        acc_t *amax = nullptr, *ties = nullptr;
+        if constexpr (KIND == 2) {
+          amax = thread_scratch<acc_t, 3>(HW);
+          ties = thread_scratch<acc_t, 4>(HW);
+          max_map_with_ties(v, f, amax, ties);
+          for (int64_t i = 0; i < HW; ++i) q[i] = power<MODE>(amax[i], acc_t(p));
+        } else {
+          spatial_map<KIND, MODE>(v, f, acc_t(p), q);
+        }
         const acc_t n = normalise_row(q, HW, acc_t(eps));
         const acc_t* t;
         if (teacher[m].dim() == 4) {
@@ -295,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
         row_map_grad<mode>(q, t, HW, n, row, acc_t(p), acc_t(eps), scale, mean);
         const auto& dv = grad_views[m];
         spatial_map_backward<KIND, MODE>(v, f, dv, static_cast<scalar_t*>(dv.data) + b * dv.sb,
-                                         acc_t(p), acc_t(1), q);
+                                         acc_t(p), q, amax, ties);
       });
     });
     acc_t* per_layer = layer_losses.data_ptr<acc_t>();
