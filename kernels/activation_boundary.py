@@ -3,7 +3,8 @@
 One launch serves every layer: program ``pid`` handles row (layer m = pid // B, sample b) and
 reaches its feature through the int64 layer table of :mod:`attention_transfer`, so strided and
 channels_last inputs are read in place. The teacher is the bit mask written by
-``pack_positive_mask``; forward keeps one fp32 sum per row, backward re-reads feature and mask.
+``pack_positive_mask``; the loss launch keeps one fp32 sum per row, and the gradient launch, run in
+the op's forward, re-reads feature and mask.
 """
 import torch
 import triton
@@ -52,7 +53,7 @@ def _ab_loss_kernel(table, ptr_carrier, masks, rows, B, MU, BLOCK: tl.constexpr)
 
 
 @triton.jit
-def _ab_loss_backward_kernel(table, grad_table, ptr_carrier, masks, grad, B, MU, BLOCK: tl.constexpr):
+def _ab_feature_grad_kernel(table, grad_table, ptr_carrier, masks, grad, B, MU, BLOCK: tl.constexpr):
     m, b, C, H, W, sc, sh, sw, _, f_base = _row_start(table, ptr_carrier, B)
     _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
     n = C * H * W
@@ -70,20 +71,18 @@ def _block(feats) -> int:
     return min(triton.next_power_of_2(max(f[0].numel() for f in feats)), 2048)
 
 
-def ab_loss(student, masks, margin: float):
-    """Per-layer Σ ℓ / B of Eq. 10 (an fp32 M-vector) from one launch."""
+def ab_loss(student, masks, lambdas, margin: float, with_grad: bool):
+    """(λ_m L_m, L_m = Σ ℓ / B of Eq. 10, and with ``with_grad`` d(Σ_m λ_m L_m)/df_m) as the CPU op
+    returns them: the loss launch, then in the same forward the gradient launch."""
     B, M = student[0].shape[0], len(student)
     rows = torch.empty(M, B, dtype=torch.float32, device=student[0].device)
     _ab_loss_kernel[(M * B,)](layer_table(student, [0] * M), student[0], pointer_table(masks), rows, B,
                               float(margin), BLOCK=_block(student))
-    return rows.sum(dim=1) / B
-
-
-def ab_loss_backward(grad, student, masks, margin: float):
-    """Student gradients of Eq. 10 given the per-layer upstream gradients ``grad`` (M)."""
-    B, M = student[0].shape[0], len(student)
-    grads = [torch.empty_like(f) for f in student]
-    _ab_loss_backward_kernel[(M * B,)](
-        layer_table(student, [0] * M), layer_table(grads, [0] * M), student[0], pointer_table(masks),
-        grad.to(torch.float32).contiguous(), B, float(margin), BLOCK=_block(student))
-    return grads
+    losses = rows.sum(dim=1) / B
+    grads = []
+    if with_grad:
+        grads = [torch.empty_like(f) for f in student]
+        _ab_feature_grad_kernel[(M * B,)](
+            layer_table(student, [0] * M), layer_table(grads, [0] * M), student[0], pointer_table(masks),
+            lambdas.to(torch.float32).contiguous(), B, float(margin), BLOCK=_block(student))
+    return lambdas * losses, losses, grads

@@ -1,7 +1,7 @@
 // Fused activation-boundary KD on the CPU (LayerKD-HN Eq. 8 and 10, squared hinge of Heo et al.):
 // the teacher is a bit mask (1/32 of an fp32 feature); one parallel pass per (layer, sample) row
-// sums the hinge, and backward re-reads the feature and the mask to write the gradient. Nothing of
-// feature size is kept between the passes.
+// sums the hinge and, the loss being a scalar, writes the gradient from the same hinge values.
+// Backward has no feature left to read; nothing but the gradients outlives forward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -47,100 +47,85 @@ const acc_t* unpack_mask(const uint8_t* bits, int64_t n) {
   return rho;
 }
 
-// One sample's Σ ℓ(f, ρ), ℓ = (f+μ)²[f>−μ ∧ ¬ρ] + (f−μ)²[f≤μ ∧ ρ].
+// One sample's Σ ℓ(f, ρ), ℓ = (f+μ)²[f>−μ ∧ ¬ρ] + (f−μ)²[f≤μ ∧ ρ], and with `df` its gradient
+// coef · 2h (df has its own strides) from the same pass.
 template <typename scalar_t, typename acc_t>
-acc_t hinge_row(const FeatureView& v, const scalar_t* f, const uint8_t* bits, acc_t mu) {
+acc_t hinge_row(const FeatureView& v, const scalar_t* f, const uint8_t* bits, acc_t mu,
+                const FeatureView& dv, scalar_t* df, acc_t coef) {
   acc_t sum = 0;
-  if (v.sample_contiguous()) {
+  if (v.sample_contiguous() && (df == nullptr || dv.sample_contiguous())) {
     const int64_t n = v.C * v.HW();
     const acc_t* rho = unpack_mask<acc_t>(bits, n);
+    if (df == nullptr) {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t e = 0; e < n; ++e) {
+        const acc_t h = hinge(static_cast<acc_t>(f[e]), rho[e], mu);
+        sum += h * h;
+      }
+      return sum;
+    }
+    const acc_t two_coef = 2 * coef;
 #pragma omp simd reduction(+ : sum)
     for (int64_t e = 0; e < n; ++e) {
       const acc_t h = hinge(static_cast<acc_t>(f[e]), rho[e], mu);
       sum += h * h;
+      df[e] = static_cast<scalar_t>(two_coef * h);
     }
     return sum;
   }
-  for_each_logical(v, v, [&](int64_t e, int64_t off, int64_t) {
+  const FeatureView& out = df == nullptr ? v : dv;
+  for_each_logical(v, out, [&](int64_t e, int64_t off, int64_t doff) {
     const acc_t h = hinge(static_cast<acc_t>(f[off]), acc_t(mask_bit(bits, e)), mu);
     sum += h * h;
+    if (df != nullptr) df[doff] = static_cast<scalar_t>(2 * coef * h);
   });
   return sum;
 }
 
-// df = coef · h for one sample (df has its own strides).
-template <typename scalar_t, typename acc_t>
-void hinge_row_backward(const FeatureView& v, const scalar_t* f, const FeatureView& dv, scalar_t* df,
-                        const uint8_t* bits, acc_t mu, acc_t coef) {
-  if (v.sample_contiguous() && dv.sample_contiguous()) {
-    const int64_t n = v.C * v.HW();
-    const acc_t* rho = unpack_mask<acc_t>(bits, n);
-#pragma omp simd
-    for (int64_t e = 0; e < n; ++e) df[e] = static_cast<scalar_t>(coef * hinge(static_cast<acc_t>(f[e]), rho[e], mu));
-    return;
-  }
-  for_each_logical(v, dv, [&](int64_t e, int64_t off, int64_t doff) {
-    df[doff] = static_cast<scalar_t>(coef * hinge(static_cast<acc_t>(f[off]), acc_t(mask_bit(bits, e)), mu));
-  });
-}
-
-at::Tensor ab_loss_cpu(at::TensorList student, at::TensorList masks, double margin) {
+// (λ_m L_m, L_m with L_m = Σ ℓ / B, and with `with_grad` d(Σ_m λ_m L_m)/df_m).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ab_loss_cpu(
+    at::TensorList student, at::TensorList masks, const at::Tensor& lambdas, double margin,
+    bool with_grad) {
   check_feature_list(student, "student");
   check_masks(student, masks, margin);
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
+  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
+              "lambdas: expected ", M, " weights of dtype ", acc);
   const auto views = feature_views(student);
-  at::Tensor rows = at::empty({M, B}, student[0].options().dtype(acc));
-  at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
+  std::vector<at::Tensor> grads = with_grad ? empty_like_each(student) : std::vector<at::Tensor>{};
+  const auto grad_views = feature_views(grads);
+  auto opts = student[0].options().dtype(acc);
+  at::Tensor rows = at::empty({M, B}, opts), losses = at::empty({M}, opts), terms = at::empty({M}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* r_all = rows.data_ptr<acc_t>();
+    const acc_t* lam = lambdas.data_ptr<acc_t>();
     parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
       const auto& v = views[m];
+      const FeatureView& dv = with_grad ? grad_views[m] : v;
+      scalar_t* df = with_grad ? static_cast<scalar_t*>(dv.data) + b * dv.sb : nullptr;
       r_all[m * B + b] = hinge_row(v, static_cast<const scalar_t*>(v.data) + b * v.sb,
-                           masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin));
+                                   masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin),
+                                   dv, df, lam[m] / acc_t(B));
     });
-    sum_rows(r_all, M, B, acc_t(B), losses.data_ptr<acc_t>());
+    acc_t* loss = losses.data_ptr<acc_t>();
+    sum_rows(r_all, M, B, acc_t(B), loss);
+    acc_t* term = terms.data_ptr<acc_t>();
+    for (int64_t m = 0; m < M; ++m) term[m] = lam[m] * loss[m];
   });
-  return losses;
-}
-
-std::vector<at::Tensor> ab_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
-                                             at::TensorList masks, double margin) {
-  check_feature_list(student, "student");
-  check_masks(student, masks, margin);
-  const int64_t B = student[0].size(0), M = student.size();
-  TORCH_CHECK(grad.numel() == M, "grad: expected ", M, " per-layer gradients, got ", grad.numel());
-  const auto views = feature_views(student);
-  const std::vector<at::Tensor> grads = empty_like_each(student);
-  const auto grad_views = feature_views(grads);
-  const at::Tensor g_layers = grad.to(acc_type_of(student[0].scalar_type())).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student[0].scalar_type(), "ab_loss_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* g = g_layers.data_ptr<acc_t>();
-    const acc_t mu = acc_t(margin);
-    parallel_for_rows(M, B, [&](int64_t m, int64_t b) {
-      const auto& v = views[m];
-      const auto& dv = grad_views[m];
-      const scalar_t* f = static_cast<const scalar_t*>(v.data) + b * v.sb;
-      scalar_t* df = static_cast<scalar_t*>(dv.data) + b * dv.sb;
-      const uint8_t* bits = masks[m].data_ptr<uint8_t>() + b * masks[m].size(1);
-      hinge_row_backward(v, f, dv, df, bits, mu, 2 * g[m] / acc_t(B));
-    });
-  });
-  return grads;
+  return {terms, losses, grads};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
-  m.def("ab_loss(Tensor[] student, Tensor[] masks, float margin) -> Tensor");
-  m.def("ab_loss_backward(Tensor grad, Tensor[] student, Tensor[] masks, float margin) -> Tensor[]");
+  m.def("ab_loss(Tensor[] student, Tensor[] masks, Tensor lambdas, float margin, bool with_grad) -> "
+        "(Tensor terms, Tensor losses, Tensor[] grads)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
   m.impl("ab_loss", &ab_loss_cpu);
-  m.impl("ab_loss_backward", &ab_loss_backward_cpu);
 }
 
 }  // namespace hyperkd

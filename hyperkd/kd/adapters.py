@@ -47,6 +47,12 @@ class ActivationBoundary(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return ab_ops.activation_boundary_losses(student, summaries, margin=self.margin)
 
+    def weighted(self, student, summaries, lambdas):
+        # λ goes into the fused call, whose gradients are then the final ones (no scaling pass).
+        terms, losses = ab_ops.activation_boundary_terms(student, summaries, margin=self.margin,
+                                                         lambdas=lambdas)
+        return terms.sum(), losses
+
 
 class SimilarityPreserving(LayerwiseMethod):
     """SP, Eq. 14–18; the teacher summary is its row-normalised B×B Gram."""

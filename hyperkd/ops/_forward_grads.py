@@ -37,3 +37,25 @@ def scale_forward_grads(grad: torch.Tensor, grads: Sequence[torch.Tensor]) -> li
         return list(grads)
     factors = grad.unbind() if grad.dim() else [grad] * len(grads)
     return [g * w.to(g.dtype) for g, w in zip(grads, factors)]
+
+
+def register_forward_grad_autograd(qualname: str) -> None:
+    """Autograd for an op ``(Tensor[] student, Tensor[] teacher, ...) -> (out, losses, grads)``
+    whose differentiable output ``out`` (a scalar loss or the per-layer terms) comes with its
+    gradients ``grads`` for an incoming gradient of ones; ``losses`` is for logging."""
+
+    def setup_context(ctx, inputs, output):
+        _, losses, grads = output
+        ctx.mark_non_differentiable(losses, *grads)
+        # Otherwise autograd hands backward zero-filled gradients for the outputs nobody used.
+        ctx.set_materialize_grads(False)
+        ctx.layers, ctx.options = len(inputs[0]), len(inputs) - 2
+        ctx.save_for_backward(*grads)
+
+    def backward(ctx, grad, _losses, _grads):
+        none = (None,) * ctx.options
+        if grad is None:  # the differentiable output was not used
+            return ([None] * ctx.layers, [None] * ctx.layers) + none
+        return (scale_forward_grads(grad, ctx.saved_tensors), [None] * ctx.layers) + none
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)

@@ -1,10 +1,10 @@
 """Fused activation-boundary KD (LayerKD-HN §3.3.2, Eq. 8 and 10) as ``torch.ops.hyperkd`` ops.
 
 The teacher side is ρ = [g > 0] packed to bits (``pack_positive_mask``, 1/32 of an fp32 feature).
-``ab_loss`` returns the M per-layer terms L_m = Σ ℓ / B of the squared hinge of Heo et al.,
-``ab_loss_backward`` is its backward; autograd saves only the student features and the masks.
-CPU kernels are C++ (``csrc/cpu/activation_boundary.cpp``), CUDA kernels Triton
-(``kernels/activation_boundary.py``).
+``ab_loss`` returns λ_m L_m and L_m per layer, L_m = Σ ℓ / B of the squared hinge of Heo et al.,
+and computes the gradients of Σ_m λ_m L_m in the same pass over each row
+(:mod:`hyperkd.ops._forward_grads`): they are all that autograd keeps. CPU kernels are C++
+(``csrc/cpu/activation_boundary.cpp``), CUDA kernels Triton (``kernels/activation_boundary.py``).
 """
 import torch
 from torch import nn
@@ -13,35 +13,20 @@ from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import activation_boundary as triton_ab
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_number,
                                  check_pairs, layer_weights, summarise_raw)
+from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
 from hyperkd.ops.masks import pack_positive_mask
 
 torch.library.register_kernel("hyperkd::ab_loss", "cuda", triton_ab.ab_loss)
-torch.library.register_kernel("hyperkd::ab_loss_backward", "cuda", triton_ab.ab_loss_backward)
 
 
 @torch.library.register_fake("hyperkd::ab_loss")
-def _ab_loss_fake(student, masks, margin):
-    return student[0].new_empty(len(student), dtype=accumulation_dtype(student[0].dtype))
+def _ab_loss_fake(student, masks, lambdas, margin, with_grad):
+    acc = accumulation_dtype(student[0].dtype)
+    grads = [torch.empty_like(f) for f in student] if with_grad else []
+    return student[0].new_empty(len(student), dtype=acc), student[0].new_empty(len(student), dtype=acc), grads
 
 
-@torch.library.register_fake("hyperkd::ab_loss_backward")
-def _ab_loss_backward_fake(grad, student, masks, margin):
-    return [torch.empty_like(f) for f in student]
-
-
-def _setup_context(ctx, inputs, output):
-    student, masks, margin = inputs
-    ctx.layers, ctx.margin = len(student), margin
-    ctx.save_for_backward(*student, *masks)
-
-
-def _backward(ctx, grad):
-    saved, M = ctx.saved_tensors, ctx.layers
-    grads = torch.ops.hyperkd.ab_loss_backward(grad, saved[:M], saved[M:], ctx.margin)
-    return list(grads), [None] * M, None
-
-
-torch.library.register_autograd("hyperkd::ab_loss", _backward, setup_context=_setup_context)
+register_forward_grad_autograd("hyperkd::ab_loss")
 
 
 def activation_boundary_teacher_summary(g):
@@ -52,12 +37,12 @@ def activation_boundary_teacher_summary(g):
     return masks[0] if isinstance(g, torch.Tensor) else masks
 
 
-def activation_boundary_losses(student, teacher, *, margin: float = 1.0) -> torch.Tensor:
-    """The per-layer terms L_m of Eq. 10 (an M-vector, fp32; fp64 for fp64 features).
+def activation_boundary_terms(student, teacher, *, margin: float = 1.0, lambdas=None):
+    """(λ_m L_m, L_m) per layer of Eq. 10 from one fused call; the first is differentiable.
 
-    ℓ = (f + μ)²·[f > −μ ∧ g ≤ 0] + (f − μ)²·[f ≤ μ ∧ g > 0], L_m = Σ_{i,c,h,w} ℓ / B.
-    ``teacher`` holds, per layer, the raw feature or its packed mask from
-    :func:`activation_boundary_teacher_summary`.
+    ℓ = (f + μ)²·[f > −μ ∧ g ≤ 0] + (f − μ)²·[f ≤ μ ∧ g > 0], L_m = Σ_{i,c,h,w} ℓ / B (fp32;
+    fp64 for fp64 features). ``teacher`` holds, per layer, the raw feature or its packed mask
+    from :func:`activation_boundary_teacher_summary`.
     """
     margin = check_number(margin, "margin", minimum=0.0, strict=False)
     student = as_layer_list(student, "student")
@@ -70,13 +55,20 @@ def activation_boundary_losses(student, teacher, *, margin: float = 1.0) -> torc
         if t.dtype != torch.uint8 or tuple(t.shape) != expected:
             raise ValueError(f"teacher[{m}]: expected a raw feature of shape {tuple(s.shape)} or a "
                              f"packed uint8 mask of shape {expected}, got {tuple(t.shape)} {t.dtype}")
-    return torch.ops.hyperkd.ab_loss(student, [t.contiguous() for t in masks], margin)
+    lam = layer_weights(lambdas, len(student), student[0], accumulation_dtype(student[0].dtype))
+    terms, losses, _ = torch.ops.hyperkd.ab_loss(student, [t.contiguous() for t in masks], lam, margin,
+                                                 wants_grad(student))
+    return terms, losses
+
+
+def activation_boundary_losses(student, teacher, *, margin: float = 1.0) -> torch.Tensor:
+    """The per-layer terms L_m of Eq. 10, an M-vector (see :func:`activation_boundary_terms`)."""
+    return activation_boundary_terms(student, teacher, margin=margin)[0]
 
 
 def activation_boundary_loss(student, teacher, *, margin: float = 1.0, lambdas=None) -> torch.Tensor:
     """Σ_m λ_m L_m of Eq. 10 over a list of layer pairs, in one fused call."""
-    terms = activation_boundary_losses(student, teacher, margin=margin)
-    return (layer_weights(lambdas, terms.numel(), terms, terms.dtype) * terms).sum()
+    return activation_boundary_terms(student, teacher, margin=margin, lambdas=lambdas)[0].sum()
 
 
 class ActivationBoundaryLoss(nn.Module):

@@ -16,7 +16,7 @@ from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import attention_transfer as triton_at
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_pairs,
                                  layer_weights)
-from hyperkd.ops._forward_grads import scale_forward_grads, wants_grad
+from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
 
 EPS = 1e-6
 REDUCTIONS = ("sum", "mean")
@@ -39,23 +39,7 @@ def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean, with_grad):
     return first.new_empty((), dtype=acc), first.new_empty(len(student), dtype=acc), grads
 
 
-def _setup_context(ctx, inputs, output):
-    _, layer_losses, grads = output
-    ctx.mark_non_differentiable(layer_losses, *grads)
-    # Otherwise autograd hands backward zero-filled gradients for the outputs nobody used.
-    ctx.set_materialize_grads(False)
-    ctx.layers = len(inputs[0])
-    ctx.save_for_backward(*grads)
-
-
-def _backward(ctx, grad_loss, _layer_losses, _grads):
-    M = ctx.layers
-    if grad_loss is None:  # the loss itself was not used
-        return [None] * M, [None] * M, None, None, None, None, None, None
-    return scale_forward_grads(grad_loss, ctx.saved_tensors), [None] * M, None, None, None, None, None, None
-
-
-torch.library.register_autograd("hyperkd::at_loss", _backward, setup_context=_setup_context)
+register_forward_grad_autograd("hyperkd::at_loss")
 
 
 def _check_options(kind, p, reduction="sum"):

@@ -14,7 +14,7 @@ from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import channelwise as triton_cw
 from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_number,
                                  check_pairs, layer_weights)
-from hyperkd.ops._forward_grads import scale_forward_grads, wants_grad
+from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
 
 torch.library.register_kernel("hyperkd::cwd_loss", "cuda", triton_cw.cwd_loss)
 torch.library.register_kernel("hyperkd::fitnets_loss", "cuda", triton_cw.fitnets_loss)
@@ -37,24 +37,8 @@ def _fitnets_loss_fake(student, teacher, lambdas, with_grad):
     return _outputs_like(student, with_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    _, losses, grads = output
-    ctx.mark_non_differentiable(losses, *grads)
-    ctx.set_materialize_grads(False)
-    ctx.layers, ctx.options = len(inputs[0]), len(inputs) - 2
-    ctx.save_for_backward(*grads)
-
-
-def _backward(ctx, grad_terms, _losses, _grads):
-    M = ctx.layers
-    none = (None,) * ctx.options
-    if grad_terms is None:
-        return ([None] * M, [None] * M) + none
-    return (scale_forward_grads(grad_terms, ctx.saved_tensors), [None] * M) + none
-
-
-for _op in ("cwd_loss", "fitnets_loss"):
-    torch.library.register_autograd(f"hyperkd::{_op}", _backward, setup_context=_setup_context)
+register_forward_grad_autograd("hyperkd::cwd_loss")
+register_forward_grad_autograd("hyperkd::fitnets_loss")
 
 
 def _paired(student, teacher):

@@ -6,9 +6,9 @@ import torch
 from hyperkd import reference as R
 from hyperkd.kernels import activation_boundary as triton_ab
 from hyperkd.ops import (activation_boundary_loss, activation_boundary_losses,
-                         activation_boundary_teacher_summary)
+                         activation_boundary_teacher_summary, activation_boundary_terms)
 from tests.kd.features import ODD_SHAPES, feature_pair
-from tests.kd.op_checks import assert_compiled_matches_eager, saved_tensor_shapes
+from tests.kd.op_checks import assert_compiled_matches_eager
 from tests.tolerances import assert_close
 
 
@@ -47,9 +47,10 @@ def test_triton_matches_reference(dtype):
                                     requires_grad=False)
     masks = activation_boundary_teacher_summary(teacher)
     ref_terms, ref_grads, weights = _reference(student, teacher, 0.5)
-    terms = triton_ab.ab_loss(student, masks, 0.5)
-    grads = triton_ab.ab_loss_backward(weights.float(), student, masks, 0.5)
-    assert_close(terms, ref_terms, dtype)
+    lam = weights.float()
+    terms, losses, grads = triton_ab.ab_loss(student, masks, lam, 0.5, True)
+    assert_close(losses, ref_terms, dtype)
+    assert_close(terms, lam * losses, torch.float32)
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()
         assert_close(g, r, dtype)
@@ -69,10 +70,10 @@ def test_gradcheck_fp64():
 def test_opcheck():
     student, teacher = feature_pair(ODD_SHAPES, torch.float32)
     masks = activation_boundary_teacher_summary(teacher)
-    torch.library.opcheck(torch.ops.hyperkd.ab_loss.default, (student, masks, 1.0))
-    grad = torch.rand(len(student))
-    torch.library.opcheck(torch.ops.hyperkd.ab_loss_backward.default,
-                          (grad, [s.detach() for s in student], masks, 1.0))
+    lam = torch.rand(len(student))
+    torch.library.opcheck(torch.ops.hyperkd.ab_loss.default, (student, masks, lam, 1.0, True))
+    torch.library.opcheck(torch.ops.hyperkd.ab_loss.default,
+                          ([s.detach() for s in student], masks, lam, 1.0, False))
 
 
 def test_compile_fullgraph():
@@ -85,11 +86,28 @@ def test_compile_fullgraph():
     assert_compiled_matches_eager(loss, student, student)
 
 
-def test_saves_only_inputs_and_masks():
+def test_saves_only_the_gradients_it_returns():
+    """The gradients are made in forward with the loss; neither the features nor the masks are
+    kept, and backward returns those very tensors for a weight of one."""
     student, teacher = feature_pair(ODD_SHAPES, torch.float32)
     masks = activation_boundary_teacher_summary(teacher)
-    shapes = saved_tensor_shapes(lambda: activation_boundary_losses(student, masks))
-    assert sorted(shapes) == sorted([tuple(s.shape) for s in student] + [tuple(m.shape) for m in masks])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = activation_boundary_loss(student, masks)
+    grads = torch.autograd.grad(loss, student)
+    assert [t.data_ptr() for t in saved] == [g.data_ptr() for g in grads]
+
+
+def test_weighted_terms_and_any_weights_on_the_unweighted_ones():
+    student, teacher = feature_pair(ODD_SHAPES, torch.float64)
+    ref_terms, ref_grads, weights = _reference(student, teacher, 1.0)
+    terms, losses = activation_boundary_terms(student, teacher, lambdas=weights)
+    assert_close(losses, ref_terms, torch.float64)
+    for g, r in zip(torch.autograd.grad(terms.sum(), student), ref_grads):
+        assert_close(g, r, torch.float64)
+    unweighted = activation_boundary_losses(student, teacher)
+    for g, r in zip(torch.autograd.grad(-(weights * unweighted).sum(), student), ref_grads):
+        assert_close(g, -r, torch.float64)
 
 
 def test_teacher_mask_is_a_32nd_of_the_feature():
