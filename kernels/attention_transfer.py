@@ -259,9 +259,8 @@ def at_summary(feats, kind: int, p: float, eps: float):
 
 def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bool, with_grad: bool):
     """Eq. 7: (loss, layer_losses, grads) as the CPU op returns them; a teacher entry is a summary
-    or a raw feature. The forward launch leaves
-    dL/dS (B×ΣHW) for the gradient launch, which reads each feature once more (kind 2: twice) and
-    writes its gradient; dL/dS is freed before returning."""
+    or a raw feature. The loss launch leaves dL/dS (B×ΣHW) for the gradient launch, which reads
+    each feature once more (kind 2: twice) and writes its gradient; dL/dS is freed on return."""
     B, M = student[0].shape[0], len(student)
     device = student[0].device
     raw = [m for m, t in enumerate(teacher) if t.dim() == 4]

@@ -152,10 +152,10 @@ def cwd_loss(student, teacher, lambdas, tau: float, with_grad: bool):
     """(λ_m L_m, L_m, and with ``with_grad`` d(Σ_m λ_m L_m)/df_m) as the CPU op returns them. The
     gradient launch runs in forward, from the log-sum-exps that the loss launch leaves."""
     rows, lse_s, lse_t = _forward(CWD, student, teacher, tau)
-    losses = rows * _cwd_scales(student, tau)
+    scales = _cwd_scales(student, tau)
+    losses = rows * scales
     # dL/df = λ_m · τ²/(C·B) · (p_s − p_t)/τ.
-    grads = (_backward(CWD, lambdas * _cwd_scales(student, tau) / tau, student, teacher, lse_s, lse_t, tau)
-             if with_grad else [])
+    grads = _backward(CWD, lambdas * scales / tau, student, teacher, lse_s, lse_t, tau) if with_grad else []
     return lambdas * losses, losses, grads
 
 

@@ -90,8 +90,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ab_loss_cpu(
   check_masks(student, masks, margin);
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
-  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
-              "lambdas: expected ", M, " weights of dtype ", acc);
+  check_lambdas(lambdas, M, acc);
   const auto views = feature_views(student);
   std::vector<at::Tensor> grads = with_grad ? empty_like_each(student) : std::vector<at::Tensor>{};
   const auto grad_views = feature_views(grads);
@@ -109,10 +108,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ab_loss_cpu(
                                    masks[m].data_ptr<uint8_t>() + b * masks[m].size(1), acc_t(margin),
                                    dv, df, lam[m] / acc_t(B));
     });
-    acc_t* loss = losses.data_ptr<acc_t>();
-    sum_rows(r_all, M, B, acc_t(B), loss);
-    acc_t* term = terms.data_ptr<acc_t>();
-    for (int64_t m = 0; m < M; ++m) term[m] = lam[m] * loss[m];
+    layer_terms(r_all, M, B, lam, [&](int64_t) { return acc_t(1) / acc_t(B); }, losses.data_ptr<acc_t>(),
+                terms.data_ptr<acc_t>());
   });
   return {terms, losses, grads};
 }

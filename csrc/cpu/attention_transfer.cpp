@@ -273,8 +273,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
   check_teacher(student, teacher);
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
-  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
-              "lambdas: expected ", M, " weights of dtype ", acc);
+  check_lambdas(lambdas, M, acc);
   const auto views = feature_views(student);
   std::vector<FeatureView> teacher_views;
   for (const auto& t : teacher) teacher_views.push_back(t.dim() == 4 ? feature_view(t) : FeatureView{});
@@ -325,14 +324,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
                                          acc_t(p), q, amax, ties);
       });
     });
-    acc_t* per_layer = layer_losses.data_ptr<acc_t>();
+    std::vector<acc_t> terms(M);
+    layer_terms(rows.data(), M, B, lam,
+                [&](int64_t m) { return mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1); },
+                layer_losses.data_ptr<acc_t>(), terms.data());
     acc_t total = 0;
-    for (int64_t m = 0; m < M; ++m) {
-      acc_t layer = 0;
-      for (int64_t b = 0; b < B; ++b) layer += rows[m * B + b];
-      per_layer[m] = layer * (mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1));
-      total += lam[m] * per_layer[m];
-    }
+    for (int64_t m = 0; m < M; ++m) total += terms[m];
     loss.fill_(total);
   });
   return {loss, layer_losses, grads};

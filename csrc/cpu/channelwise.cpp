@@ -56,26 +56,12 @@ PairedLoss paired_loss(at::TensorList student, at::TensorList teacher, const at:
   check_teacher_features(student, teacher);
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
-  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
-              "lambdas: expected ", M, " weights of dtype ", acc);
+  check_lambdas(lambdas, M, acc);
   std::vector<at::Tensor> grads = with_grad ? empty_like_each(student) : std::vector<at::Tensor>{};
   auto dv = feature_views(grads);
   auto opts = student[0].options().dtype(acc);
   return {B, M, feature_views(student), feature_views(teacher), std::move(dv), std::move(grads),
           at::empty({M}, opts), at::empty({M}, opts), at::empty({M, B}, opts)};
-}
-
-// Sums each layer's per-sample rows into L_m (times `scale(m)`) and λ_m L_m.
-template <typename acc_t, typename Scale>
-void reduce_layers(PairedLoss& out, const at::Tensor& lambdas, Scale&& scale) {
-  const acc_t *r = out.rows.data_ptr<acc_t>(), *lam = lambdas.data_ptr<acc_t>();
-  acc_t *loss = out.losses.data_ptr<acc_t>(), *term = out.terms.data_ptr<acc_t>();
-  for (int64_t m = 0; m < out.M; ++m) {
-    acc_t sum = 0;
-    for (int64_t b = 0; b < out.B; ++b) sum += r[m * out.B + b];
-    loss[m] = sum * scale(m);
-    term[m] = lam[m] * loss[m];
-  }
 }
 
 template <typename T>
@@ -192,7 +178,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cwd_loss_cpu(
       }
       r_all[m * B + b] = kl_sum;
     });
-    reduce_layers<acc_t>(out, lambdas, [&](int64_t m) { return acc_t(tau * tau) / acc_t(out.sv[m].C * B); });
+    layer_terms(r_all, out.M, B, lam, [&](int64_t m) { return acc_t(tau * tau) / acc_t(out.sv[m].C * B); },
+                out.losses.data_ptr<acc_t>(), out.terms.data_ptr<acc_t>());
   });
   return {out.terms, out.losses, out.grads};
 }
@@ -238,7 +225,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> fitnets_loss_cpu(
       }
       r_all[m * out.B + b] = sum;
     });
-    reduce_layers<acc_t>(out, lambdas, [](int64_t) { return acc_t(1); });
+    layer_terms(r_all, out.M, out.B, lam, [](int64_t) { return acc_t(1); }, out.losses.data_ptr<acc_t>(),
+                out.terms.data_ptr<acc_t>());
   });
   return {out.terms, out.losses, out.grads};
 }

@@ -28,14 +28,4 @@ inline void for_each_logical(const FeatureView& v, const FeatureView& u, Fn&& fn
 // Bit e of one sample's packed mask (little-endian within a byte, as pack_positive_mask writes).
 inline bool mask_bit(const uint8_t* row, int64_t e) { return (row[e >> 3] >> (e & 7)) & 1; }
 
-// Per-layer sums of an M×B table of row values, each divided by `divisor` (B for sum/B losses).
-template <typename acc_t>
-inline void sum_rows(const acc_t* rows, int64_t M, int64_t B, acc_t divisor, acc_t* out) {
-  for (int64_t m = 0; m < M; ++m) {
-    acc_t s = 0;
-    for (int64_t b = 0; b < B; ++b) s += rows[m * B + b];
-    out[m] = s / divisor;
-  }
-}
-
 }  // namespace hyperkd

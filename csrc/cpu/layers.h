@@ -61,6 +61,25 @@ inline T* thread_scratch(int64_t n) {
 // Checks shared by every layer-list op: same batch, dtype and device, 4-D, non-empty.
 void check_feature_list(at::TensorList feats, const char* name);
 
+// λ_m of the fused losses: one weight per layer in the accumulation dtype.
+inline void check_lambdas(const at::Tensor& lambdas, int64_t M, at::ScalarType acc) {
+  TORCH_CHECK(lambdas.dim() == 1 && lambdas.size(0) == M && lambdas.scalar_type() == acc,
+              "lambdas: expected ", M, " weights of dtype ", acc);
+}
+
+// The per-layer outputs of the fused losses from an M×B table of per-sample row values:
+// L_m = scale(m) · Σ_b rows[m, b] and the weighted term λ_m L_m.
+template <typename acc_t, typename Scale>
+inline void layer_terms(const acc_t* rows, int64_t M, int64_t B, const acc_t* lam, Scale&& scale,
+                        acc_t* losses, acc_t* terms) {
+  for (int64_t m = 0; m < M; ++m) {
+    acc_t sum = 0;
+    for (int64_t b = 0; b < B; ++b) sum += rows[m * B + b];
+    losses[m] = sum * scale(m);
+    terms[m] = lam[m] * losses[m];
+  }
+}
+
 // The accumulation type of a feature dtype: double for double, float otherwise.
 inline at::ScalarType acc_type_of(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

@@ -20,7 +20,8 @@ __all__ = [
     "RelationalLoss", "SimilarityPreservingLoss",
     "activation_boundary_loss", "activation_boundary_losses", "activation_boundary_teacher_summary",
     "activation_boundary_terms", "attention_teacher_summary", "attention_transfer_loss", "cwd_loss",
-    "cwd_losses", "cwd_terms", "fitnets_loss", "fitnets_losses", "fitnets_terms", "gram", "hyper_generate", "pack_positive_mask", "rkd_loss", "rkd_losses",
+    "cwd_losses", "cwd_terms", "fitnets_loss", "fitnets_losses", "fitnets_terms", "gram",
+    "hyper_generate", "pack_positive_mask", "rkd_loss", "rkd_losses",
     "similarity_preserving_loss", "similarity_preserving_losses", "similarity_teacher_summary",
     "siren_decode",
 ]

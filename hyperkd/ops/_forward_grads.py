@@ -15,10 +15,30 @@ from typing import Sequence
 
 import torch
 
+from hyperkd.ops._checks import accumulation_dtype, layer_weights
+
 
 def wants_grad(student: Sequence[torch.Tensor]) -> bool:
     """Whether autograd will ask for the student features' gradients from this call."""
     return torch.is_grad_enabled() and any(f.requires_grad for f in student)
+
+
+def fake_outputs(student, with_grad: bool, scalar: bool):
+    """The fake impl's (out, losses, grads) of a forward-gradient op: ``out`` a scalar loss or the
+    M per-layer terms, ``losses`` the M unweighted terms, ``grads`` shaped and strided as the
+    students (none without ``with_grad``)."""
+    first, M = student[0], len(student)
+    acc = accumulation_dtype(first.dtype)
+    grads = [torch.empty_like(f) for f in student] if with_grad else []
+    return first.new_empty(() if scalar else (M,), dtype=acc), first.new_empty(M, dtype=acc), grads
+
+
+def call_weighted(op, student, teacher, lambdas, *options):
+    """``op(student, teacher, λ, *options, with_grad)`` of a forward-gradient op, λ_m as a tensor
+    in the accumulation dtype (all ones when None); returns its first two outputs."""
+    lam = layer_weights(lambdas, len(student), student[0], accumulation_dtype(student[0].dtype))
+    out, losses, _ = op(student, teacher, lam, *options, wants_grad(student))
+    return out, losses
 
 
 def _all_ones(grad: torch.Tensor) -> bool:

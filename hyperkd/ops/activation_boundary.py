@@ -11,9 +11,9 @@ from torch import nn
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import activation_boundary as triton_ab
-from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_number,
-                                 check_pairs, layer_weights, summarise_raw)
-from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
+from hyperkd.ops._checks import (as_layer_list, check_features, check_number, check_pairs,
+                                 summarise_raw)
+from hyperkd.ops._forward_grads import call_weighted, fake_outputs, register_forward_grad_autograd
 from hyperkd.ops.masks import pack_positive_mask
 
 torch.library.register_kernel("hyperkd::ab_loss", "cuda", triton_ab.ab_loss)
@@ -21,9 +21,7 @@ torch.library.register_kernel("hyperkd::ab_loss", "cuda", triton_ab.ab_loss)
 
 @torch.library.register_fake("hyperkd::ab_loss")
 def _ab_loss_fake(student, masks, lambdas, margin, with_grad):
-    acc = accumulation_dtype(student[0].dtype)
-    grads = [torch.empty_like(f) for f in student] if with_grad else []
-    return student[0].new_empty(len(student), dtype=acc), student[0].new_empty(len(student), dtype=acc), grads
+    return fake_outputs(student, with_grad, scalar=False)
 
 
 register_forward_grad_autograd("hyperkd::ab_loss")
@@ -55,10 +53,8 @@ def activation_boundary_terms(student, teacher, *, margin: float = 1.0, lambdas=
         if t.dtype != torch.uint8 or tuple(t.shape) != expected:
             raise ValueError(f"teacher[{m}]: expected a raw feature of shape {tuple(s.shape)} or a "
                              f"packed uint8 mask of shape {expected}, got {tuple(t.shape)} {t.dtype}")
-    lam = layer_weights(lambdas, len(student), student[0], accumulation_dtype(student[0].dtype))
-    terms, losses, _ = torch.ops.hyperkd.ab_loss(student, [t.contiguous() for t in masks], lam, margin,
-                                                 wants_grad(student))
-    return terms, losses
+    return call_weighted(torch.ops.hyperkd.ab_loss, student, [t.contiguous() for t in masks], lambdas,
+                         margin)
 
 
 def activation_boundary_losses(student, teacher, *, margin: float = 1.0) -> torch.Tensor:

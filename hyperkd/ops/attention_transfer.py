@@ -14,9 +14,8 @@ from torch import nn
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import attention_transfer as triton_at
-from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_pairs,
-                                 layer_weights)
-from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
+from hyperkd.ops._checks import accumulation_dtype, as_layer_list, check_features, check_pairs
+from hyperkd.ops._forward_grads import call_weighted, fake_outputs, register_forward_grad_autograd
 
 EPS = 1e-6
 REDUCTIONS = ("sum", "mean")
@@ -33,10 +32,7 @@ def _at_summary_fake(feats, kind, p, eps):
 
 @torch.library.register_fake("hyperkd::at_loss")
 def _at_loss_fake(student, teacher, lambdas, kind, p, eps, mean, with_grad):
-    acc = accumulation_dtype(student[0].dtype)
-    first = student[0]
-    grads = [torch.empty_like(f) for f in student] if with_grad else []
-    return first.new_empty((), dtype=acc), first.new_empty(len(student), dtype=acc), grads
+    return fake_outputs(student, with_grad, scalar=True)
 
 
 register_forward_grad_autograd("hyperkd::at_loss")
@@ -99,10 +95,8 @@ def weighted_attention_loss(student, teacher, lambdas, kind: int, p: float, eps:
     acc = accumulation_dtype(student[0].dtype)
     teacher = [t.detach().to(s.dtype) if t.dim() == 4 else t.detach().to(acc).contiguous()
                for s, t in zip(student, teacher)]
-    lam = layer_weights(lambdas, len(student), student[0], acc)
-    loss, layer_losses, _ = torch.ops.hyperkd.at_loss(student, teacher, lam, kind, float(p),
-                                                      float(eps), mean, wants_grad(student))
-    return loss, layer_losses
+    return call_weighted(torch.ops.hyperkd.at_loss, student, teacher, lambdas, kind, float(p), float(eps),
+                         mean)
 
 
 class AttentionTransferLoss(nn.Module):

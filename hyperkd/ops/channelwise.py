@@ -12,29 +12,21 @@ from torch import nn
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import channelwise as triton_cw
-from hyperkd.ops._checks import (accumulation_dtype, as_layer_list, check_features, check_number,
-                                 check_pairs, layer_weights)
-from hyperkd.ops._forward_grads import register_forward_grad_autograd, wants_grad
+from hyperkd.ops._checks import as_layer_list, check_features, check_number, check_pairs
+from hyperkd.ops._forward_grads import call_weighted, fake_outputs, register_forward_grad_autograd
 
 torch.library.register_kernel("hyperkd::cwd_loss", "cuda", triton_cw.cwd_loss)
 torch.library.register_kernel("hyperkd::fitnets_loss", "cuda", triton_cw.fitnets_loss)
 
 
-def _outputs_like(student, with_grad):
-    acc = accumulation_dtype(student[0].dtype)
-    M = len(student)
-    grads = [torch.empty_like(f) for f in student] if with_grad else []
-    return student[0].new_empty(M, dtype=acc), student[0].new_empty(M, dtype=acc), grads
-
-
 @torch.library.register_fake("hyperkd::cwd_loss")
 def _cwd_loss_fake(student, teacher, lambdas, tau, with_grad):
-    return _outputs_like(student, with_grad)
+    return fake_outputs(student, with_grad, scalar=False)
 
 
 @torch.library.register_fake("hyperkd::fitnets_loss")
 def _fitnets_loss_fake(student, teacher, lambdas, with_grad):
-    return _outputs_like(student, with_grad)
+    return fake_outputs(student, with_grad, scalar=False)
 
 
 register_forward_grad_autograd("hyperkd::cwd_loss")
@@ -55,11 +47,7 @@ def _paired(student, teacher):
 
 def _weighted_terms(op, student, teacher, lambdas, *options):
     """(λ_m L_m, L_m) per layer from one fused call; the first is differentiable."""
-    student, teacher = _paired(student, teacher)
-    acc = accumulation_dtype(student[0].dtype)
-    lam = layer_weights(lambdas, len(student), student[0], acc)
-    terms, losses, _ = op(student, teacher, lam, *options, wants_grad(student))
-    return terms, losses
+    return call_weighted(op, *_paired(student, teacher), lambdas, *options)
 
 
 def cwd_terms(student, teacher, *, tau: float = 4.0, lambdas=None):

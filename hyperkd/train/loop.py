@@ -82,7 +82,6 @@ class Trainer:
         self.out_dir = Path(self.out_dir)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.best = {"epoch": -1, "val_acc": -math.inf, "test_acc": None}
-        self._warned_peak_scope = False
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -160,8 +159,7 @@ class Trainer:
         for epoch in range(start, epochs):
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                       **(self.on_epoch(epoch) if self.on_epoch else {})}
-            if not reset_peak_memory(self.device) and not self._warned_peak_scope:
-                self._warned_peak_scope = True
+            if not reset_peak_memory(self.device):  # warnings shows it once per call site
                 warnings.warn("peak_memory_bytes: this system ignored the reset of the RSS "
                               "high-water mark, so each epoch reports the process's peak so far")
             began = time.perf_counter()
