@@ -5,11 +5,12 @@
 //   out = h_last W_outᵀ + b_out
 // Each block of kBlockRows coordinates is carried through all layers by single-threaded BLAS
 // calls (at::parallel_for runs one chunk of blocks per thread, where ATen does not nest threads),
-// so the N×H activations of a layer never exist: only a block's, in cache.
-// Backward recomputes the block's pre-activations instead of storing them: they are N×H per
-// layer (hundreds of MB for a wide predictor over a large net) while a block's recomputation is
-// one forward GEMM chain. sin' = cos needs z, not sin(z), so the recomputed pre-activations
-// (not the outputs) are what the block keeps during its backward.
+// so the N×H activations of a layer never exist unless the caller asks to keep them.
+// Backward needs every layer's pre-activation: sin' = cos needs z, not sin(z). The forward either
+// stores them, (NH+1)×N×H, when the caller asks (`save_pre_activations`, the default for
+// training batches that fit the Python side's budget), or the backward recomputes each block's
+// chain of forward GEMMs — a third more GEMM work, but no N×H×depth buffer for a wide predictor
+// over a whole large net.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -85,11 +86,13 @@ Weights contiguous(const at::Tensor& index, const at::Tensor& tl, const at::Tens
           hb.contiguous(), ow.contiguous(), ob.contiguous(), act};
 }
 
-// Pre-activations z₀..z_NH of rows [r0, r0+B), written into the (NH+1)×kBlockRows×H buffer `z`.
-std::vector<at::Tensor> block_forward(const Weights& w, at::Tensor& z, int64_t r0, int64_t B) {
+// Pre-activations z₀..z_NH of rows [r0, r0+B), written into rows [row, row+B) of the
+// (NH+1)×rows×H buffer `z` (a block's scratch, or the stored pre-activations of all N rows).
+std::vector<at::Tensor> block_forward(const Weights& w, const at::Tensor& z, int64_t row,
+                                      int64_t r0, int64_t B) {
   const int64_t H = w.H();
   std::vector<at::Tensor> zs;
-  for (int64_t i = 0; i <= w.NH(); ++i) zs.push_back(z[i].narrow(0, 0, B));
+  for (int64_t i = 0; i <= w.NH(); ++i) zs.push_back(z[i].narrow(0, row, B));
   AT_DISPATCH_FLOATING_TYPES(w.ow.scalar_type(), "siren_decode_gather", [&] {
     gather_first_layer(w.index.data_ptr<int64_t>(), w.tl.data_ptr<scalar_t>(),
                        w.tf.data_ptr<scalar_t>(), w.tc.data_ptr<scalar_t>(), H, r0, B,
@@ -100,36 +103,51 @@ std::vector<at::Tensor> block_forward(const Weights& w, at::Tensor& z, int64_t r
   return zs;
 }
 
+// The stored pre-activations of rows [r0, r0+B).
+std::vector<at::Tensor> stored_block(const at::Tensor& saved, int64_t r0, int64_t B) {
+  std::vector<at::Tensor> zs;
+  for (int64_t i = 0; i < saved.size(0); ++i) zs.push_back(saved[i].narrow(0, r0, B));
+  return zs;
+}
+
 int64_t block_count(int64_t N) { return (N + kBlockRows - 1) / kBlockRows; }
 
-at::Tensor siren_decode_cpu(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
-                            const at::Tensor& tc, const at::Tensor& hw, const at::Tensor& hb,
-                            const at::Tensor& ow, const at::Tensor& ob, int64_t act) {
+std::tuple<at::Tensor, at::Tensor> siren_decode_cpu(
+    const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf, const at::Tensor& tc,
+    const at::Tensor& hw, const at::Tensor& hb, const at::Tensor& ow, const at::Tensor& ob,
+    int64_t act, bool save_pre_activations) {
   const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
   const int64_t N = index.size(0), H = w.H();
   auto out = at::empty({N, ow.size(0)}, ow.options());
+  auto saved = save_pre_activations ? at::empty({w.NH() + 1, N, H}, ow.options())
+                                    : at::empty({0}, ow.options());
   at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
     // Kernels run below autograd; worker threads must be told so for their own ATen calls.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto z = at::empty({w.NH() + 1, kBlockRows, H}, ow.options());
+    auto scratch = save_pre_activations ? saved : at::empty({w.NH() + 1, kBlockRows, H}, ow.options());
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-      auto zs = block_forward(w, z, r0, B);
+      auto zs = block_forward(w, scratch, save_pre_activations ? r0 : 0, r0, B);
       auto o = out.narrow(0, r0, B);
       at::addmm_out(o, w.ob, activate(zs.back(), act), w.ow.t());
     }
   });
-  return out;
+  return {out, saved};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, const at::Tensor& tl,
                           const at::Tensor& tf, const at::Tensor& tc, const at::Tensor& hw,
                           const at::Tensor& hb, const at::Tensor& ow, const at::Tensor& ob,
-                          int64_t act) {
+                          int64_t act, const at::Tensor& saved_) {
   const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
   const auto grad = grad_.contiguous().to(ow.scalar_type());
   const int64_t N = index.size(0), H = w.H(), NH = w.NH();
+  const bool stored = saved_.numel() > 0;
+  TORCH_CHECK(!stored || saved_.sizes() == at::IntArrayRef({NH + 1, N, H}),
+              "pre_activations: expected (NH+1)×N×H = ", NH + 1, "×", N, "×", H,
+              " from the forward, or an empty tensor to recompute them; got ", saved_.sizes());
+  const auto saved = saved_.contiguous().to(ow.scalar_type());
   // One accumulator per chunk of blocks (not per thread), so the sums do not depend on scheduling.
   const int64_t blocks = block_count(N);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
@@ -142,11 +160,11 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
   auto g_ob = at::zeros({chunks, ow.size(0)}, ow.options());
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto z = at::empty({NH + 1, kBlockRows, H}, ow.options());
+    auto scratch = stored ? at::Tensor() : at::empty({NH + 1, kBlockRows, H}, ow.options());
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
         const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-        auto zs = block_forward(w, z, r0, B);
+        auto zs = stored ? stored_block(saved, r0, B) : block_forward(w, scratch, 0, r0, B);
         auto g = grad.narrow(0, r0, B);
         g_ow[chunk].addmm_(g.t(), activate(zs[NH], act));
         g_ob[chunk].add_(g.sum(0));
@@ -174,10 +192,10 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("siren_decode(Tensor index, Tensor table_l, Tensor table_f, Tensor table_c, "
         "Tensor hidden_weight, Tensor hidden_bias, Tensor out_weight, Tensor out_bias, "
-        "int activation) -> Tensor");
+        "int activation, bool save_pre_activations=False) -> (Tensor kernels, Tensor pre_activations)");
   m.def("siren_decode_backward(Tensor grad, Tensor index, Tensor table_l, Tensor table_f, "
         "Tensor table_c, Tensor hidden_weight, Tensor hidden_bias, Tensor out_weight, "
-        "Tensor out_bias, int activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor out_bias, int activation, Tensor pre_activations) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

@@ -16,10 +16,17 @@ def activate(z: torch.Tensor, activation: int) -> torch.Tensor:
     return torch.sin(z) if activation == SINE else torch.relu(z)
 
 
+def pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                    activation: int) -> list:
+    """[z₀, …, z_NH], each N×H: the first layer's table sum and every hidden layer's output."""
+    zs = [table_l[index[:, 0]] + table_f[index[:, 1]] + table_c[index[:, 2]]]
+    for weight, bias in zip(hidden_weight, hidden_bias):
+        zs.append(activate(zs[-1], activation) @ weight.T + bias)
+    return zs
+
+
 def siren_decode(index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias,
                  activation: int) -> torch.Tensor:
     """N×O decoded kernels for the N coordinates of ``index``."""
-    h = activate(table_l[index[:, 0]] + table_f[index[:, 1]] + table_c[index[:, 2]], activation)
-    for weight, bias in zip(hidden_weight, hidden_bias):
-        h = activate(h @ weight.T + bias, activation)
-    return h @ out_weight.T + out_bias
+    z = pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias, activation)[-1]
+    return activate(z, activation) @ out_weight.T + out_bias

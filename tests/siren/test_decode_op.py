@@ -12,6 +12,7 @@ import torch
 import hyperkd
 from hyperkd import reference
 from hyperkd.kernels import siren_decode as triton_decode
+from hyperkd.reference.siren_decode import pre_activations
 from tests.tolerances import assert_close
 
 # The module, which hyperkd.ops shadows with its function of the same name.
@@ -64,25 +65,43 @@ CASES = [(37, 16, 3, 9, "sin"), (37, 16, 3, 9, "relu"), (5, 12, 0, 1, "sin"), (7
          (1, 8, 1, 25, "sin")]
 
 
+def check_pre_activations(saved, index, tensors, activation):
+    """The stored buffer is exactly z₀..z_NH of the reference, layer by layer."""
+    dtype = tensors[0].dtype
+    with torch.no_grad():
+        zs = pre_activations(index, *tensors[:5], ACT[activation])
+    assert saved.shape == (len(zs), len(index), tensors[-2].shape[1])
+    assert_close(saved, torch.stack(zs), dtype, scale=scale_of(activation, tensors[-2].shape[1]),
+                 msg="pre-activations")
+
+
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,width,hidden,out,activation", CASES)
-def test_cpp_matches_reference(n, width, hidden, out, activation, dtype):
+def test_cpp_matches_reference(n, width, hidden, out, activation, dtype, save):
     index, tensors = make_inputs(n, width, hidden, out, dtype=dtype, activation=activation)
-    y = torch.ops.hyperkd.siren_decode(index, *tensors, ACT[activation])
+    y, saved = torch.ops.hyperkd.siren_decode(index, *tensors, ACT[activation], save)
+    if save:
+        check_pre_activations(saved, index, tensors, activation)
+    else:
+        assert saved.numel() == 0
     grad_out = torch.randn(y.shape, dtype=dtype)
     grads = torch.autograd.grad(y, tensors, grad_out)
     check(y.detach(), grads, index, tensors, activation, grad_out)
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("n,width,hidden,out,activation",
                          [(37, 16, 2, 9, "sin"), (20, 12, 1, 9, "relu"), (9, 16, 0, 9, "sin")])
-def test_triton_matches_reference(n, width, hidden, out, activation):
+def test_triton_matches_reference(n, width, hidden, out, activation, save):
     index, tensors = make_inputs(n, width, hidden, out, activation=activation)
     plain = [t.detach() for t in tensors]
-    y = triton_decode.siren_decode(index, *plain, ACT[activation])
+    y, saved = triton_decode.siren_decode(index, *plain, ACT[activation], save)
+    if save:
+        check_pre_activations(saved, index, plain, activation)
     grad_out = torch.randn(y.shape)
-    grads = triton_decode.siren_decode_backward(grad_out, index, *plain, ACT[activation])
+    grads = triton_decode.siren_decode_backward(grad_out, index, *plain, ACT[activation], saved)
     check(y, grads, index, tensors, activation, grad_out)
 
 
@@ -98,33 +117,51 @@ def test_cuda_path_is_fused_up_to_its_width_and_a_gemm_chain_beyond(width, hidde
                             lambda *a, _f=launcher, _n=name: fused_calls.append(_n) or _f(*a))
     index, tensors = make_inputs(23, width, hidden, 9, activation="sin")
     plain = [t.detach() for t in tensors]
-    y = siren_ops.decode_cuda(index, *plain, ACT["sin"])
+    y, saved = siren_ops.decode_cuda(index, *plain, ACT["sin"], True)
+    check_pre_activations(saved, index, plain, "sin")
     grad_out = torch.randn(y.shape)
-    grads = siren_ops.decode_backward_cuda(grad_out, index, *plain, ACT["sin"])
+    grads = siren_ops.decode_backward_cuda(grad_out, index, *plain, ACT["sin"], saved)
     check(y, grads, index, tensors, "sin", grad_out)
     fused = width <= siren_ops.FUSED_MAX_WIDTH
     assert fused_calls == (["siren_decode", "siren_decode_backward"] if fused else [])
 
 
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("activation", ["sin", "relu"])
-def test_fp64_gradcheck(activation):
+def test_fp64_gradcheck(activation, save):
     index, tensors = make_inputs(6, 4, 2, 4, dtype=torch.float64, activation=activation)
     assert torch.autograd.gradcheck(
-        lambda *t: torch.ops.hyperkd.siren_decode(index, *t, ACT[activation]), tensors)
+        lambda *t: torch.ops.hyperkd.siren_decode(index, *t, ACT[activation], save)[0], tensors)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
+def test_opcheck(save):
     index, tensors = make_inputs(9, 8, 2, 9)
-    torch.library.opcheck(torch.ops.hyperkd.siren_decode.default, (index, *tensors, 1))
+    torch.library.opcheck(torch.ops.hyperkd.siren_decode.default, (index, *tensors, 1, save))
+
+
+def test_functional_stores_pre_activations_only_for_gradients_within_the_limit(monkeypatch):
+    index, tensors = make_inputs(9, 8, 2, 9)
+    saves = []
+    op = torch.ops.hyperkd.siren_decode
+    monkeypatch.setattr(torch.ops.hyperkd, "siren_decode",
+                        type("Op", (), {"__call__": lambda _, *a: saves.append(a[-1]) or op(*a)})())
+    decode = lambda: hyperkd.functional.siren_decode(index, tensors[:3], *tensors[3:])
+    decode()
+    with torch.no_grad():
+        decode()
+    monkeypatch.setattr(siren_ops, "SAVE_LIMIT_BYTES", 3 * 9 * 8 * 4 - 1)  # one float short
+    decode()
+    assert saves == [True, False, False]
 
 
 def test_compile_fullgraph_forward_and_backward():
     index, tensors = make_inputs(11, 8, 2, 9)
-    fn = torch.compile(lambda *t: torch.ops.hyperkd.siren_decode(index, *t, 1).square().sum(),
+    fn = torch.compile(lambda *t: hyperkd.functional.siren_decode(index, t[:3], *t[3:]).square().sum(),
                        fullgraph=True, backend="aot_eager")
     loss = fn(*tensors)
     grads = torch.autograd.grad(loss, tensors)
-    eager = torch.ops.hyperkd.siren_decode(index, *tensors, 1).square().sum()
+    eager = torch.ops.hyperkd.siren_decode(index, *tensors, 1)[0].square().sum()
     assert_close(loss.detach(), eager.detach(), torch.float32, scale=scale_of("sin", 8))
     for got, want in zip(grads, torch.autograd.grad(eager, tensors)):
         assert_close(got, want, torch.float32, scale=scale_of("sin", 8))
@@ -150,12 +187,19 @@ def test_cpu_kernel_rejects_coordinates_outside_the_tables():
         torch.ops.hyperkd.siren_decode(index, *tensors, 1)
 
 
+def test_cpu_backward_rejects_pre_activations_of_another_shape():
+    index, tensors = make_inputs(4, 8, 1, 9)
+    plain = [t.detach() for t in tensors]
+    with pytest.raises(RuntimeError, match=r"pre_activations: expected \(NH\+1\)×N×H = 2×4×8"):
+        torch.ops.hyperkd.siren_decode_backward(torch.ones(4, 9), index, *plain, 1, torch.zeros(2, 3, 8))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("activation", ["sin", "relu"])
 def test_triton_on_gpu_matches_reference(activation):
     index, tensors = make_inputs(4096, 64, 3, 9, activation=activation)
     cuda = [t.detach().cuda().requires_grad_() for t in tensors]
-    y = torch.ops.hyperkd.siren_decode(index.cuda(), *cuda, ACT[activation])
+    y = hyperkd.functional.siren_decode(index.cuda(), cuda[:3], *cuda[3:], activation=activation)
     grad_out = torch.randn(y.shape, device="cuda")
     grads = torch.autograd.grad(y, cuda, grad_out)
     check(y.detach().cpu(), [g.cpu() for g in grads], index, tensors, activation, grad_out.cpu())

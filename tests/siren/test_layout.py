@@ -47,7 +47,7 @@ def test_lookup_predictor_reproduces_exact_weights_and_function(mode):
     layout = KernelLayout(original)
     coords = permuted_coords(layout, original, mode)
     kernels = layout.gather_kernels(original)
-    decoded = torch.ops.hyperkd.siren_decode(coords, *lookup_tables(layout, coords, kernels), 0)
+    decoded = torch.ops.hyperkd.siren_decode(coords, *lookup_tables(layout, coords, kernels), 0)[0]
     assert torch.equal(decoded, kernels)
     rebuilt = TinyNet().eval()
     rebuilt.load_state_dict({k: v for k, v in original.state_dict().items() if "conv" not in k
