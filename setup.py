@@ -32,7 +32,7 @@ def _extension():
         cxx.append("-march=native")
     link = ["-fopenmp"]
     if platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc":
-        link.append("-lmvec")  # glibc's SIMD exp for the `omp simd` loops (csrc/cpu/channelwise.cpp)
+        link.append("-lmvec")  # glibc's SIMD exp/sin/cos for the `omp simd` loops (csrc/cpu/simd_math.h)
     want_cuda = os.environ.get("HYPERKD_NO_CUDA", "0") != "1" and torch.version.cuda is not None
     cuda_home = _cuda_home() if want_cuda else None
     if cuda_home:

@@ -16,17 +16,7 @@
 #include <vector>
 
 #include "layers.h"
-
-#if defined(__x86_64__) && defined(__GLIBC__)
-// glibc's libmvec has SIMD expf/exp; <math.h> declares them only under -ffast-math, which would
-// also relax every other float operation here, so declare them for the `omp simd` loops directly.
-extern "C" {
-#pragma omp declare simd notinbranch
-float expf(float);
-#pragma omp declare simd notinbranch
-double exp(double);
-}
-#endif
+#include "simd_math.h"
 
 namespace hyperkd {
 namespace {

@@ -4,8 +4,9 @@
 //   hᵢ = act(zᵢ),  zᵢ₊₁ = hᵢ Wᵢᵀ + bᵢ      (hidden layers, act = ReLU or sin)
 //   out = h_last W_outᵀ + b_out
 // Each block of kBlockRows coordinates is carried through all layers by single-threaded BLAS
-// calls (at::parallel_for runs one chunk of blocks per thread, where ATen does not nest threads),
-// so the N×H activations of a layer never exist unless the caller asks to keep them.
+// calls on raw pointers (at::parallel_for runs one chunk of blocks per thread; MKL does not nest
+// threads inside it) and `omp simd` loops for the epilogues, so the N×H activations of a layer
+// never exist unless the caller asks to keep them, and a block pays no tensor-op overhead.
 // Backward needs every layer's pre-activation: sin' = cos needs z, not sin(z). The forward either
 // stores them, (NH+1)×N×H, when the caller asks (`save_pre_activations`, the default for
 // training batches that fit the Python side's budget), or the backward recomputes each block's
@@ -16,7 +17,21 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+#include <utility>
 #include <vector>
+
+#include "simd_math.h"
+
+// The Fortran BLAS entry points of the BLAS libtorch_cpu links (MKL on x86-64), column-major.
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+}
 
 namespace hyperkd {
 namespace {
@@ -24,10 +39,57 @@ namespace {
 constexpr int64_t kBlockRows = 256;
 enum Activation { kReLU = 0, kSine = 1 };
 
-at::Tensor activate(const at::Tensor& z, int64_t act) { return act == kSine ? z.sin() : z.relu(); }
+// Row-major C (M×N) = op(A)·op(B) + beta·C with A, B, C dense of widths lda, ldb, ldc: the
+// column-major call computing Cᵀ = op(B)ᵀ·op(A)ᵀ.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>)
+    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+  else
+    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+}
 
-at::Tensor activation_grad(const at::Tensor& z, int64_t act) {
-  return act == kSine ? z.cos() : (z > 0).to(z.scalar_type());
+// h = act(z), n elements.
+template <typename T>
+void activate(const T* z, T* h, int64_t n, int64_t act) {
+  if (act == kSine) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) h[j] = std::sin(z[j]);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
+  }
+}
+
+// d *= act'(z), n elements.
+template <typename T>
+void times_activation_grad(T* d, const T* z, int64_t n, int64_t act) {
+  if (act == kSine) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) d[j] *= std::cos(z[j]);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) d[j] = z[j] > T(0) ? d[j] : T(0);
+  }
+}
+
+// Every row of the B×W matrix `c` set to `bias`.
+template <typename T>
+void broadcast_rows(const T* bias, T* c, int64_t B, int64_t W) {
+  for (int64_t r = 0; r < B; ++r) std::copy(bias, bias + W, c + r * W);
+}
+
+// sums[j] += Σ_r m[r, j] over the B×W matrix `m`.
+template <typename T>
+void add_column_sums(const T* m, T* sums, int64_t B, int64_t W) {
+  for (int64_t r = 0; r < B; ++r) {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) sums[j] += m[r * W + j];
+  }
 }
 
 void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
@@ -67,6 +129,7 @@ void gather_first_layer(const int64_t* index, const T* tl, const T* tf, const T*
     const int64_t* ix = index + (r0 + r) * 3;
     const T *a = tl + ix[0] * H, *b = tf + ix[1] * H, *c = tc + ix[2] * H;
     T* zr = z + r * H;
+#pragma omp simd
     for (int64_t j = 0; j < H; ++j) zr[j] = a[j] + b[j] + c[j];
   }
 }
@@ -86,53 +149,102 @@ Weights contiguous(const at::Tensor& index, const at::Tensor& tl, const at::Tens
           hb.contiguous(), ow.contiguous(), ob.contiguous(), act};
 }
 
-// Pre-activations z₀..z_NH of rows [r0, r0+B), written into rows [row, row+B) of the
-// (NH+1)×rows×H buffer `z` (a block's scratch, or the stored pre-activations of all N rows).
-std::vector<at::Tensor> block_forward(const Weights& w, const at::Tensor& z, int64_t row,
-                                      int64_t r0, int64_t B) {
-  const int64_t H = w.H();
-  std::vector<at::Tensor> zs;
-  for (int64_t i = 0; i <= w.NH(); ++i) zs.push_back(z[i].narrow(0, row, B));
-  AT_DISPATCH_FLOATING_TYPES(w.ow.scalar_type(), "siren_decode_gather", [&] {
-    gather_first_layer(w.index.data_ptr<int64_t>(), w.tl.data_ptr<scalar_t>(),
-                       w.tf.data_ptr<scalar_t>(), w.tc.data_ptr<scalar_t>(), H, r0, B,
-                       zs[0].data_ptr<scalar_t>());
-  });
-  for (int64_t i = 0; i < w.NH(); ++i)
-    at::addmm_out(zs[i + 1], w.hb[i], activate(zs[i], w.act), w.hw[i].t());
-  return zs;
-}
+// The pre-activations z₀..z_NH of one block: layer i's B×H rows start at z + i·layer_stride.
+template <typename T>
+struct BlockZ {
+  T* z;
+  int64_t layer_stride;
+  T* operator[](int64_t i) const { return z + i * layer_stride; }
+};
 
-// The stored pre-activations of rows [r0, r0+B).
-std::vector<at::Tensor> stored_block(const at::Tensor& saved, int64_t r0, int64_t B) {
-  std::vector<at::Tensor> zs;
-  for (int64_t i = 0; i < saved.size(0); ++i) zs.push_back(saved[i].narrow(0, r0, B));
-  return zs;
+// z₀..z_NH of rows [r0, r0+B) written into `zs`; `h` is B×H scratch.
+template <typename T>
+void block_forward(const Weights& w, BlockZ<T> zs, T* h, int64_t r0, int64_t B) {
+  const int64_t H = w.H();
+  gather_first_layer(w.index.data_ptr<int64_t>(), w.tl.data_ptr<T>(), w.tf.data_ptr<T>(),
+                     w.tc.data_ptr<T>(), H, r0, B, zs[0]);
+  const T *hw = w.hw.data_ptr<T>(), *hb = w.hb.data_ptr<T>();
+  for (int64_t i = 0; i < w.NH(); ++i) {
+    activate(zs[i], h, B * H, w.act);
+    broadcast_rows(hb + i * H, zs[i + 1], B, H);
+    gemm<T>(false, true, B, H, H, h, H, hw + i * H * H, H, T(1), zs[i + 1], H);
+  }
 }
 
 int64_t block_count(int64_t N) { return (N + kBlockRows - 1) / kBlockRows; }
+
+template <typename T>
+void decode_blocks(const Weights& w, at::Tensor& out, at::Tensor& saved, bool save) {
+  const int64_t N = w.index.size(0), H = w.H(), O = w.ow.size(0), NH = w.NH();
+  at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> scratch((save ? 0 : (NH + 1) * kBlockRows * H) + kBlockRows * H);
+    T* h = scratch.data();
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
+      const BlockZ<T> zs = save ? BlockZ<T>{saved.data_ptr<T>() + r0 * H, N * H}
+                                : BlockZ<T>{h + kBlockRows * H, kBlockRows * H};
+      block_forward(w, zs, h, r0, B);
+      activate(zs[NH], h, B * H, w.act);
+      T* o = out.data_ptr<T>() + r0 * O;
+      broadcast_rows(w.ob.data_ptr<T>(), o, B, O);
+      gemm<T>(false, true, B, O, H, h, H, w.ow.data_ptr<T>(), H, T(1), o, O);
+    }
+  });
+}
 
 std::tuple<at::Tensor, at::Tensor> siren_decode_cpu(
     const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf, const at::Tensor& tc,
     const at::Tensor& hw, const at::Tensor& hb, const at::Tensor& ow, const at::Tensor& ob,
     int64_t act, bool save_pre_activations) {
   const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
-  const int64_t N = index.size(0), H = w.H();
+  const int64_t N = index.size(0);
   auto out = at::empty({N, ow.size(0)}, ow.options());
-  auto saved = save_pre_activations ? at::empty({w.NH() + 1, N, H}, ow.options())
+  auto saved = save_pre_activations ? at::empty({w.NH() + 1, N, w.H()}, ow.options())
                                     : at::empty({0}, ow.options());
-  at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
-    // Kernels run below autograd; worker threads must be told so for their own ATen calls.
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto scratch = save_pre_activations ? saved : at::empty({w.NH() + 1, kBlockRows, H}, ow.options());
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-      auto zs = block_forward(w, scratch, save_pre_activations ? r0 : 0, r0, B);
-      auto o = out.narrow(0, r0, B);
-      at::addmm_out(o, w.ob, activate(zs.back(), act), w.ow.t());
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES(ow.scalar_type(), "siren_decode",
+                             [&] { decode_blocks<scalar_t>(w, out, saved, save_pre_activations); });
   return {out, saved};
+}
+
+// Gradient accumulators of one chunk of blocks.
+template <typename T>
+struct Grads {
+  T *tl, *tf, *tc, *hw, *hb, *ow, *ob;
+};
+
+// Adds one block's gradients into `g`; `zs` holds its pre-activations, `gy` its B×O output grads;
+// h, dh, dh2 are B×H scratch.
+template <typename T>
+void block_backward(const Weights& w, BlockZ<T> zs, const T* gy, int64_t r0, int64_t B,
+                    const Grads<T>& g, T* h, T* dh, T* dh2) {
+  const int64_t H = w.H(), O = w.ow.size(0), NH = w.NH();
+  activate(zs[NH], h, B * H, w.act);
+  gemm<T>(true, false, O, H, B, gy, O, h, H, T(1), g.ow, H);  // g_ow += gyᵀ h
+  add_column_sums(gy, g.ob, B, O);
+  gemm<T>(false, false, B, H, O, gy, O, w.ow.data_ptr<T>(), H, T(0), dh, H);  // dh = gy W_out
+  const T* hw = w.hw.data_ptr<T>();
+  for (int64_t i = NH; i > 0; --i) {
+    // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
+    times_activation_grad(dh, zs[i], B * H, w.act);  // dh is now dz_i
+    activate(zs[i - 1], h, B * H, w.act);
+    gemm<T>(true, false, H, H, B, dh, H, h, H, T(1), g.hw + (i - 1) * H * H, H);
+    add_column_sums(dh, g.hb + (i - 1) * H, B, H);
+    gemm<T>(false, false, B, H, H, dh, H, hw + (i - 1) * H * H, H, T(0), dh2, H);
+    std::swap(dh, dh2);
+  }
+  times_activation_grad(dh, zs[0], B * H, w.act);
+  const int64_t* index = w.index.data_ptr<int64_t>();
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t* ix = index + (r0 + r) * 3;
+    const T* d = dh + r * H;
+    T *a = g.tl + ix[0] * H, *b = g.tf + ix[1] * H, *c = g.tc + ix[2] * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      a[j] += d[j];
+      b[j] += d[j];
+      c[j] += d[j];
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -142,7 +254,7 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
                           int64_t act, const at::Tensor& saved_) {
   const Weights w = contiguous(index, tl, tf, tc, hw, hb, ow, ob, act);
   const auto grad = grad_.contiguous().to(ow.scalar_type());
-  const int64_t N = index.size(0), H = w.H(), NH = w.NH();
+  const int64_t N = index.size(0), H = w.H(), NH = w.NH(), O = ow.size(0);
   const bool stored = saved_.numel() > 0;
   TORCH_CHECK(!stored || saved_.sizes() == at::IntArrayRef({NH + 1, N, H}),
               "pre_activations: expected (NH+1)×N×H = ", NH + 1, "×", N, "×", H,
@@ -156,33 +268,30 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
   auto g_tc = at::zeros({chunks, tc.size(0), H}, ow.options());
   auto g_hw = at::zeros({chunks, NH, H, H}, ow.options());
   auto g_hb = at::zeros({chunks, NH, H}, ow.options());
-  auto g_ow = at::zeros({chunks, ow.size(0), H}, ow.options());
-  auto g_ob = at::zeros({chunks, ow.size(0)}, ow.options());
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto scratch = stored ? at::Tensor() : at::empty({NH + 1, kBlockRows, H}, ow.options());
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
-        const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-        auto zs = stored ? stored_block(saved, r0, B) : block_forward(w, scratch, 0, r0, B);
-        auto g = grad.narrow(0, r0, B);
-        g_ow[chunk].addmm_(g.t(), activate(zs[NH], act));
-        g_ob[chunk].add_(g.sum(0));
-        auto dh = g.mm(w.ow);
-        for (int64_t i = NH; i > 0; --i) {
-          // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
-          auto dz = dh * activation_grad(zs[i], act);
-          g_hw[chunk][i - 1].addmm_(dz.t(), activate(zs[i - 1], act));
-          g_hb[chunk][i - 1].add_(dz.sum(0));
-          dh = dz.mm(w.hw[i - 1]);
+  auto g_ow = at::zeros({chunks, O, H}, ow.options());
+  auto g_ob = at::zeros({chunks, O}, ow.options());
+  AT_DISPATCH_FLOATING_TYPES(ow.scalar_type(), "siren_decode_backward", [&] {
+    using T = scalar_t;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<T> scratch((stored ? 0 : (NH + 1) * kBlockRows * H) + 3 * kBlockRows * H);
+      T *h = scratch.data(), *dh = h + kBlockRows * H, *dh2 = dh + kBlockRows * H;
+      for (int64_t chunk = c0; chunk < c1; ++chunk) {
+        const auto part = [chunk](const at::Tensor& t) {
+          return t.data_ptr<T>() + chunk * (t.numel() / t.size(0));
+        };
+        const Grads<T> g{part(g_tl), part(g_tf), part(g_tc), part(g_hw), part(g_hb), part(g_ow),
+                         part(g_ob)};
+        for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
+          const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
+          BlockZ<T> zs{dh2 + kBlockRows * H, kBlockRows * H};
+          if (stored)
+            zs = {saved.data_ptr<T>() + r0 * H, N * H};
+          else
+            block_forward(w, zs, h, r0, B);
+          block_backward(w, zs, grad.data_ptr<T>() + r0 * O, r0, B, g, h, dh, dh2);
         }
-        auto dz0 = (dh * activation_grad(zs[0], act)).contiguous();
-        auto rows = w.index.narrow(0, r0, B);
-        g_tl[chunk].index_add_(0, rows.select(1, 0), dz0);
-        g_tf[chunk].index_add_(0, rows.select(1, 1), dz0);
-        g_tc[chunk].index_add_(0, rows.select(1, 2), dz0);
       }
-    }
+    });
   });
   return {g_tl.sum(0), g_tf.sum(0), g_tc.sum(0), g_hw.sum(0), g_hb.sum(0), g_ow.sum(0), g_ob.sum(0)};
 }
