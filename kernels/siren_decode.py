@@ -63,19 +63,25 @@ def _hidden(h, hw, hb, layer, cols, col_mask, H, ACT: tl.constexpr):
 
 
 @triton.jit
-def _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols, col_mask, H,
-                    upto, ACT: tl.constexpr):
-    """z_upto of the block, recomputed from the tables."""
-    z = _first_layer(index, tl_ptr, tf_ptr, tc_ptr, rows, row_mask, cols, col_mask, H)
-    for layer in range(0, upto):
-        z = _hidden(_act(z, ACT), hw, hb, layer, cols, col_mask, H, ACT)
-    return z
-
-
-@triton.jit
 def _block_tile(saved, layer, rows, cols, N, H):
     """Offsets of the block's rows of layer `layer` in the (NH+1)×N×H pre-activations."""
     return saved + layer * N * H + rows[:, None] * H + cols[None, :]
+
+
+@triton.jit
+def _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols, col_mask, H,
+                    upto, ACT: tl.constexpr, saved, N, SAVE: tl.constexpr):
+    """z_upto of the block, computed from the tables; with SAVE every z_0..z_upto is also stored."""
+    m = row_mask[:, None] & col_mask[None, :]
+    z = _first_layer(index, tl_ptr, tf_ptr, tc_ptr, rows, row_mask, cols, col_mask, H)
+    if SAVE:
+        tl.store(_block_tile(saved, 0, rows, cols, N, H), z.to(saved.dtype.element_ty), mask=m)
+    for layer in range(0, upto):
+        z = _hidden(_act(z, ACT), hw, hb, layer, cols, col_mask, H, ACT)
+        if SAVE:
+            tl.store(_block_tile(saved, layer + 1, rows, cols, N, H), z.to(saved.dtype.element_ty),
+                     mask=m)
+    return z
 
 
 @triton.jit
@@ -86,17 +92,8 @@ def _decode_kernel(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, ow, ob, out, saved, N,
     row_mask = rows < N
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    if SAVE:
-        m = row_mask[:, None] & col_mask[None, :]
-        z = _first_layer(index, tl_ptr, tf_ptr, tc_ptr, rows, row_mask, cols, col_mask, H)
-        tl.store(_block_tile(saved, 0, rows, cols, N, H), z.to(saved.dtype.element_ty), mask=m)
-        for layer in range(0, NH):
-            z = _hidden(_act(z, ACT), hw, hb, layer, cols, col_mask, H, ACT)
-            tl.store(_block_tile(saved, layer + 1, rows, cols, N, H), z.to(saved.dtype.element_ty),
-                     mask=m)
-    else:
-        z = _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols, col_mask,
-                            H, NH, ACT)
+    z = _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols, col_mask, H,
+                        NH, ACT, saved, N, SAVE)
     outs = tl.arange(0, BLOCK_O)
     out_mask = outs < O
     owt = tl.load(ow + outs[None, :] * H + cols[:, None],
@@ -124,7 +121,7 @@ def _decode_backward_kernel(grad, index, tl_ptr, tf_ptr, tc_ptr, hw, hb, ow, sav
         z = tl.load(_block_tile(saved, NH, rows, cols, N, H), mask=m, other=0.0).to(tl.float32)
     else:
         z = _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols, col_mask,
-                            H, NH, ACT)
+                            H, NH, ACT, saved, N, False)
     h = _act(z, ACT)
     om = col_mask[:, None] & out_mask[None, :]
     tl.atomic_add(g_ow + outs[None, :] * H + cols[:, None], tl.dot(tl.trans(h), g), mask=om)
@@ -140,7 +137,7 @@ def _decode_backward_kernel(grad, index, tl_ptr, tf_ptr, tc_ptr, hw, hb, ow, sav
             z = tl.load(_block_tile(saved, layer, rows, cols, N, H), mask=m, other=0.0).to(tl.float32)
         else:
             z = _pre_activation(index, tl_ptr, tf_ptr, tc_ptr, hw, hb, rows, row_mask, cols,
-                                col_mask, H, layer, ACT)
+                                col_mask, H, layer, ACT, saved, N, False)
         h = _act(z, ACT)
         # g_hw[layer][o, i] += Σ_r dz[r, o] h[r, i]
         tl.atomic_add(g_hw + layer * H * H + cols[:, None] * H + cols[None, :],

@@ -157,6 +157,15 @@ struct BlockZ {
   T* operator[](int64_t i) const { return z + i * layer_stride; }
 };
 
+// Rows [r0, …) of the stored (NH+1)×N×H pre-activations, or else the block's own
+// (NH+1)×kBlockRows×H scratch.
+template <typename T>
+BlockZ<T> block_z(const at::Tensor& saved, bool stored, T* scratch, int64_t r0, int64_t N,
+                  int64_t H) {
+  return stored ? BlockZ<T>{saved.data_ptr<T>() + r0 * H, N * H}
+                : BlockZ<T>{scratch, kBlockRows * H};
+}
+
 // z₀..z_NH of rows [r0, r0+B) written into `zs`; `h` is B×H scratch.
 template <typename T>
 void block_forward(const Weights& w, BlockZ<T> zs, T* h, int64_t r0, int64_t B) {
@@ -181,8 +190,7 @@ void decode_blocks(const Weights& w, at::Tensor& out, at::Tensor& saved, bool sa
     T* h = scratch.data();
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-      const BlockZ<T> zs = save ? BlockZ<T>{saved.data_ptr<T>() + r0 * H, N * H}
-                                : BlockZ<T>{h + kBlockRows * H, kBlockRows * H};
+      const BlockZ<T> zs = block_z(saved, save, h + kBlockRows * H, r0, N, H);
       block_forward(w, zs, h, r0, B);
       activate(zs[NH], h, B * H, w.act);
       T* o = out.data_ptr<T>() + r0 * O;
@@ -283,11 +291,8 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
                          part(g_ob)};
         for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
           const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-          BlockZ<T> zs{dh2 + kBlockRows * H, kBlockRows * H};
-          if (stored)
-            zs = {saved.data_ptr<T>() + r0 * H, N * H};
-          else
-            block_forward(w, zs, h, r0, B);
+          const BlockZ<T> zs = block_z(saved, stored, dh2 + kBlockRows * H, r0, N, H);
+          if (!stored) block_forward(w, zs, h, r0, B);
           block_backward(w, zs, grad.data_ptr<T>() + r0 * O, r0, B, g, h, dh, dh2);
         }
       }

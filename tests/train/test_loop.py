@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hyperkd.hyper import HyperOptimizer, hypernetize
-from hyperkd.train.loop import NonFiniteLossError, Trainer, peak_memory_bytes, reset_peak_memory
+from hyperkd.train.loop import (NonFiniteLossError, Trainer, _proc_status_kib, peak_memory_bytes,
+                                reset_peak_memory)
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
 
@@ -122,11 +123,6 @@ def test_a_fused_hyper_optimizer_needs_the_trainers_scaler(tmp_path):
                 scaler=torch.amp.GradScaler("cpu"))
 
 
-def _rss_bytes():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
-
-
 def test_cpu_peak_memory_restarts_after_a_reset():
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the RSS high-water mark cannot be reset here (no writable /proc/self/clear_refs)")
@@ -140,7 +136,7 @@ def test_cpu_peak_memory_restarts_after_a_reset():
         block.write(page_run)
     before = peak_memory_bytes(cpu)
     block.close()
-    if _rss_bytes() > before - 200 * 2 ** 20:
+    if _proc_status_kib(("VmRSS",))["VmRSS"] * 1024 > before - 200 * 2 ** 20:
         pytest.skip("unmapping 256 MiB did not lower this process's RSS here")
     if not reset_peak_memory(cpu):
         pytest.skip("this system ignores writes to /proc/self/clear_refs (VmHWM stayed above VmRSS)")
