@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "gram.h"
 #include "layers.h"
 
 namespace hyperkd {
@@ -35,14 +36,51 @@ at::Tensor unrows(const at::Tensor& dq, const at::Tensor& f) {
   return dq.view(f.sizes()).to(f.scalar_type());
 }
 
-at::Tensor gram_of(const at::Tensor& f) {
-  const at::Tensor q = rows_of(f);
-  return at::mm(q, q.t());
+// G_m = Q_m·Q_mᵀ for every layer, in one parallel pass (csrc/cpu/gram.h).
+std::vector<at::Tensor> grams_of(at::TensorList feats) {
+  const int64_t B = feats[0].size(0);
+  std::vector<at::Tensor> rows, grams;
+  for (const auto& f : feats) {
+    rows.push_back(rows_of(f));
+    grams.push_back(at::empty({B, B}, rows.back().options()));
+  }
+  AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "gram", [&] {
+    std::vector<const scalar_t*> q;
+    std::vector<int64_t> d;
+    std::vector<scalar_t*> g;
+    for (size_t m = 0; m < rows.size(); ++m) {
+      q.push_back(rows[m].data_ptr<scalar_t>());
+      d.push_back(rows[m].size(1));
+      g.push_back(grams[m].data_ptr<scalar_t>());
+    }
+    gram_layers(q, d, B, g);
+  });
+  return grams;
 }
 
-// dL/dQ from dL/dG (the raw Gram), in f's layout.
-at::Tensor gram_backward(const at::Tensor& dG, const at::Tensor& f) {
-  return unrows(at::mm(dG + dG.t(), rows_of(f)), f);
+// dL/dQ_m = (dG_m + dG_mᵀ)·Q_m from dL/dG_m (the raw Grams) for every layer, in f_m's layout.
+std::vector<at::Tensor> grams_backward(const std::vector<at::Tensor>& dG, at::TensorList feats) {
+  const int64_t B = feats[0].size(0);
+  std::vector<at::Tensor> rows, sym, dq, grads;
+  for (size_t m = 0; m < feats.size(); ++m) {
+    rows.push_back(rows_of(feats[m]));
+    sym.push_back((dG[m] + dG[m].t()).contiguous());
+    dq.push_back(at::empty_like(rows.back()));
+  }
+  AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "gram_backward", [&] {
+    std::vector<const scalar_t*> s, q;
+    std::vector<int64_t> d;
+    std::vector<scalar_t*> out;
+    for (size_t m = 0; m < rows.size(); ++m) {
+      s.push_back(sym[m].data_ptr<scalar_t>());
+      q.push_back(rows[m].data_ptr<scalar_t>());
+      d.push_back(rows[m].size(1));
+      out.push_back(dq[m].data_ptr<scalar_t>());
+    }
+    gram_backward_layers(s, q, d, B, out);
+  });
+  for (size_t m = 0; m < feats.size(); ++m) grads.push_back(unrows(dq[m], feats[m]));
+  return grads;
 }
 
 void check_grams(at::TensorList student, at::TensorList teacher, const char* name) {
@@ -73,9 +111,7 @@ void normalise_rows(const acc_t* g, int64_t B, acc_t* out, acc_t* norms) {
 
 std::vector<at::Tensor> gram_cpu(at::TensorList feats) {
   check_feature_list(feats, "feats");
-  std::vector<at::Tensor> out;
-  for (const auto& f : feats) out.push_back(gram_of(f));
-  return out;
+  return grams_of(feats);
 }
 
 // L_m = ‖G_s − G_t‖²_F / B² (Eq. 18 divided by B², as Tung & Mori); returns (losses, raw Grams).
@@ -85,11 +121,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> sp_loss_cpu(at::TensorList stude
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
   at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
-  std::vector<at::Tensor> grams;
+  std::vector<at::Tensor> grams = grams_of(student);
   AT_DISPATCH_FLOATING_TYPES(acc, "sp_loss", [&] {
     std::vector<scalar_t> g(B * B), norms(B);
     for (int64_t m = 0; m < M; ++m) {
-      grams.push_back(gram_of(student[m]));
       normalise_rows(grams[m].data_ptr<scalar_t>(), B, g.data(), norms.data());
       const scalar_t* t = teacher[m].data_ptr<scalar_t>();
       scalar_t sum = 0;
@@ -108,7 +143,7 @@ std::vector<at::Tensor> sp_loss_backward_cpu(const at::Tensor& grad, at::TensorL
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
   const at::Tensor g_layers = grad.to(acc).contiguous();
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> dGs;
   AT_DISPATCH_FLOATING_TYPES(acc, "sp_loss_backward", [&] {
     std::vector<scalar_t> g(B * B), norms(B);
     for (int64_t m = 0; m < M; ++m) {
@@ -129,10 +164,10 @@ std::vector<at::Tensor> sp_loss_backward_cpu(const at::Tensor& grad, at::TensorL
           d[i * B + j] = clamped ? d[i * B + j] / scalar_t(kNormEps)
                                  : (d[i * B + j] - g[i * B + j] * dot) / norms[i];
       }
-      grads.push_back(gram_backward(dG, student[m]));
+      dGs.push_back(dG);
     }
   });
-  return grads;
+  return grams_backward(dGs, student);
 }
 
 // ---------------------------------------------------------------- relational KD (distance, angle)
@@ -306,10 +341,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> rkd_loss_cpu(at::TensorList stud
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
   at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
-  std::vector<at::Tensor> grams;
+  std::vector<at::Tensor> grams = grams_of(student);
   AT_DISPATCH_FLOATING_TYPES(acc, "rkd_loss", [&] {
     for (int64_t m = 0; m < M; ++m) {
-      grams.push_back(gram_of(student[m]));
       const Geometry<scalar_t> s(grams[m].data_ptr<scalar_t>(), B), t(teacher[m].data_ptr<scalar_t>(), B);
       scalar_t loss = 0;
       if (w_dist > 0) loss += scalar_t(w_dist) * distance_loss(s, t, B);
@@ -330,7 +364,7 @@ std::vector<at::Tensor> rkd_loss_backward_cpu(const at::Tensor& grad, at::Tensor
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
   const at::Tensor g_layers = grad.to(acc).contiguous();
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> dGs;
   AT_DISPATCH_FLOATING_TYPES(acc, "rkd_loss_backward", [&] {
     for (int64_t m = 0; m < M; ++m) {
       const Geometry<scalar_t> s(grams[m].data_ptr<scalar_t>(), B), t(teacher[m].data_ptr<scalar_t>(), B);
@@ -338,10 +372,10 @@ std::vector<at::Tensor> rkd_loss_backward_cpu(const at::Tensor& grad, at::Tensor
       const scalar_t g = g_layers.data_ptr<scalar_t>()[m];
       if (w_dist > 0) distance_loss_backward(s, t, B, g * scalar_t(w_dist), dG.data_ptr<scalar_t>());
       if (w_angle > 0) angle_loss_backward(s, t, B, g * scalar_t(w_angle), dG.data_ptr<scalar_t>());
-      grads.push_back(gram_backward(dG, student[m]));
+      dGs.push_back(dG);
     }
   });
-  return grads;
+  return grams_backward(dGs, student);
 }
 
 }  // namespace

@@ -1,0 +1,194 @@
+// Register-tiled kernels for the two products of the relational KD ops, over a list of layers at
+// once: the Gram G = Q·Qᵀ (B×B) of a flattened feature Q (B×D) and its backward dQ = S·Q.
+//
+// Why not BLAS: the Gram of a batch is a product with a tiny output (B = 16…128) and a long inner
+// dimension (D = C·H·W, up to 16384 on CIFAR nets), the shape MKL's sgemm is worst at — 33 GFLOP/s
+// per core at B = 16, against 79 for square products — and it computes both triangles. Here a
+// 3×3 tile of G is accumulated in registers across a cache-sized slice of D, only tiles on or
+// above the diagonal are computed, and the threads split D rather than the output, so every
+// thread has work however small B is and however unequal the layers are.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace hyperkd {
+namespace gram_detail {
+
+// 32-byte vectors (AVX2 ymm; GCC splits them where only SSE exists); loads through memcpy are
+// unaligned vmovups.
+template <typename T>
+struct Simd {
+  typedef T V __attribute__((vector_size(32)));
+  static constexpr int64_t L = 32 / sizeof(T);
+  static V load(const T* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static T sum(V v) { T s = 0; for (int64_t l = 0; l < L; ++l) s += v[l]; return s; }
+};
+
+// 3×4 tiles of G: 12 accumulators + 3 + 1 operands fill AVX2's 16 registers.
+constexpr int64_t kTileRows = 3, kTileCols = 4;
+
+// G[i0.., j0..] += Q[i0..i0+TI, k0:k1] · Q[j0..j0+TJ, k0:k1]ᵀ.
+template <typename T, int TI, int TJ>
+void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64_t k1, T* G, int64_t B) {
+  using S = Simd<T>;
+  typename S::V acc[TI][TJ] = {};
+  const T* a[TI];
+  const T* b[TJ];
+  for (int i = 0; i < TI; ++i) a[i] = Q + (i0 + i) * ld;
+  for (int j = 0; j < TJ; ++j) b[j] = Q + (j0 + j) * ld;
+  int64_t k = k0;
+  for (; k + S::L <= k1; k += S::L) {
+    typename S::V va[TI];
+    for (int i = 0; i < TI; ++i) va[i] = S::load(a[i] + k);
+    for (int j = 0; j < TJ; ++j) {
+      const typename S::V vb = S::load(b[j] + k);
+      for (int i = 0; i < TI; ++i) acc[i][j] += va[i] * vb;
+    }
+  }
+  for (int i = 0; i < TI; ++i)
+    for (int j = 0; j < TJ; ++j) {
+      T s = S::sum(acc[i][j]);
+      for (int64_t r = k; r < k1; ++r) s += a[i][r] * b[j][r];
+      G[(i0 + i) * B + j0 + j] += s;
+    }
+}
+
+template <typename T, int TI = kTileRows>
+void gram_tile_any(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t ti, int64_t tj, int64_t k0,
+                   int64_t k1, T* G, int64_t B) {
+  if constexpr (TI > 1)
+    if (ti < TI) return gram_tile_any<T, TI - 1>(Q, ld, i0, j0, ti, tj, k0, k1, G, B);
+  switch (tj) {
+    case 4: return gram_tile<T, TI, 4>(Q, ld, i0, j0, k0, k1, G, B);
+    case 3: return gram_tile<T, TI, 3>(Q, ld, i0, j0, k0, k1, G, B);
+    case 2: return gram_tile<T, TI, 2>(Q, ld, i0, j0, k0, k1, G, B);
+    default: return gram_tile<T, TI, 1>(Q, ld, i0, j0, k0, k1, G, B);
+  }
+}
+
+// The upper tiles of G += Q[:, k0:k1]·Q[:, k0:k1]ᵀ, the slice walked in chunks that keep the B rows'
+// chunk in L2 while every tile pair reads it. (Copying each chunk to a padded buffer first, as the
+// backward does with its panels, made this slower: a tile reads its rows once, front to back.)
+template <typename T>
+void gram_upper(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* G) {
+  const int64_t chunk = std::max<int64_t>(256, ((256 << 10) / (B * int64_t(sizeof(T)))) & ~int64_t(31));
+  for (int64_t c0 = k0; c0 < k1; c0 += chunk) {
+    const int64_t c1 = std::min(k1, c0 + chunk);
+    for (int64_t i0 = 0; i0 < B; i0 += kTileRows)
+      for (int64_t j0 = i0 / kTileCols * kTileCols; j0 < B; j0 += kTileCols)
+        gram_tile_any<T>(Q, ld, i0, j0, std::min(kTileRows, B - i0), std::min(kTileCols, B - j0), c0, c1, G, B);
+  }
+}
+
+// Thread t's share [begin, end) of n columns, cut at multiples of the vector width.
+template <typename T>
+std::pair<int64_t, int64_t> column_share(int64_t n, int64_t t, int64_t threads) {
+  const int64_t L = Simd<T>::L, vecs = (n + L - 1) / L;
+  return {std::min(n, vecs * t / threads * L), std::min(n, vecs * (t + 1) / threads * L)};
+}
+
+// Blocks of dQ: 6 rows × 2 vectors, 12 accumulators + 2 loads + 1 broadcast.
+constexpr int kBlockRows = 6, kBlockVecs = 2;
+
+// out[i, 0:n] = Σ_j S[j, i]·P[j, 0:n] for RI rows from i0, P a packed B×n panel of Q (S symmetric,
+// so the RI factors of each j are adjacent), kBlockVecs vectors of columns at a time.
+template <typename T, int RI>
+void gram_backward_rows(const T* Sm, const T* P, int64_t B, int64_t n, int64_t i0, T* out, int64_t ld) {
+  using S = Simd<T>;
+  constexpr int RV = kBlockVecs;
+  int64_t k = 0;
+  for (; k + RV * S::L <= n; k += RV * S::L) {
+    typename S::V acc[RI][RV] = {};
+    for (int64_t j = 0; j < B; ++j) {
+      typename S::V q[RV];
+      for (int v = 0; v < RV; ++v) q[v] = S::load(P + j * n + k + v * S::L);
+      for (int i = 0; i < RI; ++i) {
+        const T s = Sm[j * B + i0 + i];
+        for (int v = 0; v < RV; ++v) acc[i][v] += s * q[v];
+      }
+    }
+    for (int i = 0; i < RI; ++i)
+      for (int v = 0; v < RV; ++v) S::store(out + (i0 + i) * ld + k + v * S::L, acc[i][v]);
+  }
+  for (int i = 0; i < RI; ++i) {  // the last columns, fewer than a block: row-wise axpys
+    T* o = out + (i0 + i) * ld;
+    std::fill(o + k, o + n, T(0));
+    for (int64_t j = 0; j < B; ++j) {
+      const T s = Sm[j * B + i0 + i];
+      const T* q = P + j * n;
+#pragma omp simd
+      for (int64_t r = k; r < n; ++r) o[r] += s * q[r];
+    }
+  }
+}
+
+template <typename T, int RI = kBlockRows>
+void gram_backward_rows_any(const T* Sm, const T* P, int64_t B, int64_t n, int64_t i0, int64_t ri, T* out,
+                            int64_t ld) {
+  if constexpr (RI > 1)
+    if (ri < RI) return gram_backward_rows_any<T, RI - 1>(Sm, P, B, n, i0, ri, out, ld);
+  gram_backward_rows<T, RI>(Sm, P, B, n, i0, out, ld);
+}
+
+}  // namespace gram_detail
+
+// grams[m] = Q_m·Q_mᵀ for M row-major B×D_m matrices (rows D_m apart), both triangles written.
+// The threads split every layer's D; their partial Grams are summed at the end.
+template <typename T>
+void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, int64_t B,
+                 const std::vector<T*>& grams) {
+  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads()), BB = B * B;
+  std::vector<T> partial((threads - 1) * M * BB, T(0));
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t m = 0; m < M; ++m) {
+        T* G = t == 0 ? grams[m] : partial.data() + ((t - 1) * M + m) * BB;
+        if (t == 0) std::fill(G, G + BB, T(0));
+        const auto [k0, k1] = gram_detail::column_share<T>(D[m], t, threads);
+        gram_detail::gram_upper(Q[m], B, D[m], k0, k1, G);
+      }
+  });
+  for (int64_t m = 0; m < M; ++m) {
+    T* G = grams[m];
+    for (int64_t t = 1; t < threads; ++t) {
+      const T* p = partial.data() + ((t - 1) * M + m) * BB;
+      for (int64_t k = 0; k < BB; ++k) G[k] += p[k];
+    }
+    for (int64_t i = 0; i < B; ++i)
+      for (int64_t j = 0; j < i; ++j) G[i * B + j] = G[j * B + i];
+  }
+}
+
+// out_m = S_m·Q_m (B×D_m) for M row-major layers and symmetric S_m; the threads split every
+// layer's columns.
+template <typename T>
+void gram_backward_layers(const std::vector<const T*>& Sm, const std::vector<const T*>& Q,
+                          const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out) {
+  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads());
+  constexpr int64_t block = gram_detail::kBlockVecs * gram_detail::Simd<T>::L;
+  const int64_t panel = std::max<int64_t>(1, (32 << 10) / (B * int64_t(sizeof(T)) * block)) * block;
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    // Column panels of Q are copied to a contiguous B×panel block first: Q's rows lie D apart, a
+    // power of two on CIFAR nets, so read in place they fall into the same cache sets.
+    std::vector<T> packed(B * panel);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t m = 0; m < M; ++m) {
+        const auto [k0, k1] = gram_detail::column_share<T>(D[m], t, threads);
+        for (int64_t c0 = k0; c0 < k1; c0 += panel) {
+          const int64_t n = std::min(k1, c0 + panel) - c0;
+          for (int64_t j = 0; j < B; ++j) std::copy_n(Q[m] + j * D[m] + c0, n, packed.data() + j * n);
+          for (int64_t i0 = 0; i0 < B; i0 += gram_detail::kBlockRows)
+            gram_detail::gram_backward_rows_any<T>(Sm[m], packed.data(), B, n, i0,
+                                                   std::min<int64_t>(gram_detail::kBlockRows, B - i0),
+                                                   out[m] + c0, D[m]);
+        }
+      }
+  });
+}
+
+}  // namespace hyperkd
