@@ -30,6 +30,8 @@ struct Simd {
 };
 
 // 3×4 tiles of G: 12 accumulators + 3 + 1 operands fill AVX2's 16 registers.
+// The tile loops carry `GCC unroll` so that they are unrolled before the accumulator arrays are
+// split into registers; otherwise GCC kept the arrays on the stack and stored them every step.
 constexpr int64_t kTileRows = 3, kTileCols = 4;
 
 // G[i0.., j0..] += Q[i0..i0+TI, k0:k1] · Q[j0..j0+TJ, k0:k1]ᵀ.
@@ -39,18 +41,25 @@ void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64
   typename S::V acc[TI][TJ] = {};
   const T* a[TI];
   const T* b[TJ];
+  #pragma GCC unroll 8
   for (int i = 0; i < TI; ++i) a[i] = Q + (i0 + i) * ld;
+  #pragma GCC unroll 8
   for (int j = 0; j < TJ; ++j) b[j] = Q + (j0 + j) * ld;
   int64_t k = k0;
   for (; k + S::L <= k1; k += S::L) {
     typename S::V va[TI];
+    #pragma GCC unroll 8
     for (int i = 0; i < TI; ++i) va[i] = S::load(a[i] + k);
+    #pragma GCC unroll 8
     for (int j = 0; j < TJ; ++j) {
       const typename S::V vb = S::load(b[j] + k);
+      #pragma GCC unroll 8
       for (int i = 0; i < TI; ++i) acc[i][j] += va[i] * vb;
     }
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < TI; ++i)
+    #pragma GCC unroll 8
     for (int j = 0; j < TJ; ++j) {
       T s = S::sum(acc[i][j]);
       for (int64_t r = k; r < k1; ++r) s += a[i][r] * b[j][r];
@@ -106,15 +115,21 @@ void gram_backward_rows(const T* Sm, const T* P, int64_t B, int64_t n, int64_t i
     typename S::V acc[RI][RV] = {};
     for (int64_t j = 0; j < B; ++j) {
       typename S::V q[RV];
+      #pragma GCC unroll 8
       for (int v = 0; v < RV; ++v) q[v] = S::load(P + j * n + k + v * S::L);
+      #pragma GCC unroll 8
       for (int i = 0; i < RI; ++i) {
         const T s = Sm[j * B + i0 + i];
+        #pragma GCC unroll 8
         for (int v = 0; v < RV; ++v) acc[i][v] += s * q[v];
       }
     }
+    #pragma GCC unroll 8
     for (int i = 0; i < RI; ++i)
+      #pragma GCC unroll 8
       for (int v = 0; v < RV; ++v) S::store(out + (i0 + i) * ld + k + v * S::L, acc[i][v]);
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < RI; ++i) {  // the last columns, fewer than a block: row-wise axpys
     T* o = out + (i0 + i) * ld;
     std::fill(o + k, o + n, T(0));

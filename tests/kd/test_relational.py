@@ -74,6 +74,27 @@ def test_cuda_path_matches_reference(method, dtype):
         assert_close(g, r, dtype)
 
 
+# Batch sizes off the Gram kernel's 3×4 tiles and the backward's 6-row blocks; widths off its
+# vector width, its column panels (2000 at B = 13 spans several) and the threads' shares of D.
+KERNEL_EDGES = [(2, 1), (7, 9), (13, 50), (13, 2000), (18, 517)]
+
+
+@pytest.mark.parametrize("B,D", KERNEL_EDGES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_gram_kernels_at_tile_edges(B, D, dtype):
+    student, teacher = feature_pair([(B, D, 1, 1), (B, 1, 1, D)], dtype, channels_last_layer=0)
+    for g, f in zip(rel.gram(student), student):
+        q = f.detach().double().reshape(B, -1) if f.is_contiguous() else \
+            f.detach().double().permute(0, 2, 3, 1).reshape(B, -1)
+        assert_close(g, q @ q.t(), dtype)
+    terms = rel.similarity_preserving_losses(student, teacher)
+    ref_terms, ref_grads, weights = _reference(student, teacher, "sp")
+    assert_close(terms, ref_terms, dtype)
+    grads = torch.autograd.grad((weights.to(dtype) * terms).sum(), student)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, dtype)
+
+
 @pytest.mark.interpret
 def test_triton_gram_matches_matmul():
     feats = [torch.randn(3, 5, 3, 3), torch.randn(3, 2, 4, 1).to(memory_format=torch.channels_last)]
