@@ -2,9 +2,9 @@
 // once: the Gram G = Q·Qᵀ (B×B) of a flattened feature Q (B×D) and its backward dQ = S·Q.
 //
 // Why not BLAS: the Gram of a batch is a product with a tiny output (B = 16…128) and a long inner
-// dimension (D = C·H·W, up to 16384 on CIFAR nets), the shape MKL's sgemm is worst at — 33 GFLOP/s
+// dimension (D = C·H·W, up to 65536 on CIFAR nets), the shape MKL's sgemm is worst at — 33 GFLOP/s
 // per core at B = 16, against 79 for square products — and it computes both triangles. Here a
-// 3×3 tile of G is accumulated in registers across a cache-sized slice of D, only tiles on or
+// 3×4 tile of G is accumulated in registers across a cache-sized slice of D, only tiles on or
 // above the diagonal are computed, and the threads split D rather than the output, so every
 // thread has work however small B is and however unequal the layers are.
 #pragma once
