@@ -85,11 +85,16 @@ def _setup_context(ctx, inputs, output):
     *tensors, activation, _ = inputs
     ctx.activation = activation
     ctx.mark_non_differentiable(output[1])
+    # Otherwise autograd hands backward a zero-filled gradient of the stored pre-activations'
+    # size (8 MiB at width 128 on a 4096-kernel batch: a fifth of the step's time).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*tensors, output[1])
 
 
 def _backward(ctx, grad, _grad_pre_activations):
     index, *weights, saved = ctx.saved_tensors
+    if grad is None:  # no gradient reached the kernels (gradcheck tests this case)
+        return (None,) * (len(weights) + 3)
     grads = torch.ops.hyperkd.siren_decode_backward(grad, index, *weights, ctx.activation, saved)
     return (None, *grads, None, None)
 
