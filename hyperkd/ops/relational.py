@@ -84,6 +84,7 @@ def _setup_context(ctx, inputs, output):
     student, teacher, *options = inputs
     _, grams = output
     ctx.mark_non_differentiable(*grams)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the Grams nothing differentiates
     ctx.layers, ctx.options = len(student), options
     ctx.save_for_backward(*student, *teacher, *grams)
 
@@ -91,6 +92,8 @@ def _setup_context(ctx, inputs, output):
 def _backward_with(backward_op):
     def backward(ctx, grad, _grams):
         saved, M = ctx.saved_tensors, ctx.layers
+        if grad is None:  # no gradient reached the losses (gradcheck tests this case)
+            return ([None] * M, [None] * M) + (None,) * len(ctx.options)
         grads = backward_op(grad, saved[:M], saved[M:2 * M], saved[2 * M:], *ctx.options)
         return (list(grads), [None] * M) + (None,) * len(ctx.options)
     return backward
