@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "gram.h"
@@ -36,6 +37,21 @@ at::Tensor unrows(const at::Tensor& dq, const at::Tensor& f) {
   return dq.view(f.sizes()).to(f.scalar_type());
 }
 
+// The data pointers of per-layer tensors, as the kernels of csrc/cpu/gram.h take them.
+template <typename P>
+std::vector<P> pointers(const std::vector<at::Tensor>& ts) {
+  std::vector<P> out;
+  for (const auto& t : ts) out.push_back(t.data_ptr<std::remove_cv_t<std::remove_pointer_t<P>>>());
+  return out;
+}
+
+// The row widths D_m of per-layer B×D_m matrices.
+std::vector<int64_t> widths(const std::vector<at::Tensor>& rows) {
+  std::vector<int64_t> out;
+  for (const auto& r : rows) out.push_back(r.size(1));
+  return out;
+}
+
 // G_m = Q_m·Q_mᵀ for every layer, in one parallel pass (csrc/cpu/gram.h).
 std::vector<at::Tensor> grams_of(at::TensorList feats) {
   const int64_t B = feats[0].size(0);
@@ -45,22 +61,13 @@ std::vector<at::Tensor> grams_of(at::TensorList feats) {
     grams.push_back(at::empty({B, B}, rows.back().options()));
   }
   AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "gram", [&] {
-    std::vector<const scalar_t*> q;
-    std::vector<int64_t> d;
-    std::vector<scalar_t*> g;
-    for (size_t m = 0; m < rows.size(); ++m) {
-      q.push_back(rows[m].data_ptr<scalar_t>());
-      d.push_back(rows[m].size(1));
-      g.push_back(grams[m].data_ptr<scalar_t>());
-    }
-    gram_layers(q, d, B, g);
+    gram_layers(pointers<const scalar_t*>(rows), widths(rows), B, pointers<scalar_t*>(grams));
   });
   return grams;
 }
 
 // dL/dQ_m = (dG_m + dG_mᵀ)·Q_m from dL/dG_m (the raw Grams) for every layer, in f_m's layout.
 std::vector<at::Tensor> grams_backward(const std::vector<at::Tensor>& dG, at::TensorList feats) {
-  const int64_t B = feats[0].size(0);
   std::vector<at::Tensor> rows, sym, dq, grads;
   for (size_t m = 0; m < feats.size(); ++m) {
     rows.push_back(rows_of(feats[m]));
@@ -68,16 +75,8 @@ std::vector<at::Tensor> grams_backward(const std::vector<at::Tensor>& dG, at::Te
     dq.push_back(at::empty_like(rows.back()));
   }
   AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "gram_backward", [&] {
-    std::vector<const scalar_t*> s, q;
-    std::vector<int64_t> d;
-    std::vector<scalar_t*> out;
-    for (size_t m = 0; m < rows.size(); ++m) {
-      s.push_back(sym[m].data_ptr<scalar_t>());
-      q.push_back(rows[m].data_ptr<scalar_t>());
-      d.push_back(rows[m].size(1));
-      out.push_back(dq[m].data_ptr<scalar_t>());
-    }
-    gram_backward_layers(s, q, d, B, out);
+    gram_backward_layers(pointers<const scalar_t*>(sym), pointers<const scalar_t*>(rows), widths(rows),
+                         feats[0].size(0), pointers<scalar_t*>(dq));
   });
   for (size_t m = 0; m < feats.size(); ++m) grads.push_back(unrows(dq[m], feats[m]));
   return grads;
