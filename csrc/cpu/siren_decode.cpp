@@ -17,6 +17,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -57,23 +59,18 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
 template <typename T>
 void activate(const T* z, T* h, int64_t n, int64_t act) {
   if (act == kSine) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) h[j] = std::sin(z[j]);
+    int out_of_range = 0;
+#pragma omp simd reduction(| : out_of_range)
+    for (int64_t j = 0; j < n; ++j) {
+      h[j] = sin_fast(z[j]);
+      out_of_range |= !fast_trig_valid(z[j]);
+    }
+    if (out_of_range)  // |z| beyond kFastTrigBound, inf, NaN
+      for (int64_t j = 0; j < n; ++j)
+        if (!fast_trig_valid(z[j])) h[j] = std::sin(z[j]);
   } else {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
-  }
-}
-
-// d *= act'(z), n elements.
-template <typename T>
-void times_activation_grad(T* d, const T* z, int64_t n, int64_t act) {
-  if (act == kSine) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) d[j] *= std::cos(z[j]);
-  } else {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) d[j] = z[j] > T(0) ? d[j] : T(0);
   }
 }
 
@@ -81,15 +78,6 @@ void times_activation_grad(T* d, const T* z, int64_t n, int64_t act) {
 template <typename T>
 void broadcast_rows(const T* bias, T* c, int64_t B, int64_t W) {
   for (int64_t r = 0; r < B; ++r) std::copy(bias, bias + W, c + r * W);
-}
-
-// sums[j] += Σ_r m[r, j] over the B×W matrix `m`.
-template <typename T>
-void add_column_sums(const T* m, T* sums, int64_t B, int64_t W) {
-  for (int64_t r = 0; r < B; ++r) {
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) sums[j] += m[r * W + j];
-  }
 }
 
 void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
@@ -106,15 +94,6 @@ void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tenso
               "hidden_bias: expected NH×", H, ", got ", hb.sizes());
   TORCH_CHECK(ob.dim() == 1 && ob.size(0) == ow.size(0), "out_bias: expected ", ow.size(0), " entries");
   TORCH_CHECK(act == kReLU || act == kSine, "activation: expected 0 (ReLU) or 1 (sin), got ", act);
-  // The kernels gather table rows by these indices without further checks.
-  const at::Tensor* tables[3] = {&tl, &tf, &tc};
-  const char* axes[3] = {"layer", "filter", "channel"};
-  for (int k = 0; k < 3 && index.size(0) > 0; ++k) {
-    auto [lo, hi] = at::aminmax(index.select(1, k));
-    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < tables[k]->size(0), "index: ",
-                axes[k], " indices must lie in [0, ", tables[k]->size(0), "), got [",
-                lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
-  }
   for (const auto* t : {&tl, &tf, &tc, &hw, &hb, &ow, &ob})
     TORCH_CHECK(t->scalar_type() == ow.scalar_type() && t->scalar_type() != at::kHalf &&
                     t->scalar_type() != at::kBFloat16,
@@ -134,6 +113,23 @@ void gather_first_layer(const int64_t* index, const T* tl, const T* tf, const T*
   }
 }
 
+// The kernels gather table rows by these indices without further checks. One pass over the N×3
+// indices (ATen's aminmax would take three strided reductions and six host reads per call).
+void check_index_range(const at::Tensor& index, std::array<int64_t, 3> rows) {
+  const int64_t* ix = index.data_ptr<int64_t>();
+  std::array<int64_t, 3> lo{0, 0, 0}, hi{0, 0, 0};
+  if (index.size(0) > 0) lo = hi = {ix[0], ix[1], ix[2]};
+  for (int64_t r = 0; r < index.size(0); ++r)
+    for (int k = 0; k < 3; ++k) {
+      lo[k] = std::min(lo[k], ix[r * 3 + k]);
+      hi[k] = std::max(hi[k], ix[r * 3 + k]);
+    }
+  const char* axes[3] = {"layer", "filter", "channel"};
+  for (int k = 0; k < 3; ++k)
+    TORCH_CHECK(lo[k] >= 0 && hi[k] < rows[k], "index: ", axes[k], " indices must lie in [0, ",
+                rows[k], "), got [", lo[k], ", ", hi[k], "]");
+}
+
 struct Weights {
   at::Tensor index, tl, tf, tc, hw, hb, ow, ob;
   int64_t act;
@@ -145,8 +141,10 @@ Weights contiguous(const at::Tensor& index, const at::Tensor& tl, const at::Tens
                    const at::Tensor& tc, const at::Tensor& hw, const at::Tensor& hb,
                    const at::Tensor& ow, const at::Tensor& ob, int64_t act) {
   check_inputs(index, tl, tf, tc, hw, hb, ow, ob, act);
-  return {index.contiguous(), tl.contiguous(), tf.contiguous(), tc.contiguous(), hw.contiguous(),
-          hb.contiguous(), ow.contiguous(), ob.contiguous(), act};
+  Weights w{index.contiguous(), tl.contiguous(), tf.contiguous(), tc.contiguous(), hw.contiguous(),
+            hb.contiguous(), ow.contiguous(), ob.contiguous(), act};
+  check_index_range(w.index, {tl.size(0), tf.size(0), tc.size(0)});
+  return w;
 }
 
 // The pre-activations z₀..z_NH of one block: layer i's B×H rows start at z + i·layer_stride.
@@ -186,8 +184,9 @@ template <typename T>
 void decode_blocks(const Weights& w, at::Tensor& out, at::Tensor& saved, bool save) {
   const int64_t N = w.index.size(0), H = w.H(), O = w.ow.size(0), NH = w.NH();
   at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> scratch((save ? 0 : (NH + 1) * kBlockRows * H) + kBlockRows * H);
-    T* h = scratch.data();
+    auto scratch = std::make_unique_for_overwrite<T[]>((save ? 0 : (NH + 1) * kBlockRows * H) +
+                                                       kBlockRows * H);
+    T* h = scratch.get();
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
       const BlockZ<T> zs = block_z(saved, save, h + kBlockRows * H, r0, N, H);
@@ -220,27 +219,96 @@ struct Grads {
   T *tl, *tf, *tc, *hw, *hb, *ow, *ob;
 };
 
+// The backward's elementwise work between its GEMMs, one pass per layer over the block: going
+// down from layer i to i−1 it turns dh into dz_i = dh ⊙ act'(z_i), adds dz_i's column sums into the
+// bias gradient, and activates z_{i−1} into h for the next weight gradient. For sin, act'(z_i) =
+// cos z_i was left in `cos_z` by the pass before, and this pass takes sin z_{i−1} and cos z_{i−1}
+// from one range reduction (sincos_fast), where a sin pass and a cos pass would each pay it.
+template <typename T>
+struct SineGrad {
+  T* cos_z;  // B×H scratch
+  // h = sin z and cos_z = cos z over n elements.
+  void start(const T* z, T* h, int64_t n) const {
+    int out_of_range = 0;
+#pragma omp simd reduction(| : out_of_range)
+    for (int64_t j = 0; j < n; ++j) {
+      const auto sc = sincos_fast(z[j]);
+      h[j] = sc.sin;
+      cos_z[j] = sc.cos;
+      out_of_range |= !fast_trig_valid(z[j]);
+    }
+    if (out_of_range) redo_out_of_range(z, h, n);
+  }
+  // dh ← dz_i and bias_grad += its column sums; h ← sin z_{i−1}, cos_z ← cos z_{i−1}. (z_i itself
+  // is not read: cos z_i is already in cos_z.)
+  void step(T* dh, const T*, const T* z_prev, T* h, T* bias_grad, int64_t B, int64_t H) const {
+    int out_of_range = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      T *d = dh + r * H, *c = cos_z + r * H, *hr = h + r * H;
+      const T* zp = z_prev + r * H;
+#pragma omp simd reduction(| : out_of_range)
+      for (int64_t j = 0; j < H; ++j) {
+        d[j] *= c[j];
+        bias_grad[j] += d[j];
+        const auto sc = sincos_fast(zp[j]);
+        hr[j] = sc.sin;
+        c[j] = sc.cos;
+        out_of_range |= !fast_trig_valid(zp[j]);
+      }
+    }
+    if (out_of_range) redo_out_of_range(z_prev, h, B * H);
+  }
+  // dz₀ = dh ⊙ cos z₀ for the first layer, which has no bias of its own (it is folded into T_ℓ).
+  T first_layer_grad(T d, const T*, int64_t j) const { return d * cos_z[j]; }
+
+ private:
+  // The elements the fast reduction does not cover (|z| beyond kFastTrigBound, inf, NaN).
+  void redo_out_of_range(const T* z, T* h, int64_t n) const {
+    for (int64_t j = 0; j < n; ++j)
+      if (!fast_trig_valid(z[j])) {
+        h[j] = std::sin(z[j]);
+        cos_z[j] = std::cos(z[j]);
+      }
+  }
+};
+
+template <typename T>
+struct ReLUGrad {
+  void start(const T* z, T* h, int64_t n) const { activate(z, h, n, kReLU); }
+  void step(T* dh, const T* z, const T* z_prev, T* h, T* bias_grad, int64_t B, int64_t H) const {
+    for (int64_t r = 0; r < B; ++r) {
+      T *d = dh + r * H, *hr = h + r * H;
+      const T *zr = z + r * H, *zp = z_prev + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        d[j] = zr[j] > T(0) ? d[j] : T(0);
+        bias_grad[j] += d[j];
+        hr[j] = zp[j] > T(0) ? zp[j] : T(0);
+      }
+    }
+  }
+  T first_layer_grad(T d, const T* z, int64_t j) const { return z[j] > T(0) ? d : T(0); }
+};
+
 // Adds one block's gradients into `g`; `zs` holds its pre-activations, `gy` its B×O output grads;
 // h, dh, dh2 are B×H scratch.
-template <typename T>
-void block_backward(const Weights& w, BlockZ<T> zs, const T* gy, int64_t r0, int64_t B,
-                    const Grads<T>& g, T* h, T* dh, T* dh2) {
+template <typename T, typename Grad>
+void block_backward(const Weights& w, const Grad& act, BlockZ<T> zs, const T* gy, int64_t r0,
+                    int64_t B, const Grads<T>& g, T* h, T* dh, T* dh2) {
   const int64_t H = w.H(), O = w.ow.size(0), NH = w.NH();
-  activate(zs[NH], h, B * H, w.act);
+  act.start(zs[NH], h, B * H);
   gemm<T>(true, false, O, H, B, gy, O, h, H, T(1), g.ow, H);  // g_ow += gyᵀ h
-  add_column_sums(gy, g.ob, B, O);
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t j = 0; j < O; ++j) g.ob[j] += gy[r * O + j];
   gemm<T>(false, false, B, H, O, gy, O, w.ow.data_ptr<T>(), H, T(0), dh, H);  // dh = gy W_out
   const T* hw = w.hw.data_ptr<T>();
   for (int64_t i = NH; i > 0; --i) {
     // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
-    times_activation_grad(dh, zs[i], B * H, w.act);  // dh is now dz_i
-    activate(zs[i - 1], h, B * H, w.act);
+    act.step(dh, zs[i], zs[i - 1], h, g.hb + (i - 1) * H, B, H);  // dh is now dz_i
     gemm<T>(true, false, H, H, B, dh, H, h, H, T(1), g.hw + (i - 1) * H * H, H);
-    add_column_sums(dh, g.hb + (i - 1) * H, B, H);
     gemm<T>(false, false, B, H, H, dh, H, hw + (i - 1) * H * H, H, T(0), dh2, H);
     std::swap(dh, dh2);
   }
-  times_activation_grad(dh, zs[0], B * H, w.act);
   const int64_t* index = w.index.data_ptr<int64_t>();
   for (int64_t r = 0; r < B; ++r) {
     const int64_t* ix = index + (r0 + r) * 3;
@@ -248,11 +316,21 @@ void block_backward(const Weights& w, BlockZ<T> zs, const T* gy, int64_t r0, int
     T *a = g.tl + ix[0] * H, *b = g.tf + ix[1] * H, *c = g.tc + ix[2] * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      a[j] += d[j];
-      b[j] += d[j];
-      c[j] += d[j];
+      const T dz = act.first_layer_grad(d[j], zs[0], r * H + j);
+      a[j] += dz;
+      b[j] += dz;
+      c[j] += dz;
     }
   }
+}
+
+// dst += src over n elements.
+template <typename T>
+void add_into(T* dst, const T* src, int64_t n) {
+  at::parallel_for(0, n, 1 << 15, [&](int64_t j0, int64_t j1) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -268,37 +346,52 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
               "pre_activations: expected (NH+1)×N×H = ", NH + 1, "×", N, "×", H,
               " from the forward, or an empty tensor to recompute them; got ", saved_.sizes());
   const auto saved = saved_.contiguous().to(ow.scalar_type());
-  // One accumulator per chunk of blocks (not per thread), so the sums do not depend on scheduling.
+  // One accumulator per chunk of blocks (not per thread), so the sums do not depend on scheduling:
+  // chunk 0 adds into the returned gradients, the others into `partial`, added in at the end.
   const int64_t blocks = block_count(N);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
-  auto g_tl = at::zeros({chunks, tl.size(0), H}, ow.options());
-  auto g_tf = at::zeros({chunks, tf.size(0), H}, ow.options());
-  auto g_tc = at::zeros({chunks, tc.size(0), H}, ow.options());
-  auto g_hw = at::zeros({chunks, NH, H, H}, ow.options());
-  auto g_hb = at::zeros({chunks, NH, H}, ow.options());
-  auto g_ow = at::zeros({chunks, O, H}, ow.options());
-  auto g_ob = at::zeros({chunks, O}, ow.options());
+  std::vector<at::Tensor> grads;
+  for (const auto* t : {&tl, &tf, &tc, &hw, &hb, &ow, &ob})
+    grads.push_back(at::zeros(t->sizes(), ow.options()));
+  int64_t per_chunk = 0;
+  for (const auto& g : grads) per_chunk += g.numel();
+  auto partial = at::zeros({(chunks - 1) * per_chunk}, ow.options());
   AT_DISPATCH_FLOATING_TYPES(ow.scalar_type(), "siren_decode_backward", [&] {
     using T = scalar_t;
+    const auto chunk_grads = [&](int64_t chunk) {
+      T* p[7];
+      for (int64_t k = 0, offset = 0; k < 7; offset += grads[k].numel(), ++k)
+        p[k] = chunk == 0 ? grads[k].data_ptr<T>()
+                          : partial.data_ptr<T>() + (chunk - 1) * per_chunk + offset;
+      return Grads<T>{p[0], p[1], p[2], p[3], p[4], p[5], p[6]};
+    };
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<T> scratch((stored ? 0 : (NH + 1) * kBlockRows * H) + 3 * kBlockRows * H);
-      T *h = scratch.data(), *dh = h + kBlockRows * H, *dh2 = dh + kBlockRows * H;
+      const int64_t rows = kBlockRows * H;
+      auto scratch = std::make_unique_for_overwrite<T[]>((stored ? 0 : (NH + 1) * rows) + 4 * rows);
+      T *h = scratch.get(), *dh = h + rows, *dh2 = dh + rows, *cos_z = dh2 + rows;
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
-        const auto part = [chunk](const at::Tensor& t) {
-          return t.data_ptr<T>() + chunk * (t.numel() / t.size(0));
-        };
-        const Grads<T> g{part(g_tl), part(g_tf), part(g_tc), part(g_hw), part(g_hb), part(g_ow),
-                         part(g_ob)};
+        const Grads<T> g = chunk_grads(chunk);
         for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
           const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-          const BlockZ<T> zs = block_z(saved, stored, dh2 + kBlockRows * H, r0, N, H);
+          const BlockZ<T> zs = block_z(saved, stored, cos_z + rows, r0, N, H);
           if (!stored) block_forward(w, zs, h, r0, B);
-          block_backward(w, zs, grad.data_ptr<T>() + r0 * O, r0, B, g, h, dh, dh2);
+          const T* gy = grad.data_ptr<T>() + r0 * O;
+          if (act == kSine)
+            block_backward(w, SineGrad<T>{cos_z}, zs, gy, r0, B, g, h, dh, dh2);
+          else
+            block_backward(w, ReLUGrad<T>{}, zs, gy, r0, B, g, h, dh, dh2);
         }
       }
     });
+    for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+      const T* src = partial.data_ptr<T>() + (chunk - 1) * per_chunk;
+      for (auto& g : grads) {
+        add_into(g.data_ptr<T>(), src, g.numel());
+        src += g.numel();
+      }
+    }
   });
-  return {g_tl.sum(0), g_tf.sum(0), g_tc.sum(0), g_hw.sum(0), g_hb.sum(0), g_ow.sum(0), g_ob.sum(0)};
+  return {grads[0], grads[1], grads[2], grads[3], grads[4], grads[5], grads[6]};
 }
 
 }  // namespace

@@ -65,6 +65,7 @@ class WeightPredictor(nn.Module):
                 nern_features(torch.arange(count), levels, base)
             self.register_buffer(f"features_{axis}", feats.float(), persistent=False)
         fan_in = 3 if encoding == "siren" else 6 * levels
+        self.register_buffer("table_inputs", self._table_inputs(fan_in // 3), persistent=False)
         self.first_weight = nn.Parameter(torch.empty(width, fan_in))
         self.first_bias = nn.Parameter(torch.empty(width))
         hidden = self.depth - 2
@@ -87,13 +88,25 @@ class WeightPredictor(nn.Module):
                     nn.init.kaiming_uniform_(w, a=math.sqrt(5))
                 b.uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
 
+    def _table_inputs(self, per_axis: int) -> torch.Tensor:
+        """The encoded ℓ, f and c indices stacked into one (layers+filters+channels) × (3·per_axis+1)
+        input, block-diagonal over the first layer's three fan-in chunks, with a column of ones on
+        the ℓ rows for the bias and ω0 folded in: all three tables are then one GEMM, a single
+        autograd node, where per-axis products, a bias add and the ω0 scalings took seven ops and
+        their backward, a fixed cost on every training step."""
+        rows = sum(self.grid)
+        inputs = torch.zeros(rows, 3 * per_axis + 1)
+        start = 0
+        for axis, feats in enumerate((self.features_l, self.features_f, self.features_c)):
+            inputs[start:start + len(feats), axis * per_axis:(axis + 1) * per_axis] = feats
+            start += len(feats)
+        inputs[:self.grid[0], -1] = 1.0
+        return inputs * (self.omega0 if self.encoding == "siren" else 1.0)
+
     def first_layer_tables(self):
         """(T_ℓ, T_f, T_c): the first layer's pre-activation split per index (ω0 folded in for SIREN)."""
-        scale = self.omega0 if self.encoding == "siren" else 1.0
-        chunks = self.first_weight.split(self.first_weight.shape[1] // 3, dim=1)
-        tables = [feats @ w.T for feats, w in zip((self.features_l, self.features_f, self.features_c), chunks)]
-        tables[0] = tables[0] + self.first_bias
-        return tuple(scale * t for t in tables)
+        weight = torch.cat([self.first_weight, self.first_bias[:, None]], dim=1)
+        return (self.table_inputs @ weight.T).split(self.grid)
 
     def mlp_weights(self):
         """(hidden_weight, hidden_bias, out_weight, out_bias) as the decode op takes them."""

@@ -90,6 +90,40 @@ def test_cpp_matches_reference(n, width, hidden, out, activation, dtype, save):
     check(y.detach(), grads, index, tensors, activation, grad_out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["sin", "relu"])
+def test_cpp_backward_sums_the_gradients_of_several_chunks(activation, dtype):
+    """700 kernels are three 256-row blocks: with three threads each chunk of blocks has its own
+    accumulator, added into the returned gradients at the end."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        index, tensors = make_inputs(700, 16, 2, 9, dtype=dtype, activation=activation)
+        y = hyperkd.functional.siren_decode(index, tensors[:3], *tensors[3:], activation=activation)
+        grad_out = torch.randn(y.shape, dtype=dtype)
+        grads = torch.autograd.grad(y, tensors, grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    check(y.detach(), grads, index, tensors, activation, grad_out)
+
+
+@pytest.mark.parametrize("hidden", [0, 2])
+def test_cpp_sine_backward_beyond_the_fast_reduction_range(hidden):
+    """First-layer pre-activations up to ±3e7, past kFastTrigBound (8192) and past where the fast
+    reduction's rounding trick holds (|x|·2/π < 2²²), take std::sin/cos in the backward's fp32
+    sincos passes; T_f = T_c = 0 keeps z₀ exactly T_ℓ's entries on both sides."""
+    index, tensors = make_inputs(40, 16, hidden, 9)
+    with torch.no_grad():
+        tensors[0].copy_(torch.linspace(-3e7, 3e7, tensors[0].numel()).view_as(tensors[0]))
+        tensors[1].zero_()
+        tensors[2].zero_()
+    y, saved = torch.ops.hyperkd.siren_decode(index, *tensors, ACT["sin"], True)
+    assert saved[0].abs().amax() > 8192
+    grad_out = torch.randn(y.shape)
+    grads = torch.autograd.grad(y, tensors, grad_out)
+    check(y.detach(), grads, index, tensors, "sin", grad_out)
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("n,width,hidden,out,activation",
