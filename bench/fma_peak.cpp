@@ -1,0 +1,42 @@
+// The CPU's fp32 FMA peak, the ceiling the GEMM-bound CPU figures in docs/ are compared with: ten
+// independent 8-wide FMA chains per thread (enough to cover FMA latency on two pipes), on one
+// thread and then on every hardware thread at once. AVX2+FMA (x86-64) only.
+//   g++ -O2 -march=native -pthread bench/fma_peak.cpp -o /tmp/fma_peak && /tmp/fma_peak
+#include <immintrin.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+static double gflops_of_one_thread() {
+  constexpr int kChains = 10;
+  constexpr long kIterations = 200'000'000;
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + i * 1e-7f);
+  const __m256 scale = _mm256_set1_ps(0.999999f), shift = _mm256_set1_ps(1e-7f);
+  const auto start = std::chrono::steady_clock::now();
+  for (long it = 0; it < kIterations; ++it) {
+#pragma GCC unroll 10
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], scale, shift);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  float sum = 0;  // keeps the chains live
+  for (int i = 0; i < kChains; ++i) sum += acc[i][0];
+  std::printf("%s", sum == 12345.f ? " " : "");
+  return kIterations * kChains * 16 / seconds / 1e9;  // 8 lanes × (multiply + add)
+}
+
+int main() {
+  std::printf("1 thread: %.1f GFLOP/s\n", gflops_of_one_thread());
+  const unsigned n = std::thread::hardware_concurrency();
+  std::vector<double> rates(n);
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < n; ++t) threads.emplace_back([&rates, t] { rates[t] = gflops_of_one_thread(); });
+  double total = 0;
+  for (unsigned t = 0; t < n; ++t) {
+    threads[t].join();
+    total += rates[t];
+  }
+  std::printf("%u threads: %.1f GFLOP/s\n", n, total);
+}
