@@ -8,7 +8,7 @@ from hyperkd.kernels import activation_boundary as triton_ab
 from hyperkd.ops import (activation_boundary_loss, activation_boundary_losses,
                          activation_boundary_teacher_summary, activation_boundary_terms)
 from tests.kd.features import ODD_SHAPES, feature_pair
-from tests.kd.op_checks import assert_compiled_matches_eager
+from tests.kd.op_checks import assert_compiled_matches_eager, assert_terms_and_grads_match
 from tests.tolerances import assert_close
 
 
@@ -26,11 +26,7 @@ def test_cpu_matches_reference(dtype, margin):
     student, teacher = feature_pair(ODD_SHAPES, dtype, channels_last_layer=1)
     terms = activation_boundary_losses(student, teacher, margin=margin)
     ref_terms, ref_grads, weights = _reference(student, teacher, margin)
-    assert terms.dtype == dtype
-    assert_close(terms, ref_terms, dtype)
-    grads = torch.autograd.grad((weights.to(dtype) * terms).sum(), student)
-    for g, r in zip(grads, ref_grads):
-        assert_close(g, r, dtype)
+    assert_terms_and_grads_match(terms, ref_terms, ref_grads, weights, student, dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
