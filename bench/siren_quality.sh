@@ -12,6 +12,8 @@ COMMON="--model resnet20 --checkpoint $T --encoding siren --batch-size 16"
 # Table 1: reconstruction only, width 320 (CR 1.156), 50 epochs x 79 steps.
 $RUN siren reconstruct $COMMON --width 320 --lr 3e-4 --epochs 50 --out runs/recon320
 $RUN siren analyse $COMMON --width 320 --from runs/recon320/best.pt --out runs/recon320/analysis
+# Table 3: progressive rounds of the Table 1 predictor (round 1 is Table 1's command again).
+$RUN siren progressive $COMMON --width 320 --lr 3e-4 --epochs 50 --rounds 3 --out runs/prog320
 # Table 2: width 210 (CR 0.502). Phase 1 (12 epochs), phase 2 = logit KD only (4 epochs, Adam lr
 # 2e-6: 1e-4 killed the decoded net in one step), on images or on U[-1,1] noise; the joint baseline
 # and a recon-only run take the same 12 + 4 = 16 epochs from scratch.

@@ -1,4 +1,5 @@
-"""Collects the runs of bench/siren_quality.sh into one JSON and prints the two tables (markdown).
+"""Collects the runs of bench/siren_quality.sh into one JSON and prints the tables (markdown) of the
+runs it finds: reconstruction only, CR ≈ 0.5, progressive rounds.
 
     PYTHONPATH=. python bench/siren_quality_summary.py [--runs runs] [--out bench/results/siren-quality-digits-DATE.json]
 
@@ -56,6 +57,30 @@ def describe(run: Path, original) -> dict:
             "first_epoch_val_acc": log[0]["val_acc"]}
 
 
+def describe_rounds(run: Path, original) -> list:
+    """Per progressive round: the selected epoch's accuracies and the RMS distance of its conv
+    weights from its target (the previous round's net) and from the original. Each round's
+    predictor is restored on its own target, whose weights its kernel permutation was built from."""
+    config = {k.replace("-", "_"): v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()}
+    options = dict(encoding=config["encoding"], width=config["width"], depth=config["depth"],
+                   permutation=config["permutation"])
+    target, target_val, rounds = original, None, []
+    for r in range(1, config["rounds"] + 1):
+        folder = run / f"round{r}"
+        if not (folder / "summary.json").is_file():
+            break
+        summary = json.loads((folder / "summary.json").read_text())
+        rep = phases.load_representation(target, folder / "best.pt", **options)
+        net = rep.materialise().eval()
+        rounds.append({"round": r, "width": config["width"], "cr": rep.compression_ratio(),
+                       "epochs": summary["epochs"], "best_epoch": summary["epoch"],
+                       "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
+                       "target_val_acc": target_val, "distance_to_target": phases.distance(net, target),
+                       "distance_to_original": phases.distance(net, original)})
+        target, target_val = net, summary["val_acc"]
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
@@ -74,6 +99,8 @@ def main() -> None:
     for name in ("recon210", "recon210-16", "joint210", "decoupled210", "decoupled210-noise"):
         if (runs / name / "summary.json").is_file():
             result["table2"][name] = describe(runs / name, original)
+    if (runs / "prog320" / "config.yaml").is_file():
+        result["progressive"] = describe_rounds(runs / "prog320", original)
     folder = runs / "recon320" / "analysis"
     if (folder / "analysis.json").is_file():
         record = json.loads((folder / "analysis.json").read_text())
@@ -98,8 +125,9 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def tables(result: dict) -> str:
-    o = result["original"]
+def table1(result: dict, o: dict) -> list:
+    if not result["table1"]:
+        return []
     lines = ["Table 1 (reconstruction only, CR > 1)", "",
              "| net | CR | steps | kernel MSE (rel.) | val % | test % | Δ test vs original | last epoch: test % (rel. MSE) |",
              "|---|---|---|---|---|---|---|---|",
@@ -109,21 +137,47 @@ def tables(result: dict) -> str:
                      f"{r['kernel_mse']:.2e} ({r['kernel_mse_relative']:.3f}) | {pct(r['val_acc'])} | "
                      f"{pct(r['test_acc'])} | {100 * (r['test_acc'] - o['test_acc']):+.2f} | "
                      f"{pct(r['last_epoch_test_acc'])} ({r['last_epoch_kernel_mse_relative']:.4f}) |")
+    return lines
+
+
+def table2(result: dict, o: dict) -> list:
+    if not result["table2"]:
+        return []
     labels = {"recon210": "recon-only (phase 1)", "recon210-16": "recon-only, as long as the others",
               "joint210": "joint baseline L_recon + α L_KD + β L_FMD, α = β = 1e-4 (paper)",
               "decoupled210": "decoupled: phase 1 + L_KD-only phase 2, lr 2e-6 (ours)",
               "decoupled210-noise": "decoupled on U[−1,1] noise (data-free), lr 2e-6"}
-    lines += ["", "Table 2 (CR ≈ 0.5)", "",
-              "| method | CR | steps | kernel MSE (rel.) | val % | test % | last epoch: test % |",
-              "|---|---|---|---|---|---|---|",
-              f"| original ResNet-20 | – | – | – | {pct(o['val_acc'])} | {pct(o['test_acc'])} | – |"]
+    lines = ["Table 2 (CR ≈ 0.5)", "",
+             "| method | CR | steps | kernel MSE (rel.) | val % | test % | last epoch: test % |",
+             "|---|---|---|---|---|---|---|",
+             f"| original ResNet-20 | – | – | – | {pct(o['val_acc'])} | {pct(o['test_acc'])} | – |"]
     phase1 = result["table2"].get("recon210")
     for name, r in result["table2"].items():
         steps = r["steps"] + (phase1["steps"] if r["phase"] == "decouple" and phase1 else 0)
         lines.append(f"| {labels[name]} | {r['cr']:.3f} | {steps} | {r['kernel_mse']:.2e} "
                      f"({r['kernel_mse_relative']:.3f}) | {pct(r['val_acc'])} | {pct(r['test_acc'])} | "
                      f"{pct(r['last_epoch_test_acc'])} |")
-    return "\n".join(lines)
+    return lines
+
+
+def table3(result: dict, o: dict) -> list:
+    if not result.get("progressive"):
+        return []
+    lines = ["Table 3 (progressive rounds, CR > 1; a round is kept if its val accuracy beats its target's)", "",
+             "| round | CR | epochs | selected epoch | val % | test % | target's val % | kept | RMS Δw to target | RMS Δw to original |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["progressive"]:
+        target_val = o["val_acc"] if r["target_val_acc"] is None else r["target_val_acc"]
+        lines.append(f"| {r['round']} | {r['cr']:.3f} | {r['epochs']} | {r['best_epoch']} | {pct(r['val_acc'])} | "
+                     f"{pct(r['test_acc'])} | {pct(target_val)} | {'yes' if r['val_acc'] > target_val else 'no'} | "
+                     f"{r['distance_to_target']:.2e} | {r['distance_to_original']:.2e} |")
+    return lines
+
+
+def tables(result: dict) -> str:
+    """The tables the runs found, each separated by a blank line."""
+    found = [t(result, result["original"]) for t in (table1, table2, table3)]
+    return "\n\n".join("\n".join(lines) for lines in found if lines)
 
 
 if __name__ == "__main__":
