@@ -21,9 +21,8 @@ static double gflops_of_one_thread() {
     for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], scale, shift);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  float sum = 0;  // keeps the chains live
-  for (int i = 0; i < kChains; ++i) sum += acc[i][0];
-  std::printf("%s", sum == 12345.f ? " " : "");
+  volatile float sink = 0;  // keeps the chains live
+  for (int i = 0; i < kChains; ++i) sink = sink + acc[i][0];
   return kIterations * kChains * 16 / seconds / 1e9;  // 8 lanes × (multiply + add)
 }
 
