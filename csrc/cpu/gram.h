@@ -6,9 +6,12 @@
 // per core at B = 16, against 79 for square products — and it computes both triangles. Here a
 // 3×4 tile of G is accumulated in registers across a cache-sized slice of D, only tiles on or
 // above the diagonal are computed, and the threads split D rather than the output, so every
-// thread has work however small B is and however unequal the layers are.
+// thread has work however small B is and however unequal the layers are. The backward is
+// tile_gemm (tile_gemm.h) over column panels of Q.
 #pragma once
 #include <ATen/Parallel.h>
+
+#include "tile_gemm.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -17,23 +20,6 @@
 
 namespace hyperkd {
 namespace gram_detail {
-
-// 32-byte vectors (AVX2 ymm; GCC splits them where only SSE exists); loads through memcpy are
-// unaligned vmovups.
-template <typename T>
-struct Simd {
-  typedef T V __attribute__((vector_size(32)));
-  static constexpr int64_t L = 32 / sizeof(T);
-  static V load(const T* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
-  static void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
-  static T sum(V v) { T s = 0; for (int64_t l = 0; l < L; ++l) s += v[l]; return s; }
-  // Keeps v in a register from here on, so the compiler cannot fold its load into each use.
-  static void pin(V& v) {
-#if defined(__AVX__)
-    asm("" : "+x"(v));
-#endif
-  }
-};
 
 // 3×4 tiles of G: 12 accumulators + 3 + 1 operands fill AVX2's 16 registers.
 // The tile loops carry `GCC unroll` so that they are unrolled before the accumulator arrays are
@@ -66,7 +52,7 @@ void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64
       typename S::V vb = S::load(b[j] + k);
       S::pin(vb);
       #pragma GCC unroll 8
-      for (int i = 0; i < TI; ++i) acc[i][j] += va[i] * vb;
+      for (int i = 0; i < TI; ++i) acc[i][j] = S::fma(va[i], vb, acc[i][j]);
     }
   }
   #pragma GCC unroll 8
@@ -113,55 +99,6 @@ std::pair<int64_t, int64_t> column_share(int64_t n, int64_t t, int64_t threads) 
   return {std::min(n, vecs * t / threads * L), std::min(n, vecs * (t + 1) / threads * L)};
 }
 
-// Blocks of dQ: 6 rows × 2 vectors, 12 accumulators + 2 loads + 1 broadcast.
-constexpr int kBlockRows = 6, kBlockVecs = 2;
-
-// out[i, 0:n] = Σ_j S[j, i]·P[j, 0:n] for RI rows from i0, P a packed B×n panel of Q (S symmetric,
-// so the RI factors of each j are adjacent), kBlockVecs vectors of columns at a time.
-template <typename T, int RI>
-void gram_backward_rows(const T* Sm, const T* P, int64_t B, int64_t n, int64_t i0, T* out, int64_t ld) {
-  using S = Simd<T>;
-  constexpr int RV = kBlockVecs;
-  int64_t k = 0;
-  for (; k + RV * S::L <= n; k += RV * S::L) {
-    typename S::V acc[RI][RV] = {};
-    for (int64_t j = 0; j < B; ++j) {
-      typename S::V q[RV];
-      #pragma GCC unroll 8
-      for (int v = 0; v < RV; ++v) q[v] = S::load(P + j * n + k + v * S::L);
-      #pragma GCC unroll 8
-      for (int i = 0; i < RI; ++i) {
-        const T s = Sm[j * B + i0 + i];
-        #pragma GCC unroll 8
-        for (int v = 0; v < RV; ++v) acc[i][v] += s * q[v];
-      }
-    }
-    #pragma GCC unroll 8
-    for (int i = 0; i < RI; ++i)
-      #pragma GCC unroll 8
-      for (int v = 0; v < RV; ++v) S::store(out + (i0 + i) * ld + k + v * S::L, acc[i][v]);
-  }
-  #pragma GCC unroll 8
-  for (int i = 0; i < RI; ++i) {  // the last columns, fewer than a block: row-wise axpys
-    T* o = out + (i0 + i) * ld;
-    std::fill(o + k, o + n, T(0));
-    for (int64_t j = 0; j < B; ++j) {
-      const T s = Sm[j * B + i0 + i];
-      const T* q = P + j * n;
-#pragma omp simd
-      for (int64_t r = k; r < n; ++r) o[r] += s * q[r];
-    }
-  }
-}
-
-template <typename T, int RI = kBlockRows>
-void gram_backward_rows_any(const T* Sm, const T* P, int64_t B, int64_t n, int64_t i0, int64_t ri, T* out,
-                            int64_t ld) {
-  if constexpr (RI > 1)
-    if (ri < RI) return gram_backward_rows_any<T, RI - 1>(Sm, P, B, n, i0, ri, out, ld);
-  gram_backward_rows<T, RI>(Sm, P, B, n, i0, out, ld);
-}
-
 }  // namespace gram_detail
 
 // grams[m] = Q_m·Q_mᵀ for M row-major B×D_m matrices (rows D_m apart), both triangles written.
@@ -197,22 +134,22 @@ template <typename T>
 void gram_backward_layers(const std::vector<const T*>& Sm, const std::vector<const T*>& Q,
                           const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out) {
   const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads());
-  constexpr int64_t block = gram_detail::kBlockVecs * gram_detail::Simd<T>::L;
+  constexpr int64_t block = tile_detail::panel_width<T>();
   const int64_t panel = std::max<int64_t>(1, (32 << 10) / (B * int64_t(sizeof(T)) * block)) * block;
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    // Column panels of Q are copied to a contiguous B×panel block first: Q's rows lie D apart, a
-    // power of two on CIFAR nets, so read in place they fall into the same cache sets.
-    std::vector<T> packed(B * panel);
+    // Column panels of Q are copied to a B×panel block whose rows are padded (padded_ld) first:
+    // Q's rows lie D apart, a power of two on CIFAR nets, so read in place they fall into the
+    // same cache sets.
+    const int64_t ld = padded_ld<T>(panel);
+    std::vector<T> packed(B * ld);
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t m = 0; m < M; ++m) {
         const auto [k0, k1] = gram_detail::column_share<T>(D[m], t, threads);
         for (int64_t c0 = k0; c0 < k1; c0 += panel) {
           const int64_t n = std::min(k1, c0 + panel) - c0;
-          for (int64_t j = 0; j < B; ++j) std::copy_n(Q[m] + j * D[m] + c0, n, packed.data() + j * n);
-          for (int64_t i0 = 0; i0 < B; i0 += gram_detail::kBlockRows)
-            gram_detail::gram_backward_rows_any<T>(Sm[m], packed.data(), B, n, i0,
-                                                   std::min<int64_t>(gram_detail::kBlockRows, B - i0),
-                                                   out[m] + c0, D[m]);
+          for (int64_t j = 0; j < B; ++j) std::copy_n(Q[m] + j * D[m] + c0, n, packed.data() + j * ld);
+          // out[i, :] = Σ_j S[j, i]·P[j, :]: A(i, j) = S[j·B + i].
+          tile_gemm<T>(B, n, B, {Sm[m], 1, B}, packed.data(), ld, out[m] + c0, D[m], nullptr, false);
         }
       }
   });

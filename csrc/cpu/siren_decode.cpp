@@ -3,14 +3,15 @@
 //   z₀ = T_ℓ[ℓ] + T_f[f] + T_c[c]         (first layer of a separable encoding, as three tables)
 //   hᵢ = act(zᵢ),  zᵢ₊₁ = hᵢ Wᵢᵀ + bᵢ      (hidden layers, act = ReLU or sin)
 //   out = h_last W_outᵀ + b_out
-// Each block of kBlockRows coordinates is carried through all layers by single-threaded BLAS
-// calls on raw pointers (at::parallel_for runs one chunk of blocks per thread; MKL does not nest
-// threads inside it) and `omp simd` loops for the epilogues, so the N×H activations of a layer
+// Each block of kBlockRows coordinates is carried through all layers by single-threaded
+// register-tiled products (tile_gemm.h: the weights packed once per call, the block's
+// activations read in place, the bias loaded into the tiles) and `omp simd` loops for the
+// epilogues, one chunk of blocks per thread of at::parallel_for, so the N×H activations of a layer
 // never exist unless the caller asks to keep them, and a block pays no tensor-op overhead.
 // Backward needs every layer's pre-activation: sin' = cos needs z, not sin(z). The forward either
 // stores them, (NH+1)×N×H, when the caller asks (`save_pre_activations`, the default for
 // training batches that fit the Python side's budget), or the backward recomputes each block's
-// chain of forward GEMMs — a third more GEMM work, but no N×H×depth buffer for a wide predictor
+// chain of forward products — a third more GEMM work, but no N×H×depth buffer for a wide predictor
 // over a whole large net.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,42 +19,17 @@
 #include <torch/library.h>
 
 #include <array>
-#include <memory>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "simd_math.h"
-
-// The Fortran BLAS entry points of the BLAS libtorch_cpu links (MKL on x86-64), column-major.
-extern "C" {
-void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc);
-}
+#include "tile_gemm.h"
 
 namespace hyperkd {
 namespace {
 
 constexpr int64_t kBlockRows = 256;
 enum Activation { kReLU = 0, kSine = 1 };
-
-// Row-major C (M×N) = op(A)·op(B) + beta·C with A, B, C dense of widths lda, ldb, ldc: the
-// column-major call computing Cᵀ = op(B)ᵀ·op(A)ᵀ.
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-  const int m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
-  const T one = 1;
-  if constexpr (std::is_same_v<T, float>)
-    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-  else
-    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-}
 
 // h = act(z), n elements.
 template <typename T>
@@ -72,12 +48,6 @@ void activate(const T* z, T* h, int64_t n, int64_t act) {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
   }
-}
-
-// Every row of the B×W matrix `c` set to `bias`.
-template <typename T>
-void broadcast_rows(const T* bias, T* c, int64_t B, int64_t W) {
-  for (int64_t r = 0; r < B; ++r) std::copy(bias, bias + W, c + r * W);
 }
 
 void check_inputs(const at::Tensor& index, const at::Tensor& tl, const at::Tensor& tf,
@@ -164,17 +134,54 @@ BlockZ<T> block_z(const at::Tensor& saved, bool stored, T* scratch, int64_t r0, 
                 : BlockZ<T>{scratch, kBlockRows * H};
 }
 
-// z₀..z_NH of rows [r0, r0+B) written into `zs`; `h` is B×H scratch.
+// h (rows ldh apart) = act(z) (rows H apart) over B rows.
 template <typename T>
-void block_forward(const Weights& w, BlockZ<T> zs, T* h, int64_t r0, int64_t B) {
+void activate_rows(const T* z, T* h, int64_t ldh, int64_t B, int64_t H, int64_t act) {
+  for (int64_t r = 0; r < B; ++r) activate(z + r * H, h + r * ldh, H, act);
+}
+
+// The weights as the tile products read them (their B operand), packed once per call: rows of
+// width H are `ld` apart, rows of width O `ld_out`.
+template <typename T>
+struct PackedMlp {
+  int64_t ld, ld_out;
+  std::vector<T> hidden_t, out_t;  // Wᵢᵀ (NH×H rows), W_outᵀ (H rows): zᵢ₊₁ = hᵢ·Wᵢᵀ
+  std::vector<T> hidden, out;      // Wᵢ (NH×H rows), W_out (O rows): dhᵢ = dzᵢ₊₁·Wᵢ (backward)
+};
+
+template <typename T>
+PackedMlp<T> pack_mlp(const Weights& w, bool forward, bool backward) {
+  const int64_t H = w.H(), O = w.ow.size(0), NH = w.NH();
+  PackedMlp<T> p{padded_ld<T>(H), padded_ld<T>(O)};
+  const T *hw = w.hw.data_ptr<T>(), *ow = w.ow.data_ptr<T>();
+  if (forward) {
+    p.hidden_t.resize(NH * H * p.ld);
+    for (int64_t i = 0; i < NH; ++i)
+      pack_rows(hw + i * H * H, H, H, 1, H, p.hidden_t.data() + i * H * p.ld, p.ld);
+    p.out_t.resize(H * p.ld_out);
+    pack_rows(ow, H, O, 1, H, p.out_t.data(), p.ld_out);
+  }
+  if (backward) {
+    p.hidden.resize(NH * H * p.ld);
+    pack_rows(hw, NH * H, H, H, 1, p.hidden.data(), p.ld);
+    p.out.resize(O * p.ld);
+    pack_rows(ow, O, H, H, 1, p.out.data(), p.ld);
+  }
+  return p;
+}
+
+// z₀..z_NH of rows [r0, r0+B) written into `zs`; `h` is scratch of kBlockRows rows ld apart.
+template <typename T>
+void block_forward(const Weights& w, const PackedMlp<T>& p, BlockZ<T> zs, T* h, int64_t r0,
+                   int64_t B) {
   const int64_t H = w.H();
   gather_first_layer(w.index.data_ptr<int64_t>(), w.tl.data_ptr<T>(), w.tf.data_ptr<T>(),
                      w.tc.data_ptr<T>(), H, r0, B, zs[0]);
-  const T *hw = w.hw.data_ptr<T>(), *hb = w.hb.data_ptr<T>();
+  const T* hb = w.hb.data_ptr<T>();
   for (int64_t i = 0; i < w.NH(); ++i) {
-    activate(zs[i], h, B * H, w.act);
-    broadcast_rows(hb + i * H, zs[i + 1], B, H);
-    gemm<T>(false, true, B, H, H, h, H, hw + i * H * H, H, T(1), zs[i + 1], H);
+    activate_rows(zs[i], h, p.ld, B, H, w.act);
+    tile_gemm<T>(B, H, H, {h, p.ld, 1}, p.hidden_t.data() + i * H * p.ld, p.ld, zs[i + 1], H,
+                 hb + i * H, false);
   }
 }
 
@@ -183,18 +190,16 @@ int64_t block_count(int64_t N) { return (N + kBlockRows - 1) / kBlockRows; }
 template <typename T>
 void decode_blocks(const Weights& w, at::Tensor& out, at::Tensor& saved, bool save) {
   const int64_t N = w.index.size(0), H = w.H(), O = w.ow.size(0), NH = w.NH();
+  const PackedMlp<T> p = pack_mlp<T>(w, true, false);
   at::parallel_for(0, block_count(N), 1, [&](int64_t b0, int64_t b1) {
-    auto scratch = std::make_unique_for_overwrite<T[]>((save ? 0 : (NH + 1) * kBlockRows * H) +
-                                                       kBlockRows * H);
-    T* h = scratch.get();
+    std::vector<T> h(kBlockRows * p.ld), z_scratch(save ? 0 : (NH + 1) * kBlockRows * H);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
-      const BlockZ<T> zs = block_z(saved, save, h + kBlockRows * H, r0, N, H);
-      block_forward(w, zs, h, r0, B);
-      activate(zs[NH], h, B * H, w.act);
-      T* o = out.data_ptr<T>() + r0 * O;
-      broadcast_rows(w.ob.data_ptr<T>(), o, B, O);
-      gemm<T>(false, true, B, O, H, h, H, w.ow.data_ptr<T>(), H, T(1), o, O);
+      const BlockZ<T> zs = block_z(saved, save, z_scratch.data(), r0, N, H);
+      block_forward(w, p, zs, h.data(), r0, B);
+      activate_rows(zs[NH], h.data(), p.ld, B, H, w.act);
+      tile_gemm<T>(B, O, H, {h.data(), p.ld, 1}, p.out_t.data(), p.ld_out,
+                   out.data_ptr<T>() + r0 * O, O, w.ob.data_ptr<T>(), false);
     }
   });
 }
@@ -226,25 +231,30 @@ struct Grads {
 // from one range reduction (sincos_fast), where a sin pass and a cos pass would each pay it.
 template <typename T>
 struct SineGrad {
-  T* cos_z;  // B×H scratch
-  // h = sin z and cos_z = cos z over n elements.
-  void start(const T* z, T* h, int64_t n) const {
+  T* cos_z;    // scratch of kBlockRows rows, ld apart
+  int64_t ld;  // the row stride of h, dh and cos_z (z's rows are H apart)
+  // h = sin z and cos_z = cos z over B rows.
+  void start(const T* z, T* h, int64_t B, int64_t H) const {
     int out_of_range = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      const T* zr = z + r * H;
+      T *hr = h + r * ld, *c = cos_z + r * ld;
 #pragma omp simd reduction(| : out_of_range)
-    for (int64_t j = 0; j < n; ++j) {
-      const auto sc = sincos_fast(z[j]);
-      h[j] = sc.sin;
-      cos_z[j] = sc.cos;
-      out_of_range |= !fast_trig_valid(z[j]);
+      for (int64_t j = 0; j < H; ++j) {
+        const auto sc = sincos_fast(zr[j]);
+        hr[j] = sc.sin;
+        c[j] = sc.cos;
+        out_of_range |= !fast_trig_valid(zr[j]);
+      }
     }
-    if (out_of_range) redo_out_of_range(z, h, n);
+    if (out_of_range) redo_out_of_range(z, h, B, H);
   }
   // dh ← dz_i and bias_grad += its column sums; h ← sin z_{i−1}, cos_z ← cos z_{i−1}. (z_i itself
   // is not read: cos z_i is already in cos_z.)
   void step(T* dh, const T*, const T* z_prev, T* h, T* bias_grad, int64_t B, int64_t H) const {
     int out_of_range = 0;
     for (int64_t r = 0; r < B; ++r) {
-      T *d = dh + r * H, *c = cos_z + r * H, *hr = h + r * H;
+      T *d = dh + r * ld, *c = cos_z + r * ld, *hr = h + r * ld;
       const T* zp = z_prev + r * H;
 #pragma omp simd reduction(| : out_of_range)
       for (int64_t j = 0; j < H; ++j) {
@@ -256,28 +266,31 @@ struct SineGrad {
         out_of_range |= !fast_trig_valid(zp[j]);
       }
     }
-    if (out_of_range) redo_out_of_range(z_prev, h, B * H);
+    if (out_of_range) redo_out_of_range(z_prev, h, B, H);
   }
-  // dz₀ = dh ⊙ cos z₀ for the first layer, which has no bias of its own (it is folded into T_ℓ).
-  T first_layer_grad(T d, const T*, int64_t j) const { return d * cos_z[j]; }
+  // dz₀ = dh ⊙ cos z₀ of row r for the first layer, which has no bias of its own (it is folded
+  // into T_ℓ).
+  T first_layer_grad(T d, const T*, int64_t r, int64_t j) const { return d * cos_z[r * ld + j]; }
 
  private:
   // The elements the fast reduction does not cover (|z| beyond kFastTrigBound, inf, NaN).
-  void redo_out_of_range(const T* z, T* h, int64_t n) const {
-    for (int64_t j = 0; j < n; ++j)
-      if (!fast_trig_valid(z[j])) {
-        h[j] = std::sin(z[j]);
-        cos_z[j] = std::cos(z[j]);
-      }
+  void redo_out_of_range(const T* z, T* h, int64_t B, int64_t H) const {
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t j = 0; j < H; ++j)
+        if (const T x = z[r * H + j]; !fast_trig_valid(x)) {
+          h[r * ld + j] = std::sin(x);
+          cos_z[r * ld + j] = std::cos(x);
+        }
   }
 };
 
 template <typename T>
 struct ReLUGrad {
-  void start(const T* z, T* h, int64_t n) const { activate(z, h, n, kReLU); }
+  int64_t ld;
+  void start(const T* z, T* h, int64_t B, int64_t H) const { activate_rows(z, h, ld, B, H, kReLU); }
   void step(T* dh, const T* z, const T* z_prev, T* h, T* bias_grad, int64_t B, int64_t H) const {
     for (int64_t r = 0; r < B; ++r) {
-      T *d = dh + r * H, *hr = h + r * H;
+      T *d = dh + r * ld, *hr = h + r * ld;
       const T *zr = z + r * H, *zp = z_prev + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
@@ -287,36 +300,39 @@ struct ReLUGrad {
       }
     }
   }
-  T first_layer_grad(T d, const T* z, int64_t j) const { return z[j] > T(0) ? d : T(0); }
+  T first_layer_grad(T d, const T* z0_row, int64_t, int64_t j) const {
+    return z0_row[j] > T(0) ? d : T(0);
+  }
 };
 
-// Adds one block's gradients into `g`; `zs` holds its pre-activations, `gy` its B×O output grads;
-// h, dh, dh2 are B×H scratch.
+// Adds one block's gradients into `g`; `zs` holds its pre-activations (rows H apart), `gy` its
+// B×O output grads; h, dh, dh2 are scratch of kBlockRows rows p.ld apart, zero-initialised: the
+// weight-gradient products read h's rows to a whole panel, padding included.
 template <typename T, typename Grad>
-void block_backward(const Weights& w, const Grad& act, BlockZ<T> zs, const T* gy, int64_t r0,
-                    int64_t B, const Grads<T>& g, T* h, T* dh, T* dh2) {
+void block_backward(const Weights& w, const PackedMlp<T>& p, const Grad& act, BlockZ<T> zs,
+                    const T* gy, int64_t r0, int64_t B, const Grads<T>& g, T* h, T* dh, T* dh2) {
   const int64_t H = w.H(), O = w.ow.size(0), NH = w.NH();
-  act.start(zs[NH], h, B * H);
-  gemm<T>(true, false, O, H, B, gy, O, h, H, T(1), g.ow, H);  // g_ow += gyᵀ h
+  act.start(zs[NH], h, B, H);
+  tile_gemm<T>(O, H, B, {gy, 1, O}, h, p.ld, g.ow, H, nullptr, true);  // g_ow += gyᵀ·h
   for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < O; ++j) g.ob[j] += gy[r * O + j];
-  gemm<T>(false, false, B, H, O, gy, O, w.ow.data_ptr<T>(), H, T(0), dh, H);  // dh = gy W_out
-  const T* hw = w.hw.data_ptr<T>();
+  tile_gemm<T>(B, H, O, {gy, O, 1}, p.out.data(), p.ld, dh, p.ld, nullptr, false);  // dh = gy·W_out
   for (int64_t i = NH; i > 0; --i) {
     // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
     act.step(dh, zs[i], zs[i - 1], h, g.hb + (i - 1) * H, B, H);  // dh is now dz_i
-    gemm<T>(true, false, H, H, B, dh, H, h, H, T(1), g.hw + (i - 1) * H * H, H);
-    gemm<T>(false, false, B, H, H, dh, H, hw + (i - 1) * H * H, H, T(0), dh2, H);
+    tile_gemm<T>(H, H, B, {dh, 1, p.ld}, h, p.ld, g.hw + (i - 1) * H * H, H, nullptr, true);
+    tile_gemm<T>(B, H, H, {dh, p.ld, 1}, p.hidden.data() + (i - 1) * H * p.ld, p.ld, dh2, p.ld,
+                 nullptr, false);
     std::swap(dh, dh2);
   }
   const int64_t* index = w.index.data_ptr<int64_t>();
   for (int64_t r = 0; r < B; ++r) {
     const int64_t* ix = index + (r0 + r) * 3;
-    const T* d = dh + r * H;
+    const T* d = dh + r * p.ld;
     T *a = g.tl + ix[0] * H, *b = g.tf + ix[1] * H, *c = g.tc + ix[2] * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T dz = act.first_layer_grad(d[j], zs[0], r * H + j);
+      const T dz = act.first_layer_grad(d[j], zs[0] + r * H, r, j);
       a[j] += dz;
       b[j] += dz;
       c[j] += dz;
@@ -365,21 +381,22 @@ siren_decode_backward_cpu(const at::Tensor& grad_, const at::Tensor& index, cons
                           : partial.data_ptr<T>() + (chunk - 1) * per_chunk + offset;
       return Grads<T>{p[0], p[1], p[2], p[3], p[4], p[5], p[6]};
     };
+    const PackedMlp<T> p = pack_mlp<T>(w, !stored, true);
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      const int64_t rows = kBlockRows * H;
-      auto scratch = std::make_unique_for_overwrite<T[]>((stored ? 0 : (NH + 1) * rows) + 4 * rows);
-      T *h = scratch.get(), *dh = h + rows, *dh2 = dh + rows, *cos_z = dh2 + rows;
+      const int64_t rows = kBlockRows * p.ld;
+      std::vector<T> scratch(4 * rows + (stored ? 0 : (NH + 1) * kBlockRows * H));
+      T *h = scratch.data(), *dh = h + rows, *dh2 = dh + rows, *cos_z = dh2 + rows;
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         const Grads<T> g = chunk_grads(chunk);
         for (int64_t blk = chunk * blocks / chunks; blk < (chunk + 1) * blocks / chunks; ++blk) {
           const int64_t r0 = blk * kBlockRows, B = std::min(kBlockRows, N - r0);
           const BlockZ<T> zs = block_z(saved, stored, cos_z + rows, r0, N, H);
-          if (!stored) block_forward(w, zs, h, r0, B);
+          if (!stored) block_forward(w, p, zs, h, r0, B);
           const T* gy = grad.data_ptr<T>() + r0 * O;
           if (act == kSine)
-            block_backward(w, SineGrad<T>{cos_z}, zs, gy, r0, B, g, h, dh, dh2);
+            block_backward(w, p, SineGrad<T>{cos_z, p.ld}, zs, gy, r0, B, g, h, dh, dh2);
           else
-            block_backward(w, ReLUGrad<T>{}, zs, gy, r0, B, g, h, dh, dh2);
+            block_backward(w, p, ReLUGrad<T>{p.ld}, zs, gy, r0, B, g, h, dh, dh2);
         }
       }
     });
