@@ -5,9 +5,10 @@
 //   out = h_last W_outᵀ + b_out
 // Each block of kBlockRows coordinates is carried through all layers by single-threaded
 // register-tiled products (tile_gemm.h: the weights packed once per call, the block's
-// activations read in place, the bias loaded into the tiles) and `omp simd` loops for the
-// epilogues, one chunk of blocks per thread of at::parallel_for, so the N×H activations of a layer
-// never exist unless the caller asks to keep them, and a block pays no tensor-op overhead.
+// activations read in place, the bias loaded into the tiles; BLAS for wide predictors, see
+// `product`) and `omp simd` loops for the epilogues, one chunk of blocks per thread of
+// at::parallel_for, so the N×H activations of a layer never exist unless the caller asks to keep
+// them, and a block pays no tensor-op overhead.
 // Backward needs every layer's pre-activation: sin' = cos needs z, not sin(z). The forward either
 // stores them, (NH+1)×N×H, when the caller asks (`save_pre_activations`, the default for
 // training batches that fit the Python side's budget), or the backward recomputes each block's
@@ -25,11 +26,42 @@
 #include "simd_math.h"
 #include "tile_gemm.h"
 
+// The Fortran BLAS entry points of the BLAS libtorch_cpu links (MKL on x86-64), column-major.
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+}
+
 namespace hyperkd {
 namespace {
 
 constexpr int64_t kBlockRows = 256;
 enum Activation { kReLU = 0, kSine = 1 };
+
+// C (M×N, rows ldc apart) = init + A·B, as tile_gemm takes them (A a row-major matrix, col = 1,
+// or the transpose of one, row = 1; B row-major, rows ldb apart, readable to a whole panel).
+// Single-threaded either way: the register tiles where their operands fit the TLB
+// (tile_gemm_fits: every product up to width 240 in fp32, 120 in fp64), else the BLAS, called on
+// the same buffers as the column-major Cᵀ = Bᵀ·Aᵀ.
+template <typename T>
+void product(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, int64_t ldb, T* C,
+             int64_t ldc, const T* bias, bool accumulate) {
+  if (tile_gemm_fits(A, ldb)) return tile_gemm(M, N, K, A, B, ldb, C, ldc, bias, accumulate);
+  if (bias)
+    for (int64_t r = 0; r < M; ++r) std::copy_n(bias, N, C + r * ldc);
+  const bool a_transposed = A.col != 1;
+  const char ta = 'N', tb = a_transposed ? 'T' : 'N';
+  const int m = N, n = M, k = K, la = ldb, lb = a_transposed ? A.col : A.row, lc = ldc;
+  const T one = 1, beta = accumulate || bias ? 1 : 0;
+  if constexpr (sizeof(T) == 4)
+    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
+  else
+    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
+}
 
 // h = act(z), n elements.
 template <typename T>
@@ -180,7 +212,7 @@ void block_forward(const Weights& w, const PackedMlp<T>& p, BlockZ<T> zs, T* h, 
   const T* hb = w.hb.data_ptr<T>();
   for (int64_t i = 0; i < w.NH(); ++i) {
     activate_rows(zs[i], h, p.ld, B, H, w.act);
-    tile_gemm<T>(B, H, H, {h, p.ld, 1}, p.hidden_t.data() + i * H * p.ld, p.ld, zs[i + 1], H,
+    product<T>(B, H, H, {h, p.ld, 1}, p.hidden_t.data() + i * H * p.ld, p.ld, zs[i + 1], H,
                  hb + i * H, false);
   }
 }
@@ -198,7 +230,7 @@ void decode_blocks(const Weights& w, at::Tensor& out, at::Tensor& saved, bool sa
       const BlockZ<T> zs = block_z(saved, save, z_scratch.data(), r0, N, H);
       block_forward(w, p, zs, h.data(), r0, B);
       activate_rows(zs[NH], h.data(), p.ld, B, H, w.act);
-      tile_gemm<T>(B, O, H, {h.data(), p.ld, 1}, p.out_t.data(), p.ld_out,
+      product<T>(B, O, H, {h.data(), p.ld, 1}, p.out_t.data(), p.ld_out,
                    out.data_ptr<T>() + r0 * O, O, w.ob.data_ptr<T>(), false);
     }
   });
@@ -313,15 +345,15 @@ void block_backward(const Weights& w, const PackedMlp<T>& p, const Grad& act, Bl
                     const T* gy, int64_t r0, int64_t B, const Grads<T>& g, T* h, T* dh, T* dh2) {
   const int64_t H = w.H(), O = w.ow.size(0), NH = w.NH();
   act.start(zs[NH], h, B, H);
-  tile_gemm<T>(O, H, B, {gy, 1, O}, h, p.ld, g.ow, H, nullptr, true);  // g_ow += gyᵀ·h
+  product<T>(O, H, B, {gy, 1, O}, h, p.ld, g.ow, H, nullptr, true);  // g_ow += gyᵀ·h
   for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < O; ++j) g.ob[j] += gy[r * O + j];
-  tile_gemm<T>(B, H, O, {gy, O, 1}, p.out.data(), p.ld, dh, p.ld, nullptr, false);  // dh = gy·W_out
+  product<T>(B, H, O, {gy, O, 1}, p.out.data(), p.ld, dh, p.ld, nullptr, false);  // dh = gy·W_out
   for (int64_t i = NH; i > 0; --i) {
     // Hidden layer i−1 maps h_{i−1} = act(z_{i−1}) to z_i.
     act.step(dh, zs[i], zs[i - 1], h, g.hb + (i - 1) * H, B, H);  // dh is now dz_i
-    tile_gemm<T>(H, H, B, {dh, 1, p.ld}, h, p.ld, g.hw + (i - 1) * H * H, H, nullptr, true);
-    tile_gemm<T>(B, H, H, {dh, p.ld, 1}, p.hidden.data() + (i - 1) * H * p.ld, p.ld, dh2, p.ld,
+    product<T>(H, H, B, {dh, 1, p.ld}, h, p.ld, g.hw + (i - 1) * H * H, H, nullptr, true);
+    product<T>(B, H, H, {dh, p.ld, 1}, p.hidden.data() + (i - 1) * H * p.ld, p.ld, dh2, p.ld,
                  nullptr, false);
     std::swap(dh, dh2);
   }
