@@ -23,7 +23,7 @@ import json
 import math
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from torch import nn
 from torch.func import functional_call
 
 from hyperkd.train.loop import peak_memory_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.measure when run as a script
+from bench.measure import timed  # noqa: E402
 
 BATCH = 16
 DEVICES = ("cpu", "cuda")
@@ -154,17 +157,6 @@ def build(network: str, impl: str, hidden, optimizer: str, device: torch.device 
         opt.step()
 
     return model, opt, step
-
-
-def timed(step, device: torch.device) -> float:
-    """Seconds one call of ``step`` takes, the device's queued work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
 
 
 def parse_args(argv):

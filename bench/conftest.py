@@ -1,10 +1,11 @@
-"""pytest-benchmark set-up: device selection and the stamp (device, versions, date) in the JSON."""
+"""pytest-benchmark set-up: device selection, and the stamp (device, versions, date) and the machine's
+rates before and after the run in the JSON."""
 import os
 
 import pytest
 import torch
 
-from bench.measure import stamp
+from bench.measure import machine_rates, stamp
 
 DEVICE = torch.device(os.environ.get("HYPERKD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -23,8 +24,13 @@ def full(request):
     return request.config.getoption("--full")
 
 
+def pytest_sessionstart(session):
+    session.config.machine_rates_before = machine_rates(DEVICE)
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["hyperkd"] = stamp(DEVICE)
+    output_json["hyperkd"] = {**stamp(DEVICE), "machine_rates": {
+        "before": config.machine_rates_before, "after": machine_rates(DEVICE)}}
 
 
 @pytest.fixture(autouse=True)

@@ -6,12 +6,17 @@ CPU the same quantity read from the profiler's allocation events (its running "T
 less the total before the session's first event).
 Unlike peak RSS it does not depend on what the process ran earlier (a torch.compile warm-up
 included), so every case is measured the same way without a subprocess each.
+
+The machine's rates (``machine_rates``) are read when a run starts and when it ends and stored
+with the results, so that a run on a loaded shared machine shows as one.
 """
 import datetime
 import json
 import os
 import platform
+import statistics
 import tempfile
+import time
 
 import torch
 
@@ -60,3 +65,36 @@ def stamp(device: torch.device) -> dict:
         # glibc allocator settings change CPU timings (see hyperkd/commands/bench.py).
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
+
+
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of ``step`` takes, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    for _ in range(3):  # thread pools and caches warm
+        fn()
+    return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def machine_rates(device: torch.device, repeats: int = 50) -> dict:
+    """fp32 GEMM GFLOP/s (4096×128 by 128×128, the size class of the suites' products) and copy
+    GB/s (64 MiB, read plus write) on ``device``. A register-only FMA loop is no load indicator on
+    a shared machine: on 2026-12-03 it read 184 of its idle 205 GFLOP/s on the 2-core development
+    machine, while this GEMM ran at 116 against 171 idle and the width-128 SIREN step, fused and
+    eager alike, took 1.5–1.6x its idle time."""
+    a = torch.randn(4096, 128, device=device)
+    b = torch.randn(128, 128, device=device)
+    src = torch.empty(16 << 20, device=device)
+    dst = torch.empty_like(src)
+    gemm = _median_seconds(lambda: torch.mm(a, b), device, repeats)
+    copy = _median_seconds(lambda: dst.copy_(src), device, repeats)
+    return {"gemm_gflops": round(2 * a.shape[0] * a.shape[1] * b.shape[1] / gemm / 1e9, 1),
+            "copy_gbps": round(2 * src.numel() * src.element_size() / copy / 1e9, 1)}

@@ -36,3 +36,20 @@ def test_table_reports_speedups_and_workspace_without_the_returned_gradients():
     assert lines[4] == ("| resnet20 B=64 AT-0 raw | 10.00 | 40.00 | – | 4.00x | – | 102.0 | 108.0 "
                         "| – | 25% |")
     assert lines[-1] == "| resnet20 B=64 AT-0 raw | torchdistill | 10.00 | 50.00 | 5.00x | 102.0 | 204.0 | 2.0x |"
+
+
+def test_machine_rates_are_measured_and_shown_in_the_table_header():
+    from bench.measure import machine_rates
+    from hyperkd.commands.bench import render
+
+    rates = machine_rates(torch.device("cpu"), repeats=3)
+    assert set(rates) == {"gemm_gflops", "copy_gbps"}
+    assert all(0 < v < float("inf") for v in rates.values())
+
+    stamp = {"device": "cpu", "machine_rates": {"before": {"gemm_gflops": 171.0, "copy_gbps": 20.5},
+                                                "after": {"gemm_gflops": 116.5, "copy_gbps": 16.7}}}
+    lines = render({"benchmarks": [], "hyperkd": stamp}).splitlines()
+    assert lines[1] == ("machine: GEMM 171.0 → 116.5 GFLOP/s, copy 20.5 → 16.7 GB/s "
+                        "(before → after the run)")
+    # Results written before the rates were recorded render without the line.
+    assert render({"benchmarks": [], "hyperkd": {"device": "cpu"}}).splitlines()[1] == ""

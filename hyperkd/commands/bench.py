@@ -51,6 +51,16 @@ def run(args) -> int:
 BASELINES = ("eager", "compiled")
 
 
+def machine_line(stamp: dict) -> list:
+    """The machine's rates before → after the run, as one line (none for results without them)."""
+    rates = stamp.get("machine_rates")
+    if not rates:
+        return []
+    before, after = rates["before"], rates["after"]
+    return [f"machine: GEMM {before['gemm_gflops']} → {after['gemm_gflops']} GFLOP/s, "
+            f"copy {before['copy_gbps']} → {after['copy_gbps']} GB/s (before → after the run)"]
+
+
 def render(results: dict) -> str:
     """A markdown table: per case, median time and peak extra memory of each implementation, the
     fused op's speed-ups, and its workspace relative to eager's. Workspace is the peak less the
@@ -64,7 +74,7 @@ def render(results: dict) -> str:
     stamp = results.get("hyperkd", {})
     mib = 2 ** 20
     lines = [f"device: {stamp.get('device', '?')}, torch {stamp.get('torch', '?')}, "
-             f"triton {stamp.get('triton', '?')}, {stamp.get('date', '?')}", "",
+             f"triton {stamp.get('triton', '?')}, {stamp.get('date', '?')}", *machine_line(stamp), "",
              "| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
              "| fused MiB | eager MiB | compiled MiB | fused/eager workspace |",
              "|---|---|---|---|---|---|---|---|---|---|"]
