@@ -133,9 +133,12 @@ template <typename T, int R, bool Full>
     }
 }
 
-// The last rows of a panel, fewer than kRows.
+// The last rows of a panel, fewer than kRows. This and the other out-of-line parts take the view
+// by reference: passed by value, the caller copied it with a 16-byte load of two 8-byte stores
+// it had just made, which the store buffer cannot forward, so every call waited for all earlier
+// stores to reach the cache (a quarter of the SP backward's samples).
 template <typename T, bool Full, int R = kRows - 1>
-[[gnu::noinline]] void tile_rest(int64_t rows, int64_t K, StridedMatrix<T> a, const T* b,
+[[gnu::noinline]] void tile_rest(int64_t rows, int64_t K, const StridedMatrix<T>& a, const T* b,
                                  int64_t ldb, T* c, int64_t ldc, int64_t cols, const T* bias,
                                  bool accumulate) {
   if constexpr (R > 1)
@@ -148,7 +151,7 @@ template <typename T, bool Full, int R = kRows - 1>
 // into a larger function, GCC spilled the accumulators and row offsets to the stack (42 against
 // 90 GFLOP/s), and called once per tile, it paid a call's set-up every 6·K FMAs.
 template <typename T, bool Full>
-[[gnu::noinline]] void panel(int64_t M, int64_t K, StridedMatrix<T> a, const T* b, int64_t ldb,
+[[gnu::noinline]] void panel(int64_t M, int64_t K, const StridedMatrix<T>& a, const T* b, int64_t ldb,
                              T* c, int64_t ldc, int64_t cols, const T* bias, bool accumulate) {
   int64_t i0 = 0;
   for (; i0 + kRows <= M; i0 += kRows)
@@ -157,6 +160,29 @@ template <typename T, bool Full>
   if (i0 < M)
     tile_rest<T, Full>(M - i0, K, {a.p + i0 * a.row, a.row, a.col}, b, ldb, c + i0 * ldc, ldc,
                        cols, bias, accumulate);
+}
+
+// C's full row tiles, each across all N columns before the next (the order for outputs whose rows
+// lie pages apart, see tile_gemm); returns the rows done, a multiple of kRows. One call for all of
+// them, as `panel` is for its column.
+template <typename T>
+[[gnu::noinline]] int64_t row_tiles(int64_t M, int64_t N, int64_t K, const StridedMatrix<T>& a,
+                                    const T* b, int64_t ldb, T* c, int64_t ldc, const T* bias,
+                                    bool accumulate) {
+  const int64_t w = panel_width<T>();
+  int64_t i0 = 0;
+  for (; i0 + kRows <= M; i0 += kRows) {
+    const StridedMatrix<T> rows{a.p + i0 * a.row, a.row, a.col};
+    T* ci = c + i0 * ldc;
+    int64_t j0 = 0;
+    for (; j0 + w <= N; j0 += w)
+      tile<T, kRows, true>(K, rows, b + j0, ldb, ci + j0, ldc, w, bias ? bias + j0 : nullptr,
+                           accumulate);
+    if (j0 < N)
+      tile<T, kRows, false>(K, rows, b + j0, ldb, ci + j0, ldc, N - j0,
+                            bias ? bias + j0 : nullptr, accumulate);
+  }
+  return i0;
 }
 
 }  // namespace tile_detail
@@ -198,22 +224,34 @@ bool tile_gemm_fits(StridedMatrix<T> A, int64_t ldb) {
 // (ldb apart) are readable to N rounded up to the panel width; init is C itself when
 // `accumulate`, else the N-vector `bias`, or zero when that is null. Single-threaded: the callers
 // run one block per thread.
+//
+// Column panels are walked outermost, so that a panel of B stays in L1 while every row tile reads
+// it, unless C's rows lie a page or more apart (the Gram backward's outputs, rows D apart): a
+// panel would then write 64 bytes to each of M pages, which the store prefetchers do not follow,
+// and the store buffer filled (the SP backward on VGG-19-bn, B = 64: 25–28 ms in that order,
+// 20–21 in this one), so there the row tiles are outermost and each writes its rows front to back.
 template <typename T>
 void tile_gemm(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, int64_t ldb, T* C,
                int64_t ldc, const T* bias, bool accumulate) {
   using namespace tile_detail;
   const int64_t w = panel_width<T>();
+  const bool rows_outer = ldc * int64_t(sizeof(T)) >= 4096;
   for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, K - k0);
     const bool onto_c = accumulate || k0 > 0;
     const StridedMatrix<T> a{A.p + k0 * A.col, A.row, A.col};
+    const T* b = B + k0 * ldb;
+    const int64_t i0 =
+        rows_outer ? row_tiles<T>(M, N, kc, a, b, ldb, C, ldc, onto_c ? nullptr : bias, onto_c) : 0;
+    if (i0 == M) continue;
+    const StridedMatrix<T> rest{a.p + i0 * a.row, a.row, a.col};
     for (int64_t j0 = 0; j0 < N; j0 += w) {
       const int64_t cols = std::min(w, N - j0);
       const T* init = onto_c || !bias ? nullptr : bias + j0;
       if (cols == w)
-        panel<T, true>(M, kc, a, B + k0 * ldb + j0, ldb, C + j0, ldc, cols, init, onto_c);
+        panel<T, true>(M - i0, kc, rest, b + j0, ldb, C + i0 * ldc + j0, ldc, cols, init, onto_c);
       else
-        panel<T, false>(M, kc, a, B + k0 * ldb + j0, ldb, C + j0, ldc, cols, init, onto_c);
+        panel<T, false>(M - i0, kc, rest, b + j0, ldb, C + i0 * ldc + j0, ldc, cols, init, onto_c);
     }
   }
 }

@@ -71,7 +71,8 @@ def test_cuda_path_matches_reference(method, dtype):
 
 
 # Batch sizes off the Gram kernel's 3×4 tiles and the backward's 6-row blocks; widths off its
-# vector width, its column panels (2000 at B = 13 spans several) and the threads' shares of D.
+# vector width, its column panels (2000 at B = 13 spans several) and the threads' shares of D, on
+# both sides of the 4 KiB row stride where the backward's products walk row tiles first.
 KERNEL_EDGES = [(2, 1), (7, 9), (13, 50), (13, 2000), (18, 517)]
 
 
