@@ -45,8 +45,9 @@ enum Activation { kReLU = 0, kSine = 1 };
 // C (M×N, rows ldc apart) = init + A·B, as tile_gemm takes them (A a row-major matrix, col = 1,
 // or the transpose of one, row = 1; B row-major, rows ldb apart, readable to a whole panel).
 // Single-threaded either way: the register tiles where their operands fit the TLB
-// (tile_gemm_fits: every product up to width 240 in fp32, 120 in fp64), else the BLAS, called on
-// the same buffers as the column-major Cᵀ = Bᵀ·Aᵀ.
+// (tile_gemm_fits: every product up to width 240 in fp32 and 120 in fp64 with 32-byte vectors,
+// 224 and 112 with AVX-512's 64-byte ones, whose wider panels pad the rows further), else the
+// BLAS, called on the same buffers as the column-major Cᵀ = Bᵀ·Aᵀ.
 template <typename T>
 void product(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, int64_t ldb, T* C,
              int64_t ldc, const T* bias, bool accumulate) {
