@@ -61,9 +61,10 @@ def check(values, grads, index, tensors, activation, grad_out):
         assert_close(got, want, dtype, scale=scale * max(1.0, want.abs().amax().item() if want.numel() else 1.0), msg=name)
 
 
-# Widths and output sizes on and off the CPU tiles' panel widths (16 fp32, 8 fp64); width 150 with
-# 300 rows walks every product's K in more than one chunk (kDepth = 128), over two blocks; at
-# width 300 the hidden products go to BLAS (tile_gemm_fits), the output layer's stay tiled.
+# Widths and output sizes on and off the CPU tiles' panel widths (16 fp32 and 8 fp64 with AVX2,
+# twice that with AVX-512); width 150 with 300 rows walks every product's K in more than one chunk
+# (kDepth = 128), over two blocks, in fp32 (and in fp64 with AVX2); at width 300 the hidden
+# products go to BLAS (tile_gemm_fits), the output layer's stay tiled.
 CASES = [(37, 16, 3, 9, "sin"), (37, 16, 3, 9, "relu"), (5, 12, 0, 1, "sin"), (70, 33, 2, 9, "relu"),
          (1, 8, 1, 25, "sin"), (300, 150, 1, 9, "sin"), (40, 300, 1, 9, "relu")]
 
