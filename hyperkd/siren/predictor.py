@@ -128,6 +128,5 @@ class WeightPredictor(nn.Module):
                 f"output_size={self.output_size}")
 
 
-
 def parameter_count(predictor: nn.Module) -> int:
     return sum(p.numel() for p in predictor.parameters())
