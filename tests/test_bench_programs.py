@@ -1,6 +1,7 @@
-"""The stand-alone C++ programs under bench/ that docs/ quote (the FMA peak, the block products'
-rates): they build with g++ against the kernels' headers, and run. Nothing asserts on the rates
-they print; block_gemm_rate itself fails when its three routes' products disagree."""
+"""The stand-alone programs under bench/ that docs/ quote or a device session runs: the C++ ones
+(the FMA peak, the block products' rates) build with g++ against the kernels' headers and run, and
+the GPU session script parses and refuses what it cannot do. Nothing asserts on the rates they
+print; block_gemm_rate itself fails when its three routes' products disagree."""
 import platform
 import re
 import subprocess
@@ -46,3 +47,11 @@ def test_block_gemm_rate_routes_agree_at_partial_and_wide_widths(block_gemm_rate
 def test_block_gemm_rate_asks_for_a_width(block_gemm_rate):
     run = subprocess.run([str(block_gemm_rate)], capture_output=True, text=True)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+@pytest.mark.parametrize("stages", [[], ["build", "siren"]], ids=["none", "unknown"])
+def test_gpu_session_script_refuses_before_running_anything(tmp_path, stages):
+    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), *stages], capture_output=True,
+                         text=True, env={"OUT": str(tmp_path), "PYTHON": "false", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "build, test, siren-narrow, siren-wide, kd" in run.stderr
