@@ -134,18 +134,30 @@ void spatial_map_backward(const FeatureView& v, const scalar_t* f, const Feature
       gS[i] *= dpow / ties[i];  // gS·p·max^(p−1) / ties
     }
   }
-  // Restrict-qualified aliases let the compiler vectorise without runtime overlap checks.
-  const scalar_t* __restrict__ fr = f;
-  scalar_t* __restrict__ dfr = df;
   const acc_t* __restrict__ gs = gS;
-  for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
-    acc_t x = static_cast<acc_t>(fr[off]);
+  const auto grad = [&](acc_t x, int64_t hw) -> scalar_t {
     acc_t g;
     if constexpr (KIND == 0 || (KIND == 1 && MODE == kPowOne)) g = gs[hw] * sign(x);
     else if constexpr (KIND == 1 && MODE == kPowTwo) g = gs[hw] * 2 * x;
     else if constexpr (KIND == 1) g = gs[hw] * p * std::pow(std::abs(x), p - 1) * sign(x);
     else g = static_cast<acc_t>(std::abs(x) == amax[hw]) * gs[hw] * sign(x);
-    dfr[doff] = static_cast<scalar_t>(g);
+    return static_cast<scalar_t>(g);
+  };
+  if (v.plane_contiguous() && dv.plane_contiguous()) {
+    for (int64_t c = 0; c < v.C; ++c) {
+      const scalar_t* __restrict__ fc = f + c * v.sc;
+      write_streamed(df + c * dv.sc, v.HW(), [&](scalar_t* __restrict__ out, int64_t i0, int64_t k) {
+#pragma omp simd
+        for (int64_t i = 0; i < k; ++i) out[i] = grad(static_cast<acc_t>(fc[i0 + i]), i0 + i);
+      });
+    }
+    return;
+  }
+  // Restrict-qualified aliases let the compiler vectorise without runtime overlap checks.
+  const scalar_t* __restrict__ fr = f;
+  scalar_t* __restrict__ dfr = df;
+  for_each_element(v, dv, [&](int64_t, int64_t hw, int64_t off, int64_t doff) {
+    dfr[doff] = grad(static_cast<acc_t>(fr[off]), hw);
   });
 }
 

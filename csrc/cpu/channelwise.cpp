@@ -102,8 +102,10 @@ acc_t channel_kl(const FeatureView& s, const scalar_t* f, const FeatureView& t, 
     mx_s = std::max(mx_s, static_cast<acc_t>(f[o]) * inv_tau);
     mx_t = std::max(mx_t, static_cast<acc_t>(g[p]) * inv_tau);
   };
-  // k: the position's index h·W + w in the channel, for the exp buffers.
-  auto add_exps = [&](int64_t k, int64_t o, int64_t p) {
+  // k: the position's index h·W + w in the channel, for the exp buffers. Always inlined: called
+  // out of line, the loop below cannot vectorise its exps, and GCC left it out of line once this
+  // file grew past its inlining budget (CwD 2.5x slower).
+  auto add_exps = [&](int64_t k, int64_t o, int64_t p) __attribute__((always_inline)) {
     const acc_t fs = static_cast<acc_t>(f[o]) * inv_tau, gt = static_cast<acc_t>(g[p]) * inv_tau;
     const acc_t e_s = std::exp(fs - mx_s), e_t = std::exp(gt - mx_t);
     es[k] = e_s;

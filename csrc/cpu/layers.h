@@ -3,7 +3,15 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace hyperkd {
 
@@ -38,16 +46,6 @@ inline std::vector<at::Tensor> empty_like_each(at::TensorList ts) {
   return out;
 }
 
-// Runs fn(m, b) for every (layer m, sample b) row in parallel. Rows are numbered sample-major:
-// at::parallel_for hands each thread one contiguous range, and layers differ in size (ResNet-20's
-// first rows are 4x its last), so layer-major ranges left one thread with most of the work.
-template <typename Fn>
-inline void parallel_for_rows(int64_t M, int64_t B, Fn&& fn) {
-  at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) fn(r % M, r / M);
-  });
-}
-
 // A buffer of at least n elements owned by the calling thread and reused across rows: a malloc
 // and free per (layer, sample) row add up over the B·M rows of a call. Slots give one kernel
 // several such buffers of one type.
@@ -56,6 +54,63 @@ inline T* thread_scratch(int64_t n) {
   thread_local std::vector<T> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
   return buf.data();
+}
+
+// dst[0:n] = src[0:n] with non-temporal stores. A forward-gradient op writes a gradient as large
+// as the student's features, once, to memory nothing has touched yet: a normal store first reads
+// each line for ownership, which doubles the write's memory traffic (the AT loss's gradient pass
+// sat on its stores). These go to memory around the caches; call stream_fence() before another
+// thread reads dst (parallel_for_rows does, at the end of each thread's rows).
+template <typename T>
+inline void stream_store(T* dst, const T* src, int64_t n) {
+  auto* d = reinterpret_cast<char*>(dst);
+  auto* s = reinterpret_cast<const char*>(src);
+  size_t bytes = size_t(n) * sizeof(T);
+#if defined(__AVX__)
+  const size_t head = std::min(bytes, (32 - reinterpret_cast<uintptr_t>(d) % 32) % 32);
+  std::memcpy(d, s, head);
+  d += head, s += head, bytes -= head;
+  for (; bytes >= 32; d += 32, s += 32, bytes -= 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+#endif
+  std::memcpy(d, s, bytes);
+}
+
+// Orders the non-temporal stores before what follows.
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
+// Writes dst[0:n] through a small per-thread buffer and stream_store: fill(buf, i0, k) writes
+// elements i0 … i0+k−1 of the run into buf[0:k], so that the gradient's loop stays a vectorised
+// loop into cache and only the copy out streams. Used where it measured faster: AT's gradient
+// planes. (AB and CwD, whose passes do more arithmetic per element, did not gain; FitNets gained
+// on ResNet-20 and lost on VGG-19-bn, whose late planes are a few elements each.)
+template <typename T, typename Fill>
+inline void write_streamed(T* dst, int64_t n, Fill&& fill) {
+  constexpr int64_t kChunk = 1024;
+  constexpr int kStreamSlot = 15;  // apart from the kernels' own thread_scratch slots
+  T* buf = thread_scratch<T, kStreamSlot>(std::min(n, kChunk));
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t k = std::min(kChunk, n - i0);
+    fill(buf, i0, k);
+    stream_store(dst + i0, buf, k);
+  }
+}
+
+// Runs fn(m, b) for every (layer m, sample b) row in parallel. Rows are numbered sample-major:
+// at::parallel_for hands each thread one contiguous range, and layers differ in size (ResNet-20's
+// first rows are 4x its last), so layer-major ranges left one thread with most of the work. Rows
+// may write through write_streamed: each thread fences its streamed stores before it finishes.
+template <typename Fn>
+inline void parallel_for_rows(int64_t M, int64_t B, Fn&& fn) {
+  at::parallel_for(0, M * B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r % M, r / M);
+    stream_fence();
+  });
 }
 
 // Checks shared by every layer-list op: same batch, dtype and device, 4-D, non-empty.
