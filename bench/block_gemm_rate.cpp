@@ -5,7 +5,8 @@
 //   tiles     tile_gemm as the op calls it (B row-major, rows padded_ld apart);
 //   panels    tile_gemm over B packed panel by panel (each panel's K rows contiguous), the layout
 //             BLAS libraries pack into, which keeps a K chunk within a few pages;
-//   mkl       the sgemm_ that libtorch_cpu links, on the same buffers.
+//   mkl       blas_gemm, the op's BLAS route (the sgemm_ that libtorch_cpu links), on the same
+//             buffers.
 // The TLB bound is not applied here, so every width runs on the tiles. Single-threaded, x86-64.
 // Exits non-zero when the three routes' products differ by more than fp32 rounding allows.
 //   TL=.venv/lib/python3.11/site-packages/torch/lib
@@ -19,11 +20,8 @@
 #include <random>
 #include <vector>
 
+#include "../csrc/cpu/blas_gemm.h"
 #include "../csrc/cpu/tile_gemm.h"
-
-extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b,
-                       const int* ldb, const float* beta, float* c, const int* ldc);
 
 namespace {
 
@@ -37,14 +35,6 @@ double gflops(int64_t flops, Fn&& fn) {
   for (int i = 0; i < rounds; ++i) fn();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return double(flops) * rounds / s / 1e9;
-}
-
-// C (column-major m×n, ldc) = beta·C + op(A)·op(B) with the Fortran interface's arguments.
-void mkl(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-         const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  const int M = m, N = n, K = k, la = lda, lb = ldb, lc = ldc;
-  const float one = 1;
-  sgemm_(&ta, &tb, &M, &N, &K, &one, a, &la, b, &lb, &beta, c, &lc);
 }
 
 // The largest |x − y| over the first `rows` rows (`cols` of each, rows ld apart), relative to
@@ -83,9 +73,8 @@ bool measure(int64_t H) {
       tile_gemm<float>(kBlock, std::min(w, H - p * w), H, {act.data(), ld, 1},
                        packed.data() + p * H * w, w, c.data() + p * w, ld, nullptr, false);
   };
-  // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ.
   const auto by_mkl = [&](std::vector<float>& c) {
-    mkl('N', 'N', H, kBlock, H, weight.data(), ld, act.data(), ld, 0, c.data(), ld);
+    hyperkd::blas_gemm<float>(kBlock, H, H, {act.data(), ld, 1}, weight.data(), ld, c.data(), ld, nullptr, false);
   };
   const double tiles = gflops(flops, [&] { by_tiles(out); });
   const double panel = gflops(flops, [&] { by_panels(out); });
@@ -94,7 +83,7 @@ bool measure(int64_t H) {
     tile_gemm<float>(H, H, kBlock, {act.data(), 1, ld}, act.data(), ld, grad.data(), ld, nullptr, true);
   });
   const double grad_blas = gflops(flops, [&] {
-    mkl('N', 'T', H, H, kBlock, act.data(), ld, act.data(), ld, 1, grad.data(), ld);
+    hyperkd::blas_gemm<float>(H, H, kBlock, {act.data(), 1, ld}, act.data(), ld, grad.data(), ld, nullptr, true);
   });
   std::printf("| %ld | %.0f | %.0f | %.0f | %.0f | %.0f |\n", long(H), tiles, panel, blas, grad_tiles,
               grad_blas);

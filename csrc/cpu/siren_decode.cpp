@@ -23,18 +23,9 @@
 #include <utility>
 #include <vector>
 
+#include "blas_gemm.h"
 #include "simd_math.h"
 #include "tile_gemm.h"
-
-// The Fortran BLAS entry points of the BLAS libtorch_cpu links (MKL on x86-64), column-major.
-extern "C" {
-void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc);
-}
 
 namespace hyperkd {
 namespace {
@@ -47,21 +38,12 @@ enum Activation { kReLU = 0, kSine = 1 };
 // Single-threaded either way: the register tiles where their operands fit the TLB
 // (tile_gemm_fits: every product up to width 240 in fp32 and 120 in fp64 with 32-byte vectors,
 // 224 and 112 with AVX-512's 64-byte ones, whose wider panels pad the rows further), else the
-// BLAS, called on the same buffers as the column-major Cᵀ = Bᵀ·Aᵀ.
+// BLAS (blas_gemm).
 template <typename T>
 void product(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, int64_t ldb, T* C,
              int64_t ldc, const T* bias, bool accumulate) {
   if (tile_gemm_fits(A, ldb)) return tile_gemm(M, N, K, A, B, ldb, C, ldc, bias, accumulate);
-  if (bias)
-    for (int64_t r = 0; r < M; ++r) std::copy_n(bias, N, C + r * ldc);
-  const bool a_transposed = A.col != 1;
-  const char ta = 'N', tb = a_transposed ? 'T' : 'N';
-  const int m = N, n = M, k = K, la = ldb, lb = a_transposed ? A.col : A.row, lc = ldc;
-  const T one = 1, beta = accumulate || bias ? 1 : 0;
-  if constexpr (sizeof(T) == 4)
-    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
-  else
-    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
+  blas_gemm(M, N, K, A, B, ldb, C, ldc, bias, accumulate);
 }
 
 // h = act(z), n elements.

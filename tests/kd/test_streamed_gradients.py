@@ -26,7 +26,7 @@ def features(seed: int = 0):
     student = [torch.randn(s, generator=g) for s in shapes]
     teacher = [torch.randn(s, generator=g) for s in shapes]
     student[2], teacher[2] = student[2][:, 1:4], teacher[2][:, 1:4]
-    return [s.requires_grad_() if s.is_leaf else s.detach().requires_grad_() for s in student], teacher
+    return [s.requires_grad_() for s in student], teacher
 
 
 @pytest.mark.parametrize("spec", list(REFERENCES))
