@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 
 from torch import nn
 
-from hyperkd.models import mobilenetv2, repvgg, resnet, shufflenetv2, vgg
+from hyperkd.models import mobilenetv2, repvgg, resnet, resnet_wide, shufflenetv2, vgg
 from hyperkd.models.checkpoint import load_checkpoint, read_state_dict
 
 __all__ = ["EXTRAS", "HUB", "available", "create", "load_checkpoint", "parameter_count", "read_state_dict"]
@@ -25,7 +25,8 @@ _BUILDERS = {
 }
 HUB = tuple(_BUILDERS)
 _BUILDERS.update(vgg.EXTRA_MODELS)
-EXTRAS = tuple(vgg.EXTRA_MODELS)
+_BUILDERS.update(resnet_wide.MODELS)
+EXTRAS = tuple(vgg.EXTRA_MODELS) + tuple(resnet_wide.MODELS)
 
 
 def available() -> Tuple[str, ...]:

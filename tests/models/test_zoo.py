@@ -34,7 +34,8 @@ def layout(name: str) -> dict:
 
 def test_available_lists_the_19_hub_models_in_table_order_then_the_extras():
     assert models.HUB == tuple(PUBLISHED_PARAMS_M)
-    assert models.available() == models.HUB + ("vgg11_bn_x0_25",)
+    assert models.available() == models.HUB + models.EXTRAS
+    assert models.EXTRAS[0] == "vgg11_bn_x0_25"
 
 
 def test_quarter_width_vgg11_keeps_the_vgg11_layout_at_a_quarter_of_the_channels():
