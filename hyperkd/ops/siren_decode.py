@@ -10,19 +10,19 @@ the buffer fits ``SAVE_LIMIT_BYTES``: a training batch of kernels (4096 × width
 4 MiB) is stored, which saves the backward a third of its GEMMs; a full decode of a wide predictor
 over a large net (hundreds of MB per layer) is recomputed.
 
-On CUDA, predictors wider than ``FUSED_MAX_WIDTH`` run as the reference's chain of GEMMs instead
-of the fully fused kernel, as tiny-cuda-nn's fully fused MLP hands widths above 128 to CUTLASS
-GEMMs: the fused kernel keeps the whole width of a block in one register tile, which spills
-beyond that, while GEMMs that wide run near cuBLAS's peak on their own. That path recomputes in
-backward through autograd, so it is never asked to store.
+On CUDA, predictors wider than ``FUSED_MAX_WIDTH`` run as a chain of GEMMs (:func:`gemm_chain`,
+with its backward written out layer by layer in :func:`gemm_chain_backward`) instead of the fully
+fused kernel, as tiny-cuda-nn's fully fused MLP hands widths above 128 to CUTLASS GEMMs: the fused
+kernel keeps the whole width of a block in one register tile, which spills beyond that, while
+GEMMs that wide run near cuBLAS's peak on their own. The chain computes in
+``pre_activation_dtype`` (fp32 for half-precision weights) and stores or recomputes the
+pre-activations as the fused kernels do.
 """
 import torch
 
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import siren_decode as triton_decode
-from hyperkd.reference.siren_decode import RELU, SINE, activate, pre_activations
-from hyperkd.reference.siren_decode import siren_decode as reference_decode
-
+RELU, SINE = 0, 1
 ACTIVATIONS = {"relu": RELU, "sin": SINE}
 FUSED_MAX_WIDTH = 128
 SAVE_LIMIT_BYTES = 256 * 2 ** 20
@@ -37,31 +37,79 @@ def _pre_activations_like(out_weight, NH: int, N: int, save: bool):
     return out_weight.new_empty(shape, dtype=triton_decode.pre_activation_dtype(out_weight.dtype))
 
 
+def _activate(z, activation: int):
+    return torch.sin(z) if activation == SINE else torch.relu(z)
+
+
+def _activation_slope(z, activation: int):
+    """act'(z): cos z for the sine, the step z > 0 for ReLU."""
+    return torch.cos(z) if activation == SINE else (z > 0).to(z.dtype)
+
+
+def chain_pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                          activation: int, dtype: torch.dtype, saved=None):
+    """z_NH (N×H) in ``dtype`` from z₀ = T_ℓ[ℓ] + T_f[f] + T_c[c] and z_{i+1} = act(z_i) W_iᵀ + b_i;
+    each z_i is also copied into ``saved[i]`` when ``saved`` is given and not empty. Plain
+    differentiable torch ops otherwise."""
+    z = sum(t.to(dtype).index_select(0, index[:, axis])
+            for axis, t in enumerate((table_l, table_f, table_c)))
+    store = saved is not None and saved.numel() > 0
+    if store:
+        saved[0].copy_(z)
+    for layer, (weight, bias) in enumerate(zip(hidden_weight, hidden_bias)):
+        z = torch.addmm(bias.to(dtype), _activate(z, activation), weight.to(dtype).T)
+        if store:
+            saved[layer + 1].copy_(z)
+    return z
+
+
+def gemm_chain(index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias,
+               activation: int, save_pre_activations: bool = False):
+    """(N×O kernels, pre-activations) as the fused kernels return them, from one GEMM per layer."""
+    saved = _pre_activations_like(out_weight, hidden_weight.shape[0], len(index), save_pre_activations)
+    z = chain_pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                              activation, saved.dtype, saved)
+    out = torch.addmm(out_bias.to(z.dtype), _activate(z, activation), out_weight.to(z.dtype).T)
+    return out.to(out_weight.dtype), saved
+
+
+def gemm_chain_backward(grad, index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                        out_weight, out_bias, activation: int, pre_activations):
+    """Gradients of the seven weight tensors by the chain rule, layer by layer from the output:
+    dW = dzᵀ·act(z_in), db = Σ_rows dz, dz_in = (dz·W) ⊙ act'(z_in); the tables gather-add dz₀ at
+    their rows. ``pre_activations`` are the forward's, or empty to recompute them here."""
+    zs = pre_activations
+    if zs.numel() == 0:
+        zs = _pre_activations_like(out_weight, hidden_weight.shape[0], len(index), True)
+        chain_pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias,
+                              activation, zs.dtype, zs)
+    dz = grad.to(zs.dtype)
+    weights, grads = [out_weight, *reversed(hidden_weight)], []
+    for layer, weight in zip(range(len(zs) - 1, -1, -1), weights):
+        grads.append((dz.T @ _activate(zs[layer], activation), dz.sum(0)))
+        dz = (dz @ weight.to(zs.dtype)) * _activation_slope(zs[layer], activation)
+    (d_out_weight, d_out_bias), hidden = grads[0], grads[:0:-1]
+    d_hidden_weight = torch.stack([g[0] for g in hidden]) if hidden else torch.zeros_like(hidden_weight)
+    d_hidden_bias = torch.stack([g[1] for g in hidden]) if hidden else torch.zeros_like(hidden_bias)
+    d_tables = [zs.new_zeros(t.shape).index_add_(0, index[:, axis], dz)
+                for axis, t in enumerate((table_l, table_f, table_c))]
+    inputs = (table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias)
+    grads = (*d_tables, d_hidden_weight, d_hidden_bias, d_out_weight, d_out_bias)
+    return tuple(g.to(t.dtype) for g, t in zip(grads, inputs))
+
+
 def decode_cuda(index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias,
                 activation: int, save_pre_activations: bool = False):
     args = (index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias, activation)
-    if not _is_wide(out_weight):
-        return triton_decode.siren_decode(*args, save_pre_activations)
-    zs = pre_activations(index, table_l, table_f, table_c, hidden_weight, hidden_bias, activation)
-    out = activate(zs[-1], activation) @ out_weight.T + out_bias
-    saved = _pre_activations_like(out_weight, len(zs) - 1, len(index), save_pre_activations)
-    if save_pre_activations:
-        torch.stack(zs, out=saved)
-    return out, saved
+    launch = gemm_chain if _is_wide(out_weight) else triton_decode.siren_decode
+    return launch(*args, save_pre_activations)
 
 
 def decode_backward_cuda(grad, index, table_l, table_f, table_c, hidden_weight, hidden_bias,
                          out_weight, out_bias, activation: int, pre_activations):
-    weights = (table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight, out_bias)
-    if not _is_wide(out_weight):
-        return triton_decode.siren_decode_backward(grad, index, *weights, activation, pre_activations)
-    # Recomputes the forward; its activations live only for this call.
-    leaves = [w.detach().requires_grad_() for w in weights]
-    with torch.enable_grad():
-        out = reference_decode(index, *leaves, activation)
-    # With no hidden layer the hidden tensors are not used: their gradients are zeros, as the
-    # kernels return them.
-    return torch.autograd.grad(out, leaves, grad, materialize_grads=True)
+    launch = gemm_chain_backward if _is_wide(out_weight) else triton_decode.siren_decode_backward
+    return launch(grad, index, table_l, table_f, table_c, hidden_weight, hidden_bias, out_weight,
+                  out_bias, activation, pre_activations)
 
 
 torch.library.register_kernel("hyperkd::siren_decode", "cuda", decode_cuda)
@@ -103,11 +151,9 @@ torch.library.register_autograd("hyperkd::siren_decode", _backward, setup_contex
 
 
 def _worth_saving(index, weights) -> bool:
-    """Gradients will be taken, the backend reads stored pre-activations, and they fit the limit."""
+    """Gradients will be taken and the stored pre-activations fit the limit."""
     hidden_weight, out_weight = weights[3], weights[5]
     if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
-        return False
-    if out_weight.device.type == "cuda" and _is_wide(out_weight):
         return False
     dtype = triton_decode.pre_activation_dtype(out_weight.dtype)
     size = (hidden_weight.shape[0] + 1) * index.shape[0] * out_weight.shape[1]

@@ -18,8 +18,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from hyperkd.ops.siren_decode import ACTIVATIONS, siren_decode
-from hyperkd.reference import siren_decode as reference_decode
+from hyperkd.ops.siren_decode import ACTIVATIONS, gemm_chain, siren_decode
 
 ENCODINGS = ("nern", "siren")
 BACKENDS = ("fused", "eager")
@@ -114,13 +113,13 @@ class WeightPredictor(nn.Module):
         return scale * self.hidden_weight, scale * self.hidden_bias, self.out_weight, self.out_bias
 
     def forward(self, coords: torch.Tensor, backend: str = "fused") -> torch.Tensor:
-        """N×output_size kernels for the int64 N×3 ``coords``."""
+        """N×output_size kernels for the int64 N×3 ``coords``: ``"fused"`` through the decode op,
+        ``"eager"`` as its GEMM chain of plain PyTorch ops, differentiated by autograd."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         tables = self.first_layer_tables()
         if backend == "eager":
-            return reference_decode(coords, *tables, *self.mlp_weights(),
-                                          ACTIVATIONS[self.activation])
+            return gemm_chain(coords, *tables, *self.mlp_weights(), ACTIVATIONS[self.activation])[0]
         return siren_decode(coords, tables, *self.mlp_weights(), activation=self.activation)
 
     def extra_repr(self) -> str:

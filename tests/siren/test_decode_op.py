@@ -20,6 +20,7 @@ siren_ops = importlib.import_module("hyperkd.ops.siren_decode")
 
 OMEGA0 = 30.0
 ACT = {"relu": 0, "sin": 1}
+GRAD_NAMES = ("T_l", "T_f", "T_c", "hidden_w", "hidden_b", "out_w", "out_b")
 
 
 def make_inputs(n, width, hidden, out, grid=(3, 7, 5), dtype=torch.float32, activation="sin"):
@@ -46,6 +47,22 @@ def reference_values_and_grads(index, tensors, activation, grad_out):
     return y.detach(), torch.autograd.grad(y, leaves, grad_out.to(acc), materialize_grads=True)
 
 
+# Each layer's product sums `width` terms, so a result's rounding error grows as
+# eps·√width·(its magnitude): over CASES, the C++, Triton and GEMM-chain backends in fp32 and fp64
+# measure max|got − ref| / (eps·√width·max|ref|) ≤ 2.2 against an fp64 reference; the margin
+# leaves about 4× over that.
+ROUNDING_MARGIN = 8
+
+
+def assert_within_rounding(got, want, dtype, width, msg, eps=None):
+    """|got − want| ≤ ROUNDING_MARGIN·eps·√width·max|want|, eps the dtype's unless given."""
+    eps = torch.finfo(dtype).eps if eps is None else eps
+    magnitude = want.abs().amax().item() if want.numel() else 0.0
+    atol = max(ROUNDING_MARGIN * eps * math.sqrt(width) * magnitude, torch.finfo(dtype).tiny)
+    torch.testing.assert_close(got.to(want.dtype), want, rtol=0, atol=atol,
+                               msg=lambda m: f"{msg}: {m}")
+
+
 def scale_of(activation, width):
     return OMEGA0 * math.sqrt(width) if activation == "sin" else math.sqrt(width)
 
@@ -56,8 +73,7 @@ def check(values, grads, index, tensors, activation, grad_out):
     ref, ref_grads = reference_values_and_grads(index, tensors, activation, grad_out)
     scale = scale_of(activation, width)
     assert_close(values, ref, dtype, scale=scale, msg="values")
-    for name, got, want in zip(["T_l", "T_f", "T_c", "hidden_w", "hidden_b", "out_w", "out_b"],
-                               grads, ref_grads):
+    for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
         assert_close(got, want, dtype, scale=scale * max(1.0, want.abs().amax().item() if want.numel() else 1.0), msg=name)
 
 
@@ -165,6 +181,28 @@ def test_cuda_path_is_fused_up_to_its_width_and_a_gemm_chain_beyond(width, hidde
 
 
 @pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
+@pytest.mark.parametrize("hidden,activation", [(2, "sin"), (1, "relu"), (0, "sin")])
+def test_wide_gemm_chain_matches_cpp_in_fp64(hidden, activation, save):
+    """The CUDA path above FUSED_MAX_WIDTH, run on CPU tensors, against the C++ kernels: two
+    independent implementations, values, stored pre-activations and gradients."""
+    width = siren_ops.FUSED_MAX_WIDTH + 32
+    index, tensors = make_inputs(23, width, hidden, 9, dtype=torch.float64, activation=activation)
+    plain = [t.detach() for t in tensors]
+    y, saved = siren_ops.decode_cuda(index, *plain, ACT[activation], save)
+    want, want_saved = torch.ops.hyperkd.siren_decode(index, *plain, ACT[activation], save)
+    assert saved.shape == want_saved.shape
+    assert_within_rounding(y, want, torch.float64, width, "values")
+    assert_within_rounding(saved, want_saved, torch.float64, width, "pre-activations")
+    grad_out = torch.randn(y.shape, dtype=torch.float64)
+    grads = siren_ops.decode_backward_cuda(grad_out, index, *plain, ACT[activation], saved)
+    want_grads = torch.ops.hyperkd.siren_decode_backward(grad_out, index, *plain, ACT[activation],
+                                                         want_saved)
+    for name, got, expected in zip(GRAD_NAMES, grads, want_grads):
+        assert got.shape == expected.shape and got.dtype == expected.dtype, name
+        assert_within_rounding(got, expected, torch.float64, width, name)
+
+
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("activation", ["sin", "relu"])
 def test_fp64_gradcheck(activation, save):
     index, tensors = make_inputs(6, 4, 2, 4, dtype=torch.float64, activation=activation)
@@ -233,9 +271,10 @@ def test_cpu_backward_rejects_pre_activations_of_another_shape():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("width", [64, siren_ops.FUSED_MAX_WIDTH + 32], ids=["fused", "gemm-chain"])
 @pytest.mark.parametrize("activation", ["sin", "relu"])
-def test_triton_on_gpu_matches_reference(activation):
-    index, tensors = make_inputs(4096, 64, 3, 9, activation=activation)
+def test_cuda_matches_reference(activation, width):
+    index, tensors = make_inputs(4096, width, 3, 9, activation=activation)
     cuda = [t.detach().cuda().requires_grad_() for t in tensors]
     y = hyperkd.functional.siren_decode(index.cuda(), cuda[:3], *cuda[3:], activation=activation)
     grad_out = torch.randn(y.shape, device="cuda")
