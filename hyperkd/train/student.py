@@ -17,13 +17,14 @@ from hyperkd import data, models
 from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.kd import FactorTransfer, GaussianSpike, JacobianMatching, LayerKD, Uniform, make_method
 from hyperkd.kd import pretrain_paraphrasers
+from hyperkd.kd.schedules import PrintedGaussianSpike
 from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
 from hyperkd.train.optim import SCHEDULES as LR_SCHEDULES
 from hyperkd.train.optim import lr_schedule
 from hyperkd.train.teacher import resolve_device
 
-SCHEDULES = {"uniform": Uniform, "spike": GaussianSpike}
+SCHEDULES = {"uniform": Uniform, "spike": GaussianSpike, "spike-printed": PrintedGaussianSpike}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
