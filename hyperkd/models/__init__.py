@@ -3,15 +3,18 @@
 ``create("resnet56", num_classes=100, checkpoint="cifar100_resnet56.pt")`` builds a network and,
 optionally, loads a checkpoint from a local file strictly (see ``hyperkd.models.checkpoint`` for
 the accepted layouts). ``available()`` lists the names: the hub's (``HUB``), then ``EXTRAS``,
-small networks of this project for CPU demos and tests.
+small networks of this project for CPU demos and tests, and the GTN supernet's NAS students
+(``s_nas_s``, ``s_nas_s_small``, ...); ``nas_<preset>:<op>-...`` names any path of the supernet
+(``hyperkd.models.nas``).
 """
 import difflib
+from functools import partial
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from torch import nn
 
-from hyperkd.models import mobilenetv2, repvgg, resnet, resnet_wide, shufflenetv2, vgg
+from hyperkd.models import mobilenetv2, nas, repvgg, resnet, resnet_wide, shufflenetv2, vgg
 from hyperkd.models.checkpoint import load_checkpoint, read_state_dict
 
 __all__ = ["EXTRAS", "HUB", "available", "create", "load_checkpoint", "parameter_count", "read_state_dict"]
@@ -26,7 +29,8 @@ _BUILDERS = {
 HUB = tuple(_BUILDERS)
 _BUILDERS.update(vgg.EXTRA_MODELS)
 _BUILDERS.update(resnet_wide.MODELS)
-EXTRAS = tuple(vgg.EXTRA_MODELS) + tuple(resnet_wide.MODELS)
+_BUILDERS.update(nas.named_students())
+EXTRAS = tuple(vgg.EXTRA_MODELS) + tuple(resnet_wide.MODELS) + tuple(nas.named_students())
 
 
 def available() -> Tuple[str, ...]:
@@ -38,6 +42,8 @@ def available() -> Tuple[str, ...]:
 def _builder(name: str):
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, got {type(name).__name__}")
+    if nas.is_nas_name(name):  # any path of the GTN supernet: nas_<preset>:<op>-...-<op>
+        return partial(nas.build_named, name)
     builder = _BUILDERS.get(name.lower())
     if builder is None:
         close = difflib.get_close_matches(name.lower(), _BUILDERS, n=3)
