@@ -2,8 +2,9 @@
 them. Each adapter is a :class:`~hyperkd.kd.base.LayerwiseMethod`."""
 import torch
 
-from hyperkd.kd.base import LayerwiseMethod
+from hyperkd.kd.base import LayerwiseMethod, weigh_terms
 from hyperkd.kd.factor_transfer import FactorTransfer
+from hyperkd.kd.flow import data_flow_pairs
 from hyperkd.kd.jacobian import JacobianMatching
 from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import activation_boundary as ab_ops
@@ -20,7 +21,8 @@ def _positive(x):
 
 
 class AttentionTransfer(LayerwiseMethod):
-    """AT, Eq. 4–7 (``reduction="sum"``): Σ_i ‖q_s,i − q_t,i‖_p of normalised attention maps."""
+    """AT, Eq. 4–7: Σ_i ‖q_s,i − q_t,i‖_p of normalised attention maps (a sum over the batch, as
+    printed)."""
 
     def __init__(self, kind: int, p: float):
         self.kind, self.p = kind, p
@@ -29,13 +31,18 @@ class AttentionTransfer(LayerwiseMethod):
     def summarise(self, g, layer):
         return at_ops.attention_teacher_summary(g, self.kind, self.p)
 
-    def weighted(self, student, summaries, lambdas):
+    def native_weighted(self, student, summaries, lambdas):
         # The AT op folds λ into its single launch and returns the unweighted L_m for the log.
         return at_ops.weighted_attention_loss(student, summaries, lambdas, self.kind, self.p)
 
 
 class ActivationBoundary(LayerwiseMethod):
-    """AB, Eq. 8 and 10 with the squared hinge; the teacher summary is a bit mask."""
+    """AB, Eq. 8 and 10 with Heo et al.'s squared hinge, summed over C·H·W and averaged over the
+    batch; the teacher summary is a bit mask. Tapped after BatchNorm by default, where ρ = [g > 0]
+    is the neuron's on/off state that Heo et al. transfer."""
+
+    native_reduction = "mean"
+    default_tap = "bn"
 
     def __init__(self, margin: float):
         self.margin = margin
@@ -47,7 +54,7 @@ class ActivationBoundary(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return ab_ops.activation_boundary_losses(student, summaries, margin=self.margin)
 
-    def weighted(self, student, summaries, lambdas):
+    def native_weighted(self, student, summaries, lambdas):
         # λ goes into the fused call, whose gradients are then the final ones (no scaling pass).
         terms, losses = ab_ops.activation_boundary_terms(student, summaries, margin=self.margin,
                                                          lambdas=lambdas)
@@ -55,9 +62,14 @@ class ActivationBoundary(LayerwiseMethod):
 
 
 class SimilarityPreserving(LayerwiseMethod):
-    """SP, Eq. 14–18; the teacher summary is its row-normalised B×B Gram."""
+    """SP, Eq. 14–18; the teacher summary is its row-normalised B×B Gram. ‖G_s − G_t‖²_F / B²
+    (Tung & Mori): a mean over the B² pairs, whose sum Eq. 18 prints."""
 
     name = "sp"
+    native_reduction = "mean"
+
+    def batch_terms(self, student):
+        return student[0].shape[0] ** 2
 
     def summarise(self, g, layer):
         return rel_ops.similarity_teacher_summary(g)
@@ -67,7 +79,11 @@ class SimilarityPreserving(LayerwiseMethod):
 
 
 class Relational(LayerwiseMethod):
-    """RKD, Eq. 22–27: w_dist·L_D + w_angle·L_A; the teacher summary is its B×B Gram."""
+    """RKD, Eq. 22–27: w_dist·L_D + w_angle·L_A; the teacher summary is its B×B Gram. L_D is a
+    mean over the B² pairs and L_A over the B³ triplets (Park et al.); Eq. 25 and 27 print their
+    sums, which ``reduction="sum"`` gives (B²·L_D, B³·L_A)."""
+
+    native_reduction = "mean"
 
     def __init__(self, name: str, w_dist: float, w_angle: float):
         self.name, self.w_dist, self.w_angle = name, w_dist, w_angle
@@ -78,9 +94,19 @@ class Relational(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return rel_ops.rkd_losses(student, summaries, w_dist=self.w_dist, w_angle=self.w_angle)
 
+    def weighted(self, student, summaries, lambdas):
+        if (self.reduction or self.native_reduction) == self.native_reduction:
+            return self.native_weighted(student, summaries, lambdas)
+        # Distances and angles count B² and B³ terms: the sums scale each part by its own count.
+        batch = student[0].shape[0]
+        return weigh_terms(rel_ops.rkd_losses(student, summaries, w_dist=self.w_dist * batch ** 2,
+                                              w_angle=self.w_angle * batch ** 3), lambdas)
+
 
 class ChannelWiseDistillation(LayerwiseMethod):
     """CwD, Eq. 20–21: per-channel spatial softmax at temperature τ, KL × τ²/C (mean over B)."""
+
+    native_reduction = "mean"
 
     def __init__(self, tau: float):
         self.tau = tau
@@ -89,7 +115,7 @@ class ChannelWiseDistillation(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return cw_ops.cwd_losses(student, summaries, tau=self.tau)
 
-    def weighted(self, student, summaries, lambdas):
+    def native_weighted(self, student, summaries, lambdas):
         # λ goes into the fused call, whose gradients are then the final ones (no scaling pass).
         terms, losses = cw_ops.cwd_terms(student, summaries, tau=self.tau, lambdas=lambdas)
         return terms.sum(), losses
@@ -103,27 +129,49 @@ class FitNets(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return cw_ops.fitnets_losses(student, summaries)
 
-    def weighted(self, student, summaries, lambdas):
+    def native_weighted(self, student, summaries, lambdas):
         terms, losses = cw_ops.fitnets_terms(student, summaries, lambdas=lambdas)
         return terms.sum(), losses
 
 
 class FlowOfSolution(LayerwiseMethod):
-    """FSP, Eq. 28–29: M − 1 terms from adjacent layer pairs. Eager: each term is one batched matmul
-    of pooled maps, which fusion would not speed up; the teacher keeps its raw features, as each
-    FSP matrix needs two of them."""
+    """FSP, Eq. 28–29: one term per layer pair. Pairs are adjacent taps in the order given, or,
+    after :meth:`bind_network`, consecutive taps along the net's data flow at equal resolution
+    (:func:`hyperkd.kd.flow.data_flow_pairs`). Eager: each term is one batched matmul of pooled
+    maps, which fusion would not speed up; the teacher keeps its raw features, as each FSP matrix
+    needs two of them."""
 
     name = "fsp"
     pairs = True
+    native_reduction = "mean"  # Eq. 29 prints the 1/|X_B|
+
+    def __init__(self):
+        self.pair_indices = None
+
+    def bind_network(self, model, points, example):
+        self.pair_indices = data_flow_pairs(model, points, example)
+        if not self.pair_indices:
+            raise ValueError("fsp: no two consecutive tap points on the net's main path share a "
+                             "resolution; tap other layers")
+
+    def term_pairs(self, layers):
+        return super().term_pairs(layers) if self.pair_indices is None else list(self.pair_indices)
 
     def layer_losses(self, student, summaries):
-        return fsp_losses(student, summaries)
+        pairs = self.term_pairs(len(student))
+        if max(j for _, j in pairs) >= len(student):
+            raise ValueError(f"fsp: pairs {pairs} were bound for other tap points than the "
+                             f"{len(student)} given")
+        return fsp_losses([(student[i], student[j]) for i, j in pairs],
+                          [(summaries[i], summaries[j]) for i, j in pairs])
 
 
 class LogitKD(LayerwiseMethod):
     """Hinton et al.'s logit KD at temperature T on tapped B×K outputs (e.g. the classifier)."""
 
     feature_rank = 2
+    default_tap = "logits"
+    native_reduction = "mean"  # batchmean
 
     def __init__(self, T: float):
         self.T = T
@@ -148,7 +196,7 @@ class NoKD(LayerwiseMethod):
     def layer_losses(self, student, summaries):
         return student[0].new_zeros(len(student), dtype=accumulation_dtype(student[0].dtype))
 
-    def weighted(self, student, summaries, lambdas):
+    def native_weighted(self, student, summaries, lambdas):
         # Zero, but connected to the student so backward() runs as for any method.
         terms = self.layer_losses(student, summaries)
         return sum(f.sum() * 0 for f in student).to(terms.dtype), terms

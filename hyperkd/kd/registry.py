@@ -1,10 +1,14 @@
 """Registry of layer-wise KD methods, named by strings such as ``"at1:p=2"`` or ``"cwd:tau=4"``.
 
-A name is ``method[:key=value[,key=value...]]``; the values are numbers. Each entry knows its
-defaults and a validator, so a typo in a name or a parameter is reported with the valid choices.
+A name is ``method[:key=value[,key=value...]]``; the values are numbers, except the parameter
+every method takes, ``reduction=sum|mean`` (how the batch Σ of its equation is reduced; see
+``LayerwiseMethod.reduction``). Each entry knows its defaults and a validator, so a typo in a name
+or a parameter is reported with the valid choices.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict
+
+from hyperkd.kd.base import REDUCTIONS
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,16 @@ def parse_method(spec: str):
     params = dict(entry.defaults)
     for item in filter(None, (s.strip() for s in arg_text.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
+        if key == "reduction":
+            if value not in REDUCTIONS:
+                raise ValueError(f"method {name!r}: reduction expects one of {', '.join(REDUCTIONS)}, "
+                                 f"got {value!r}")
+            params[key] = value
+            continue
         if key not in entry.defaults:
             valid = ", ".join(entry.defaults) or "none"
-            raise ValueError(f"method {name!r}: unknown parameter {key!r}; valid parameters: {valid}")
+            raise ValueError(f"method {name!r}: unknown parameter {key!r}; valid parameters: {valid} "
+                             f"(and reduction=sum|mean)")
         try:
             params[key] = float(value) if eq else float("nan")
         except ValueError:
@@ -72,9 +83,16 @@ def parse_method(spec: str):
     return name, params
 
 
-def make_method(spec):
-    """A method object from a registry string (or the object itself, passed through)."""
+def make_method(spec, reduction=None):
+    """A method object from a registry string (or the object itself, passed through).
+    ``reduction`` ("sum" or "mean") applies where the string names none; None keeps the method's
+    native reduction."""
     if not isinstance(spec, str):
         return spec
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     name, params = parse_method(spec)
-    return _REGISTRY[name].build(**params)
+    reduction = params.pop("reduction", reduction)
+    method = _REGISTRY[name].build(**params)
+    method.reduction = reduction
+    return method
