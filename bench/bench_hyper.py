@@ -2,10 +2,11 @@
 functional_call + split + torch-optimizer implementation (issue 4's workloads) and against
 hyperlight 0.0.5 itself, on CPU; and issue 4's GPU rows (``--device cuda``).
 
-Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=bench/results/hyper-raw.json``.
+Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=/tmp/hyper-run.json
+--results=bench/results/hyper.jsonl`` (the in-process benchmark's rows).
 Each configuration is also run in a fresh process for its median step time and peak RSS; each
-result, stamped with the device, torch/triton/hyperlight versions and date, is appended to
-``bench/results/hyper-<date>.json``.
+result, stamped with the device, torch/triton/hyperlight versions and date, is appended as a row to
+``bench/results/hyper.jsonl``.
 
 Fresh processes only, in a chosen order and file (e.g. alternating implementations, repeated,
 on a noisy machine): ``PYTHONPATH=. python bench/bench_hyper.py --out FILE [--rounds N]
@@ -32,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _hyper_step import DEVICES, IMPLS, build, create_network, resolve_device  # noqa: E402
-from bench.measure import stamp  # noqa: E402
+from bench.measure import append_rows, stamp  # noqa: E402
 
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
@@ -56,20 +57,11 @@ def _stamp(device: torch.device) -> dict:
 
 
 def _record(measured: dict, path: str = None, device: torch.device = torch.device("cpu")) -> None:
-    """Appends one result to ``path`` (default: today's file) right away, so an interrupted run
-    keeps what it measured; the file's stamp names ``device``."""
-    header = _stamp(device)
-    if path is None:
-        folder = os.path.join(os.path.dirname(__file__), "results")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"hyper-{header['date'][:10]}.json")
-    results = []
-    if os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)["results"]
-    results.append({**measured, "date": header["date"]})
-    with open(path, "w") as f:
-        json.dump({**header, "batch": 16, "results": results}, f, indent=1)
+    """Appends one row (the result, stamped with ``device``, the versions and the date) to
+    ``path`` (default: the suite's results data) right away, so an interrupted run keeps what it
+    measured."""
+    path = path or os.path.join(os.path.dirname(__file__), "results", "hyper.jsonl")
+    append_rows(path, [{**_stamp(device), "batch": 16, **measured}])
 
 
 def fresh_process(network: str, impl: str, hidden: str, optimizer: str, device: str = "cpu") -> dict:
@@ -110,7 +102,7 @@ def parse_rows(argv):
     """(arguments, rows split into [NETWORK, IMPL, HIDDEN, OPTIMIZER]); no rows means ``GPU_ROWS``
     with ``--device cuda``."""
     parser = argparse.ArgumentParser(description="fresh-process rows only, in the order given")
-    parser.add_argument("--out", required=True, help="JSON file the results are appended to")
+    parser.add_argument("--out", required=True, help="JSON-lines file the result rows are appended to")
     parser.add_argument("--rounds", type=int, default=1, help="times to run the whole list")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("rows", nargs="*", metavar="NETWORK:IMPL:HIDDEN:OPTIMIZER",

@@ -1,17 +1,20 @@
-"""pytest-benchmark set-up: device selection, and the stamp (device, versions, date) and the machine's
-rates before and after the run in the JSON."""
+"""pytest-benchmark set-up: device selection, the stamp (machine, versions, commit, date) and the
+machine's rates before and after the run in the JSON, and, with ``--results FILE``, the run's rows
+appended to that suite's JSON-lines file (``hyperkd bench`` passes ``bench/results/<suite>.jsonl``)."""
 import os
 
 import pytest
 import torch
 
-from bench.measure import machine_rates, stamp
+from bench.measure import append_rows, machine_rates, rows_from_benchmark_json, stamp
 
 DEVICE = torch.device(os.environ.get("HYPERKD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", help="every network, batch and kind")
+    parser.addoption("--results", default=None, metavar="FILE",
+                     help="append one row per case to this JSON-lines file (needs --benchmark-json)")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +34,8 @@ def pytest_sessionstart(session):
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["hyperkd"] = {**stamp(DEVICE), "machine_rates": {
         "before": config.machine_rates_before, "after": machine_rates(DEVICE)}}
+    if config.getoption("--results"):
+        append_rows(config.getoption("--results"), rows_from_benchmark_json(output_json))
 
 
 @pytest.fixture(autouse=True)

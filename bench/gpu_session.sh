@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent-device session, prepared so that its minutes go to measuring: build
 # hyperkd._C against the machine's own PyTorch, run the GPU tests, then the benchmarks behind the
-# GPU targets (docs/siren.md, docs/kd-methods.md), every log and JSON under $OUT.
+# GPU targets (docs/siren.md, docs/kd-methods.md), every log and results row under $OUT.
 #
 #   bash bench/gpu_session.sh build test siren-narrow    # first call
 #   bash bench/gpu_session.sh siren-wide kd              # next call, on the still-warm machine
@@ -9,14 +9,14 @@
 # Stages: build; test (the gpu-marked tests); siren-narrow (the SIREN grid at widths 64 and 128,
 # where the targets are ratios to eager and torch.compile); siren-wide (280 and 680, where they
 # are TFLOP/s); kd (every KD op, both networks, B = 16/64/128). Each stage appends to
-# $OUT/<stage>.log; each benchmark writes $OUT/<stage>-gpu-DATE.json. A stage's torch.compile
+# $OUT/<stage>.log; each benchmark appends its rows to $OUT/<suite>.jsonl (with the default $OUT,
+# the results data itself; from elsewhere, `cat` them onto bench/results/<suite>.jsonl). A stage's torch.compile
 # baselines compile afresh per case, which is most of a benchmark stage's minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-DATE=$(date -u +%F)
 mkdir -p "$OUT"
 STAGES="build, test, siren-narrow, siren-wide, kd"
 [ $# -gt 0 ] || { echo "usage: $0 STAGE... ($STAGES)" >&2; exit 2; }
@@ -38,7 +38,7 @@ run_stage() {
 bench() {
   local stage=$1 suite=$2
   shift 2
-  run_stage "$stage" "$PYTHON" -m hyperkd bench --suite "$suite" --full --out "$OUT/$stage-gpu-$DATE.json" "$@"
+  run_stage "$stage" "$PYTHON" -m hyperkd bench --suite "$suite" --full --out "$OUT/$suite.jsonl" "$@"
 }
 
 for stage in "$@"; do

@@ -9,14 +9,21 @@ included), so every case is measured the same way without a subprocess each.
 
 The machine's rates (``machine_rates``) are read when a run starts and when it ends and stored
 with the results, so that a run on a loaded shared machine shows as one.
+
+Results are data: each suite appends one row per measurement to ``bench/results/<suite>.jsonl``
+(``append_rows``), every row stamped with the machine (device, CPU model, threads, the vector width
+the C++ kernels were built for), the torch and triton versions, the commit and the run's date.
+``bench/render_results.py`` renders the tables from those rows.
 """
 import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,20 +58,86 @@ def peak_extra_bytes(step, device: torch.device) -> int:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return "cpu"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def vector_bits() -> int:
+    """The SIMD width the C++ kernels use on this CPU: ``csrc/cpu/tile_gemm.h`` takes AVX-512's
+    512-bit vectors where the build targets them (``-march=native`` on a CPU with avx512f), else
+    256-bit ones. ``HYPERKD_PORTABLE=1`` builds never target AVX-512."""
+    if os.environ.get("HYPERKD_PORTABLE", "0") == "1":
+        return 256
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return 512 if "avx512f" in flags else 256
+
+
+def commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def stamp(device: torch.device) -> dict:
+    """What every row of a run carries: the machine, the versions, the commit and the run's date."""
     import triton
 
     return {
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "vector_bits": vector_bits(),
         "torch": torch.__version__,
         "triton": triton.__version__,
+        "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         # glibc allocator settings change CPU timings (see hyperkd/commands/bench.py).
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
+
+
+def rows_from_benchmark_json(results: dict) -> list:
+    """One row per pytest-benchmark case: the case's ``extra_info`` (network, batch, kind, impl,
+    peak bytes, ...), its median, IQR and rounds, and the run's stamp (``results["hyperkd"]``)."""
+    run = results.get("hyperkd", {})
+    return [{**run, **b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"].get("iqr"),
+             "rounds": b["stats"].get("rounds")} for b in results["benchmarks"]]
+
+
+def append_rows(path, rows) -> None:
+    """Appends ``rows`` to the JSON-lines file ``path``, one compact object a line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def read_rows(path) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def timed(step, device: torch.device) -> float:

@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
+import tempfile
 from pathlib import Path
 
 HELP = "run the fused-op benchmarks (fused vs eager vs torch.compile) and print their tables"
@@ -24,31 +24,60 @@ def add_arguments(parser):
     parser.add_argument("-k", "--select", metavar="EXPR", default=None,
                         help="only the cases whose id matches this pytest -k expression")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results path (default bench/results/<suite>-<device>.json)")
+                        help="JSON-lines file the run's rows are appended to, or a folder for "
+                             "<suite>.jsonl (default: bench/results/<suite>.jsonl of the source checkout)")
+    parser.add_argument("--source", type=Path, default=Path(os.environ.get("HYPERKD_SOURCE", REPO)),
+                        help="the hyperkd source checkout whose bench/ suites run (default: $HYPERKD_SOURCE, "
+                             "else the checkout this hyperkd is installed from)")
+
+
+def suite_path(source: Path, suite: str) -> Path:
+    """The suite's file in the source checkout ``source``; a clear error where there is none: the
+    suites are pytest-benchmark files of the checkout (its bench/ harness, results data and
+    renderer), not part of the installed package."""
+    path = Path(source) / SUITES[suite]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"benchmark suite {SUITES[suite]} not found under {source}: `hyperkd bench` runs the suites "
+            f"in bench/ of a hyperkd source checkout, and this hyperkd is installed without one. Clone "
+            f"the repository, then run `hyperkd bench --source PATH/TO/CHECKOUT` (or set HYPERKD_SOURCE, "
+            f"or run `make bench` inside the checkout)")
+    return path
 
 
 def run(args) -> int:
-    suite = REPO / SUITES[args.suite]
-    if not suite.exists():
-        raise FileNotFoundError(f"benchmark suite {suite} not found: `hyperkd bench` runs from a "
-                                f"source checkout of hyperkd")
-    out = args.out or REPO / "bench" / "results" / f"{args.suite}-latest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds", "--rootdir", str(REPO)]
-    if args.full:
-        cmd.append("--full")
-    if args.select:
-        cmd += ["-k", args.select]
-    code = subprocess.call(cmd, cwd=REPO, env={**CACHING_MALLOC_ENV, **os.environ})
-    if code != 0:
-        return code
-    print(render(json.loads(out.read_text())))
-    print(f"\nresults: {out}")
+    source = Path(args.source).resolve()
+    suite = suite_path(source, args.suite)
+    out = results_path(args.out or source / "bench" / "results" / f"{args.suite}.jsonl", args.suite)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_json = Path(tmp) / "run.json"
+        cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={run_json}", f"--results={Path(out).resolve()}",
+               "--benchmark-columns=median,iqr,rounds", "--rootdir", str(source)]
+        if args.full:
+            cmd.append("--full")
+        if args.select:
+            cmd += ["-k", args.select]
+        env = {**CACHING_MALLOC_ENV, **os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+        code = subprocess.call(cmd, cwd=source, env=env)
+        if code != 0:
+            return code
+        sys.path.insert(0, str(source))  # bench.render_results for the table
+        print(render(json.loads(run_json.read_text())))
+    print(f"\nrows appended to {out}; `python bench/render_results.py` renders every run")
     return 0
 
 
-BASELINES = ("eager", "compiled")
+def results_path(out: Path, suite: str) -> Path:
+    """Where the rows go: ``out``, or ``out/<suite>.jsonl`` when ``out`` is a folder. Checked
+    before the run, so that a long benchmark never ends unable to write what it measured."""
+    path = Path(out) / f"{suite}.jsonl" if Path(out).is_dir() else Path(out)
+    folder = next(p for p in (path.parent, *path.parent.absolute().parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: cannot write {path}: {folder} is not a writable folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def machine_line(stamp: dict) -> list:
@@ -62,40 +91,12 @@ def machine_line(stamp: dict) -> list:
 
 
 def render(results: dict) -> str:
-    """A markdown table: per case, median time and peak extra memory of each implementation, the
-    fused op's speed-ups, and its workspace relative to eager's. Workspace is the peak less the
-    ``output_bytes`` a case declares (the gradients every implementation returns). A baseline that
-    was skipped shows as "–"; other libraries' rows (peers) follow in a second table."""
-    rows = defaultdict(dict)
-    for b in results["benchmarks"]:
-        info = b["extra_info"]
-        key = (info["network"], info["batch"], info["kind"])
-        rows[key][info["impl"]] = (b["stats"]["median"], info["peak_extra_bytes"], info.get("output_bytes", 0))
+    """One run's pytest-benchmark JSON as markdown: its stamp, the machine's rates, and
+    ``bench/render_results.py``'s per-case table (fused vs eager vs torch.compile, peers apart)."""
+    from bench.measure import rows_from_benchmark_json
+    from bench.render_results import case_table, machine
+
     stamp = results.get("hyperkd", {})
-    mib = 2 ** 20
-    lines = [f"device: {stamp.get('device', '?')}, torch {stamp.get('torch', '?')}, "
-             f"triton {stamp.get('triton', '?')}, {stamp.get('date', '?')}", *machine_line(stamp), "",
-             "| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
-             "| fused MiB | eager MiB | compiled MiB | fused/eager workspace |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    peers = []
-    for (net, batch, kind), impls in sorted(rows.items()):
-        if "fused" not in impls:
-            continue
-        tf, mf, out = impls["fused"]
-        base = [impls.get(name) for name in BASELINES]
-        times = " | ".join(f"{b[0] * 1e3:.2f}" if b else "–" for b in base)
-        ratios = " | ".join(f"{b[0] / tf:.2f}x" if b else "–" for b in base)
-        mems = " | ".join(f"{b[1] / mib:.1f}" if b else "–" for b in base)
-        eager = impls.get("eager")
-        workspace = f"{(mf - out) / max(eager[1] - out, 1):.0%}" if eager else "–"
-        lines.append(f"| {net} B={batch} {kind} | {tf * 1e3:.2f} | {times} | {ratios} | {mf / mib:.1f} "
-                     f"| {mems} | {workspace} |")
-        for name, (tp, mp, _) in impls.items():
-            if name not in ("fused",) + BASELINES:
-                peers.append(f"| {net} B={batch} {kind} | {name} | {tf * 1e3:.2f} | {tp * 1e3:.2f} "
-                             f"| {tp / tf:.2f}x | {mf / mib:.1f} | {mp / mib:.1f} | {mp / max(mf, 1):.1f}x |")
-    if peers:
-        lines += ["", "| case | peer | fused ms | peer ms | vs peer | fused MiB | peer MiB | peer/fused MiB |",
-                  "|---|---|---|---|---|---|---|---|", *peers]
-    return "\n".join(lines)
+    return "\n".join([f"{machine(stamp)}; torch {stamp.get('torch', '?')}, triton {stamp.get('triton', '?')}, "
+                      f"commit {stamp.get('commit', '?')}, {stamp.get('date', '?')}", *machine_line(stamp), "",
+                      *case_table(rows_from_benchmark_json(results))])

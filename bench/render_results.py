@@ -1,0 +1,269 @@
+"""Renders the benchmark results data (``bench/results/<suite>.jsonl``, one row per measurement) as
+markdown: ``bench/results/README.md`` (one table per suite and machine, each case's latest run) and
+the README's headline table (per op family, the fused op against eager and torch.compile).
+
+    python bench/render_results.py              # rewrites bench/results/README.md
+    python bench/render_results.py --readme     # the headline table: into README.md between its
+                                                # markers, or on stdout when it has none
+    python bench/render_results.py --suite kd   # one suite's tables on stdout (docs link to these)
+"""
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.measure when run as a script
+from bench.measure import read_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+# The stamp every row carries; everything else describes the case or what was measured.
+STAMP = ("device", "cpu", "threads", "vector_bits", "torch", "triton", "commit", "date", "malloc_env",
+         "machine_rates", "hyperlight", "torchdistill", "note")
+# What names a case in each suite; the implementations of one case are compared within one run.
+CASE_KEYS = {"hyper": ("network", "impl", "hidden", "optimizer"), "siren_quality": ("table", "name")}
+OP_CASE = ("network", "batch", "kind")
+BASELINES = ("eager", "compiled")
+MIB = 2 ** 20
+# Op families of the headline, by suite and the case kinds that measure them.
+FAMILIES = {
+    "kd": {"at1:p=2": "attention transfer (AT)", "ab": "activation boundary (AB)",
+           "sp": "similarity-preserving (SP)", "rkd-d": "relational KD, distance (RKD-D)",
+           "rkd-a": "relational KD, angle (RKD-A)", "cwd": "channel-wise distillation (CwD)",
+           "fitnets": "FitNets hint"},
+    "siren": {"fwd+bwd": "SIREN weight decode, fwd+bwd (4096 kernels)",
+              "fwd": "SIREN weight decode, every kernel (forward)"},
+}
+
+
+def machine(row: dict) -> str:
+    """The machine a row was measured on, as the tables name it."""
+    if row.get("device", "cpu") != "cpu":
+        return row["device"]
+    parts = [row.get("cpu") or "CPU, model not recorded"]
+    if row.get("threads"):
+        parts.append(f"{row['threads']} threads")
+    if row.get("vector_bits"):
+        parts.append(f"{row['vector_bits']}-bit vectors")
+    return ", ".join(parts)
+
+
+def case_of(row: dict, suite: str) -> tuple:
+    return tuple(row.get(k) for k in CASE_KEYS.get(suite, OP_CASE))
+
+
+def latest(rows: list, suite: str) -> dict:
+    """{machine: rows of each case's latest run on it}: a later run of some cases replaces those
+    cases only, so a machine's table combines its newest measurement of every case."""
+    runs = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        runs[(machine(row), case_of(row, suite))][row["date"]].append(row)
+    out = defaultdict(list)
+    for (name, _), by_date in sorted(runs.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        out[name] += by_date[max(by_date)]
+    return dict(out)
+
+
+def _impls(rows: list) -> dict:
+    """{(network, batch, kind): {impl: (median s, peak bytes, output bytes)}}."""
+    cases = defaultdict(dict)
+    for r in rows:
+        cases[(r["network"], r["batch"], r["kind"])][r["impl"]] = (
+            r["median_s"], r.get("peak_extra_bytes"), r.get("output_bytes", 0))
+    return cases
+
+
+def _order(case: tuple) -> tuple:
+    net, batch, kind = case
+    return str(net), batch or 0, str(kind)
+
+
+def _mib(peak) -> str:
+    return "–" if peak is None else f"{peak / MIB:.1f}"
+
+
+def workspace(fused, eager) -> float:
+    """The fused op's workspace relative to eager's: peaks less what both return (the gradients)."""
+    return (fused[1] - fused[2]) / max(eager[1] - fused[2], 1)
+
+
+def case_table(rows: list) -> list:
+    """Markdown lines: per case, median time and peak extra memory of each implementation, the
+    fused op's speed-ups and its workspace relative to eager's. Workspace is the peak less the
+    ``output_bytes`` a case declares (the gradients every implementation returns). A baseline that
+    was skipped shows as "–"; other libraries' rows (peers) follow in a second table."""
+    lines = ["| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
+             "| fused MiB | eager MiB | compiled MiB | fused/eager workspace |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    peers = []
+    for (net, batch, kind), impls in sorted(_impls(rows).items(), key=lambda kv: _order(kv[0])):
+        if "fused" not in impls or impls["fused"][0] is None:
+            continue
+        fused = impls["fused"]
+        base = [impls.get(name) if impls.get(name, (None,))[0] is not None else None for name in BASELINES]
+        times = " | ".join(f"{b[0] * 1e3:.2f}" if b else "–" for b in base)
+        ratios = " | ".join(f"{b[0] / fused[0]:.2f}x" if b else "–" for b in base)
+        mems = " | ".join(_mib(b[1]) if b else "–" for b in base)
+        eager = impls.get("eager")
+        space = f"{workspace(fused, eager):.0%}" if eager and eager[1] is not None else "–"
+        lines.append(f"| {net} B={batch} {kind} | {fused[0] * 1e3:.2f} | {times} | {ratios} "
+                     f"| {_mib(fused[1])} | {mems} | {space} |")
+        for name, (tp, mp, _) in impls.items():
+            if name not in ("fused",) + BASELINES and tp is not None:
+                peers.append(f"| {net} B={batch} {kind} | {name} | {fused[0] * 1e3:.2f} | {tp * 1e3:.2f} "
+                             f"| {tp / fused[0]:.2f}x | {_mib(fused[1])} | {_mib(mp)} "
+                             f"| {mp / max(fused[1], 1):.1f}x |")
+    if peers:
+        lines += ["", "| case | peer | fused ms | peer ms | vs peer | fused MiB | peer MiB | peer/fused MiB |",
+                  "|---|---|---|---|---|---|---|---|", *peers]
+    return lines
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "–" if value is None else str(value)
+
+
+def plain_table(rows: list) -> list:
+    """Markdown lines of every row's case and measurement fields (lists left out)."""
+    columns = list(dict.fromkeys(k for r in rows for k, v in r.items()
+                                 if k not in STAMP and not isinstance(v, (list, dict))))
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows)]
+
+
+def run_line(rows: list) -> str:
+    """The dates, commits and versions behind one machine's table."""
+    dates = sorted({r["date"][:10] for r in rows})
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    versions = sorted({f"torch {r['torch']}, triton {r.get('triton', '?')}" for r in rows if r.get("torch")})
+    span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return (f"{span}; {'; '.join(versions) or 'versions not recorded'}; "
+            f"commits {', '.join(c[:7] + ('+dirty' if c.endswith('+dirty') else '') for c in commits) or 'not recorded'}")
+
+
+def suite_markdown(suite: str, rows: list, level: str = "##") -> list:
+    lines = [f"{level} {suite}", ""]
+    for name, chosen in latest(rows, suite).items():
+        is_op = all(k in chosen[0] for k in ("impl", "median_s", "network", "batch", "kind"))
+        lines += [f"{level}# {name}", "", run_line(chosen), "",
+                  *(case_table(chosen) if is_op else plain_table(chosen)), ""]
+    return lines
+
+
+def suites() -> dict:
+    return {p.stem: read_rows(p) for p in sorted(RESULTS.glob("*.jsonl"))}
+
+
+def results_readme(data: dict) -> str:
+    lines = ["# Benchmark results", "",
+             "Generated by `python bench/render_results.py` from the rows in this folder: one "
+             "`<suite>.jsonl` per suite, one JSON object per measurement, each stamped with the machine "
+             "(device, CPU model, threads, the vector width the C++ kernels use), torch and triton "
+             "versions, commit and the run's date. `hyperkd bench --suite SUITE` appends a run's rows. "
+             "Times are medians of forward+backward (or of one training step); MiB are peak bytes "
+             "allocated above what was live before the step; workspace is the peak less the "
+             "gradients every implementation returns, relative to eager's. Each table shows, per "
+             "machine, the latest run of every case.", ""]
+    for suite, rows in data.items():
+        lines += suite_markdown(suite, rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _family(suite: str, kind: str) -> str:
+    names = FAMILIES.get(suite, {})
+    if kind in names:
+        return names[kind]
+    suffix = kind.split(" ")[-1]
+    return names.get(suffix, kind)
+
+
+def _span(values: list, fmt: str, unit: str) -> str:
+    """"lo–hi" of ``values`` in ``fmt`` with ``unit`` (one number where they agree), "–" for none."""
+    if not values:
+        return "–"
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return (lo if lo == hi else f"{lo}–{hi}") + unit
+
+
+def headline(data: dict, machine_name: str = None) -> str:
+    """Per op family, the range over the latest run's cases on one machine (default: the machine
+    of the newest kd row) of the fused op's speed-up over eager and torch.compile and of its
+    workspace relative to eager's."""
+    kd_rows = data.get("kd", [])
+    if machine_name is None:
+        machine_name = machine(max(kd_rows, key=lambda r: r["date"]))
+    families = defaultdict(lambda: defaultdict(list))
+    chosen_rows = []
+    for suite in FAMILIES:
+        matches = [rows for name, rows in latest(data.get(suite, []), suite).items() if machine_name in name]
+        for rows in matches:
+            chosen_rows += rows
+            for (net, batch, kind), impls in _impls(rows).items():
+                fused = impls.get("fused")
+                if not fused or fused[0] is None:
+                    continue
+                cell = families[_family(suite, kind)]
+                cell["cases"].append(f"{net} B={batch}")
+                for name in BASELINES:
+                    if impls.get(name, (None,))[0] is not None:
+                        cell[name].append(impls[name][0] / fused[0])
+                eager = impls.get("eager")
+                if eager and eager[1] is not None and fused[1] is not None:
+                    cell["workspace"].append(workspace(fused, eager))
+    if not chosen_rows:
+        raise SystemExit(f"--machine: no kd or siren rows measured on a machine matching {machine_name!r}")
+    order = [name for names in FAMILIES.values() for name in names.values()]
+    lines = ["| op family | vs eager | vs torch.compile | workspace (fused / eager) |",
+             "|---|---|---|---|"]
+    for family in sorted(families, key=lambda f: order.index(f) if f in order else len(order)):
+        cell = families[family]
+        lines.append(f"| {family} | {_span(cell['eager'], '{:.1f}', 'x')} | {_span(cell['compiled'], '{:.1f}', 'x')} "
+                     f"| {_span([100 * w for w in cell['workspace']], '{:.0f}', '%')} |")
+    dates = sorted({r["date"][:10] for r in chosen_rows})
+    nets = sorted({r["network"] for r in chosen_rows})
+    batches = sorted({r["batch"] for r in chosen_rows if r.get("kind", "").startswith(tuple(FAMILIES["kd"]))})
+    lines += ["", f"CPU: {machine(chosen_rows[0])}, torch {chosen_rows[0]['torch']}; measured "
+              f"{dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]}. Medians of forward+"
+              f"backward (SIREN's full decode: forward) over {', '.join(nets)} (KD: every conv output, "
+              f"B = {'/'.join(map(str, batches))}); ranges span those cases. Every case: [bench/results/README.md](bench/results/README.md)."]
+    return "\n".join(lines)
+
+
+def write_headline(text: str, readme: Path = README) -> bool:
+    """Replaces the block between the headline markers of ``readme``; False when it has none."""
+    content = readme.read_text()
+    pattern = re.compile(re.escape(HEADLINE_BEGIN) + ".*?" + re.escape(HEADLINE_END), re.S)
+    if not pattern.search(content):
+        return False
+    readme.write_text(pattern.sub(lambda _: f"{HEADLINE_BEGIN}\n{text}\n{HEADLINE_END}", content))
+    return True
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", action="store_true", help="render the README's headline table")
+    parser.add_argument("--machine", default=None,
+                        help="headline machine: a substring of its name (default: the newest kd run's)")
+    parser.add_argument("--suite", default=None, help="print this suite's tables instead")
+    args = parser.parse_args(argv)
+    data = suites()
+    if args.suite:
+        if args.suite not in data:
+            parser.error(f"--suite: expected one of {sorted(data)}, got {args.suite!r}")
+        print("\n".join(suite_markdown(args.suite, data[args.suite], level="###")))
+    elif args.readme:
+        text = headline(data, args.machine)
+        if not write_headline(text):
+            print(text)
+    else:
+        (RESULTS / "README.md").write_text(results_readme(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""bench/render_results.py and the rows bench/measure.py writes: each machine's table takes every
+case from its latest run, and the headline spans one machine's cases per op family."""
+import json
+
+import pytest
+import torch
+
+from bench import measure, render_results as rr
+
+XEON = {"device": "cpu", "cpu": "Xeon", "threads": 2, "vector_bits": 512, "torch": "2.14.1", "triton": "3.8.0",
+        "commit": "abc1234"}
+EPYC = {**XEON, "cpu": "EPYC", "vector_bits": 256}
+
+
+def row(machine, date, kind, impl, ms, mib, batch=64):
+    return {**machine, "date": date, "network": "resnet20", "batch": batch, "kind": kind, "impl": impl,
+            "median_s": ms / 1e3, "peak_extra_bytes": mib * 2 ** 20, "output_bytes": 100 * 2 ** 20}
+
+
+def test_rows_are_stamped_appended_and_read_back(tmp_path):
+    stamp = measure.stamp(torch.device("cpu"))
+    assert {"device", "cpu", "threads", "vector_bits", "torch", "triton", "commit", "date"} <= set(stamp)
+    assert stamp["vector_bits"] in (256, 512)
+    results = {"hyperkd": stamp, "benchmarks": [
+        {"extra_info": {"network": "resnet20", "batch": 16, "kind": "ab", "impl": "fused"},
+         "stats": {"median": 0.5, "iqr": 0.1, "rounds": 15}}]}
+    path = tmp_path / "kd.jsonl"
+    for _ in range(2):
+        measure.append_rows(path, measure.rows_from_benchmark_json(results))
+    rows = measure.read_rows(path)
+    assert len(rows) == 2 and rows[0] == rows[1]
+    assert rows[0]["median_s"] == 0.5 and rows[0]["kind"] == "ab" and rows[0]["date"] == stamp["date"]
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_each_case_comes_from_its_latest_run_per_machine():
+    old = "2026-12-01T00:00:00+00:00"
+    new = "2026-12-04T00:00:00+00:00"
+    rows = [row(XEON, old, "ab", "fused", 10, 102), row(XEON, old, "ab", "eager", 40, 108),
+            row(XEON, old, "sp", "fused", 10, 102), row(XEON, old, "sp", "eager", 20, 104),
+            # a later run of AB alone, fused only: it replaces AB's case, SP's stays
+            row(XEON, new, "ab", "fused", 8, 102),
+            row(EPYC, old, "ab", "fused", 30, 102)]
+    chosen = rr.latest(rows, "kd")
+    assert set(chosen) == {"Xeon, 2 threads, 512-bit vectors", "EPYC, 2 threads, 256-bit vectors"}
+    xeon = chosen["Xeon, 2 threads, 512-bit vectors"]
+    assert sorted((r["kind"], r["impl"], r["date"]) for r in xeon) == [
+        ("ab", "fused", new), ("sp", "eager", old), ("sp", "fused", old)]
+    table = rr.case_table(xeon)
+    assert table[2] == "| resnet20 B=64 ab | 8.00 | – | – | – | – | 102.0 | – | – | – |"
+    assert table[3] == "| resnet20 B=64 sp | 10.00 | 20.00 | – | 2.00x | – | 102.0 | 104.0 | – | 50% |"
+
+
+def test_headline_spans_one_machines_cases_per_family(tmp_path):
+    date = "2026-12-04T00:00:00+00:00"
+    kd = [row(XEON, date, "ab", "fused", 10, 102), row(XEON, date, "ab", "eager", 40, 108),
+          row(XEON, date, "ab", "compiled", 20, 104),
+          row(XEON, date, "ab", "fused", 10, 101, batch=16), row(XEON, date, "ab", "eager", 30, 104, batch=16),
+          row(EPYC, "2026-12-01T00:00:00+00:00", "ab", "fused", 1, 101),
+          row(EPYC, "2026-12-01T00:00:00+00:00", "ab", "eager", 100, 200)]
+    text = rr.headline({"kd": kd})  # default machine: the newest kd row's
+    lines = text.splitlines()
+    assert lines[2] == "| activation boundary (AB) | 3.0–4.0x | 2.0x | 25% |"
+    assert "CPU: Xeon, 2 threads, 512-bit vectors" in lines[-1] and "2026-12-04" in lines[-1]
+    assert "100.0x" in rr.headline({"kd": kd}, "EPYC")
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{rr.HEADLINE_BEGIN}\nold\n{rr.HEADLINE_END}\ntail\n")
+    assert rr.write_headline(text, readme)
+    assert readme.read_text() == f"# x\n{rr.HEADLINE_BEGIN}\n{text}\n{rr.HEADLINE_END}\ntail\n"
+    readme.write_text("no markers\n")
+    assert not rr.write_headline(text, readme)
+
+
+def test_committed_results_render():
+    """Every committed row parses and every suite renders (a malformed row fails here, not in CI's
+    rendering step)."""
+    data = rr.suites()
+    assert {"attention_transfer", "kd", "siren"} <= set(data)
+    text = rr.results_readme(data)
+    for suite in data:
+        assert f"## {suite}" in text
+    assert json.loads(json.dumps(data["kd"][0]))["date"]
+    assert "| attention transfer (AT) |" in rr.headline(data)
+
+
+def test_bench_outside_a_source_checkout_says_where_the_suites_are(tmp_path):
+    from hyperkd.commands.bench import suite_path
+
+    with pytest.raises(FileNotFoundError, match="source checkout.*--source"):
+        suite_path(tmp_path, "kd")
+    assert suite_path(rr.ROOT, "kd") == rr.ROOT / "bench" / "bench_kd.py"
