@@ -57,19 +57,27 @@ def test_opcheck_of_the_mutating_step():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def assert_rounded_stochastically(moved):
+    """``moved`` holds bf16 roundings of 1 − 1e-3 (0.256 ulp below 1.0: round-to-nearest loses it):
+    each one of its two bf16 neighbours, their mean 1 − 1e-3 ± 5σ, σ = 2^-8·sqrt(p(1−p)/rows)
+    with p = 0.256; round-to-nearest's bias of 1e-3 must lie outside that bound (asserted, so the
+    check has power)."""
+    moved, exact = moved.float(), 1 - 1e-3
+    assert set(moved.tolist()) <= {1.0, 1.0 - 2 ** -8}
+    bound = 5 * 2 ** -8 * (0.256 * 0.744 / len(moved)) ** 0.5
+    assert abs(torch.tensor(exact).bfloat16().item() - exact) > bound, "round-to-nearest would pass too"
+    assert abs(moved.mean().item() - exact) < bound
+
+
 def test_bf16_storage_rounds_stochastically_without_bias():
-    # An update of 1e-3 is 0.128 ulp of bf16 at 1.0: round-to-nearest would lose it entirely.
-    W = torch.ones(64, 64, dtype=torch.bfloat16)
-    dtheta, z = torch.full((1, 64), 1e-3), torch.zeros(1, 64)
-    z[0, 0] = 1.0
-    momentum = torch.zeros(64, 64, dtype=torch.bfloat16)
+    rows = 4096
+    W = torch.ones(rows, 2, dtype=torch.bfloat16)
+    dtheta, z = torch.full((1, rows), 1e-3), torch.tensor([[1.0, 0.0]])
+    momentum = torch.zeros(rows, 2, dtype=torch.bfloat16)
     torch.ops.hyperkd.hyper_fused_step_(W, momentum, torch.empty(0), dtheta, z, SGD, 1.0, 0.5, 0.999, 1e-8,
                                         0.0, 1, 123)
-    moved = W[:, 0].float()
-    assert set(moved.tolist()) <= {1.0, 1.0 - 2 ** -8}  # the two bf16 neighbours of 1 − 1e-3
-    # The mean of 64 roundings is 1 − 1e-3 ± 5σ, σ = 2^-8·sqrt(p(1−p)/64) with p = 0.256.
-    assert abs(moved.mean().item() - (1 - 1e-3)) < 5 * 2 ** -8 * (0.256 * 0.744 / 64) ** 0.5
-    torch.testing.assert_close(W[:, 1:].float(), torch.ones(64, 63), rtol=0, atol=0)
+    assert_rounded_stochastically(W[:, 0])
+    torch.testing.assert_close(W[:, 1], torch.ones(rows, dtype=torch.bfloat16), rtol=0, atol=0)
 
 
 def train(model, optimizer, data):
@@ -290,6 +298,4 @@ def test_cuda_bf16_storage_rounds_stochastically_without_bias():
     z[0, 0] = 1.0
     empty = torch.empty(0, device="cuda")
     torch.ops.hyperkd.hyper_fused_step_(W, empty, empty, dtheta, z, SGD, 1.0, 0.0, 0.999, 1e-8, 0.0, 1, 123)
-    moved = W[:, 0].float()
-    # 1 − 1e-3 lies 0.128 of the way from 1 down to 1 − 2^-8; σ of the mean of 256 roundings.
-    assert abs(moved.mean().item() - (1 - 1e-3)) < 5 * 2 ** -8 * (0.256 * 0.744 / 256) ** 0.5
+    assert_rounded_stochastically(W[:, 0])
