@@ -1,10 +1,7 @@
 """``hyperkd eval``: top-1 and top-5 accuracy of a zoo model on a data set's test split. A
 hypernetised student's checkpoint (from ``hyperkd train``) is materialised at ``--gamma`` first."""
+import sys
 from typing import Dict
-
-import torch
-from torch import nn
-from tqdm import tqdm
 
 HELP = "report top-1/top-5 accuracy of a model checkpoint on the test split"
 TOP_K = (1, 5)
@@ -17,8 +14,8 @@ def add_arguments(parser) -> None:
                         help="zoo name, e.g. resnet20 (see `hyperkd models`)")
     parser.add_argument("--checkpoint", required=True,
                         help="local checkpoint file holding a state_dict")
-    parser.add_argument("--data", default="cifar100", choices=DATASETS,
-                        help="data set (default: cifar100)")
+    parser.add_argument("--data", default="digits", choices=DATASETS,
+                        help="data set (digits is bundled; the training commands' default too)")
     parser.add_argument("--data-root", default=None,
                         help="folder containing cifar-100-python/ or cifar-10-batches-py/ "
                              "(default: $HYPERKD_DATA)")
@@ -26,42 +23,42 @@ def add_arguments(parser) -> None:
                         help="images per batch (default: 256)")
     parser.add_argument("--workers", type=int, default=0,
                         help="data loader processes (default: 0)")
-    parser.add_argument("--device", default=None,
-                        help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when available, else cpu), cpu or cuda[:N]")
     parser.add_argument("--gamma", type=float, default=0.5,
                         help="γ at which a hypernetised checkpoint generates its weights (default 0.5)")
 
 
-def _device(name) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device: {name!r} is not a torch device ({err})") from err
+def evaluate(model, loader, device, progress: bool = True) -> Dict[str, float]:
+    """Top-k accuracies in percent over ``loader`` and the number of images seen. Off a terminal
+    the progress bar is drawn only at its start and end (one line in a log)."""
+    import torch
+    from tqdm import tqdm
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device,
-             progress: bool = True) -> Dict[str, float]:
-    """Top-k accuracies in percent over ``loader`` and the number of images seen."""
     model.eval().to(device)
     correct = dict.fromkeys(TOP_K, 0)
     seen = 0
-    for images, labels in tqdm(loader, desc="eval", unit="batch", disable=not progress):
-        logits = model(images.to(device, non_blocking=True))
-        labels = labels.to(device, non_blocking=True)
-        ranked = logits.topk(min(max(TOP_K), logits.shape[1]), dim=1).indices
-        hits = ranked == labels.unsqueeze(1)
-        for k in TOP_K:
-            correct[k] += hits[:, :k].any(dim=1).sum().item()
-        seen += labels.numel()
+    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else float("inf"))
+    with torch.no_grad():
+        for images, labels in bar:
+            seen += _count_hits(model(images.to(device, non_blocking=True)),
+                                labels.to(device, non_blocking=True), correct)
     if seen == 0:
         raise ValueError("the evaluated split is empty")
     return {**{f"top{k}": 100.0 * correct[k] / seen for k in TOP_K}, "images": seen}
 
 
-def load_model(name: str, checkpoint, num_classes: int, gamma: float) -> nn.Module:
+def _count_hits(logits, labels, correct: dict) -> int:
+    """Adds each top-k's hits of one batch to ``correct``; returns the batch's size."""
+    ranked = logits.topk(min(max(TOP_K), logits.shape[1]), dim=1).indices
+    hits = ranked == labels.unsqueeze(1)
+    for k in TOP_K:
+        correct[k] += hits[:, :k].any(dim=1).sum().item()
+    return labels.numel()
+
+
+def load_model(name: str, checkpoint, num_classes: int, gamma: float):
     """The plain network of ``checkpoint``: loaded strictly, or, for a hypernetised student,
     rebuilt around its hypernetwork and materialised at ``gamma``."""
     from hyperkd import models
@@ -74,9 +71,10 @@ def load_model(name: str, checkpoint, num_classes: int, gamma: float) -> nn.Modu
 
 
 def run(args) -> int:
-    from hyperkd import data, models
+    from hyperkd import data
+    from hyperkd.train.teacher import resolve_device
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoint, data.NUM_CLASSES[args.data], args.gamma)
     _, _, test = data.loaders(args.data, args.batch_size, root=args.data_root,
                               workers=args.workers, augment=False)

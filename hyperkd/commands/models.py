@@ -1,15 +1,16 @@
 """``hyperkd models``: list the model zoo with parameter counts."""
-import torch
 
 HELP = "list the CIFAR model zoo with parameter counts"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--num-classes", type=int, default=100,
-                        help="size of the classifier the counts assume (default: 100)")
+                        help="size of the classifier the counts assume")
 
 
 def run(args) -> int:
+    import torch
+
     from hyperkd import models
 
     print(f"{'model':<20} {'params (M)':>10} {'parameters':>12}")

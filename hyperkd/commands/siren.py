@@ -11,23 +11,24 @@ PHASES = ("reconstruct", "progressive", "decouple", "analyse")
 
 
 def add_arguments(parser):
+    from hyperkd.data import DATASETS
     from hyperkd.siren import ENCODINGS, PERMUTATIONS
 
     parser.add_argument("phase", choices=PHASES)
     parser.add_argument("--model", required=True, help="a name from `hyperkd models`")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the original net (best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--data", default="digits", choices=DATASETS, help="data set")
+    parser.add_argument("--data-root", default=None, help="folder with the CIFAR files ($HYPERKD_DATA)")
     parser.add_argument("--encoding", choices=ENCODINGS, default="siren")
     parser.add_argument("--width", type=int, default=128, help="hidden width of the predictor")
     parser.add_argument("--depth", type=int, default=5, help="linear layers of the predictor")
     parser.add_argument("--permutation", choices=PERMUTATIONS, default="in-filter")
     parser.add_argument("--epochs", type=int, default=None, help="required by the training phases")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=None,
                         help="reconstruction: 3e-4 (siren) or 1e-3 (nern); decouple: 2e-6")
-    parser.add_argument("--kernel-batch", type=int, default=4096)
+    parser.add_argument("--kernel-batch", type=int, default=4096, help="kernels per reconstruction step")
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="α of L_KD: joint baseline in reconstruct (default 0), decouple (default 1)")
     parser.add_argument("--fmd-weight", type=float, default=0.0,
@@ -39,8 +40,8 @@ def add_arguments(parser):
     parser.add_argument("--teacher-checkpoint", type=Path, default=None,
                         help="decouple: the teacher's weights (required)")
     parser.add_argument("--noise", action="store_true", help="decouple on U[-1,1] inputs (data-free)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the predictor and the data")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
 
 
@@ -52,7 +53,8 @@ def run(args) -> int:
     from hyperkd import data, models
     from hyperkd.config import save_config
     from hyperkd.siren import Representation, phases
-    from hyperkd.train.teacher import resolve_device
+    from hyperkd.train.run_identity import check_out_dir
+    from hyperkd.train.teacher import check_seed, resolve_device
 
     if args.phase == "decouple" and (args.teacher_checkpoint is None or args.source is None):
         raise ValueError("decouple: needs --teacher-checkpoint (the teacher to distil from) and "
@@ -63,24 +65,28 @@ def run(args) -> int:
         raise ValueError("analyse: needs --from (a phase checkpoint to study)")
     if args.rounds < 1:
         raise ValueError(f"rounds: expected an integer ≥ 1, got {args.rounds}")
-    save_config(args, args.out)
-    torch.manual_seed(args.seed)
+    check_seed(args.seed)
     device = resolve_device(args.device)
     classes = data.NUM_CLASSES[args.data]
     original = models.create(args.model, classes, args.checkpoint).eval()
+    options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
+                   permutation=args.permutation)
+    rep = _predictor(phases, original, args.source, options) if args.phase in ("analyse", "decouple") else None
+    if args.phase == "decouple":
+        teacher = models.create(args.teacher_model or args.model, classes, args.teacher_checkpoint)
+    if args.phase != "analyse":
+        for folder in (args.out, *sorted(args.out.glob("round*"))):  # progressive: one run per round
+            check_out_dir(folder, resume=args.resume, can_overwrite=False)
+    save_config(args, args.out)  # once everything above has passed: a refused command writes nothing
+    torch.manual_seed(args.seed)
     # Reconstruction alone never looks at the images: skip their augmentation.
     uses_images = args.phase == "decouple" or bool(args.kd_weight) or bool(args.fmd_weight)
     loaders = data.loaders(args.data, args.batch_size, root=args.data_root, seed=args.seed,
                            augment=uses_images)
-    options = dict(encoding=args.encoding, width=args.width, depth=args.depth,
-                   permutation=args.permutation)
     common = dict(epochs=args.epochs, resume=args.resume, device=device)
     if args.phase == "analyse":
-        return analyse(original, phases.load_representation(original, args.source, **options),
-                       loaders[2], args.out)
+        return analyse(original, rep, loaders[2], args.out)
     if args.phase == "decouple":
-        teacher = models.create(args.teacher_model or args.model, classes, args.teacher_checkpoint)
-        rep = phases.load_representation(original, args.source, **options)
         result = phases.decouple(rep, teacher, loaders, args.out, lr=args.lr or phases.DECOUPLE_LR,
                                  kd_weight=1.0 if args.kd_weight is None else args.kd_weight,
                                  noise=args.noise, **common)
@@ -98,6 +104,16 @@ def run(args) -> int:
                                     lr=args.lr or reconstruction_lr(args.encoding), kernel_batch=args.kernel_batch, **common)
     print(json.dumps(result))
     return 0
+
+
+def _predictor(phases, original, source: Path, options: dict):
+    """The predictor checkpoint ``--from``, or an error naming the flag when it is none (another
+    command's checkpoint, or a predictor of other --encoding/--width/--depth/--permutation)."""
+    try:
+        return phases.load_representation(original, source, **options)
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(f"--from: {source} is not a predictor checkpoint of this --model with these "
+                         f"--encoding/--width/--depth/--permutation ({str(err).splitlines()[0]})") from err
 
 
 def evaluate(net, loader, device) -> float:

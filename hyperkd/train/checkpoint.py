@@ -1,6 +1,11 @@
 """Checkpoints that never lose work: written to a temporary file in the target's folder, flushed to
 disk, then renamed over the target (atomic on POSIX), so a run killed mid-write leaves the previous
-checkpoint intact. RNG states of python, numpy and torch travel with them for an exact resume."""
+checkpoint intact; a kill during the very first write leaves only a hidden ``.*.tmp`` file, which
+:func:`remove_stale_temp_files` sweeps when the next run in that folder starts. RNG states of
+python, numpy and torch travel with the checkpoints for an exact resume.
+
+Every temporary file hyperkd writes beside a result is named ``.<target>.<random>.tmp`` or
+``.<target>.tmp``."""
 import os
 import random
 import tempfile
@@ -25,6 +30,15 @@ def save_checkpoint(path, state: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temp_files(folder) -> list:
+    """Deletes the temporary files that killed writes left in ``folder``; returns their paths.
+    Only one run writes in a folder at a time, so no temporary file there is still being written."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

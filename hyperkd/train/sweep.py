@@ -3,11 +3,19 @@ convergence plot (LayerKD-HN Table 1 and Figures 2–5).
 
 Each run lives in ``OUT/<method>/seed<k>/``. A run whose ``summary.json`` exists is finished and
 skipped; one with only ``last.pt`` was killed and is resumed, so a sweep can be restarted at will.
+Before anything trains, every run already in ``OUT`` is checked against the sweep's flags (its
+stored identity, see :mod:`hyperkd.train.run_identity`): a sweep never reports a run trained with
+other flags under its own.
+
+A run whose loss becomes NaN or inf stops, as a single run does, but the sweep goes on: the run is
+recorded as diverged (term, layer, epoch, step) in its ``diverged.json``, in the table and in the
+plot, and skipped like a finished run when the sweep is run again.
 The MIP baseline (``none``) is always part of a sweep: every Δ is read against it and the teacher.
 """
 import csv
 import gc
 import json
+import os
 import re
 import statistics
 from dataclasses import replace
@@ -19,9 +27,13 @@ import torch
 from hyperkd import data, models
 from hyperkd.commands.eval import evaluate
 from hyperkd.kd import parse_method
+from hyperkd.train.loop import NonFiniteLossError
+from hyperkd.train.run_identity import check_same_run, stored_identity, student_identity
 from hyperkd.train.student import StudentConfig, train_student
 
 BASELINE = "none"
+# A run's record once it ended: finished, or stopped by a NaN/inf loss.
+RECORDS = ("summary.json", "diverged.json")
 
 
 def parse_methods(text: str) -> List[str]:
@@ -50,22 +62,67 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", method) / f"seed{seed}"
 
 
+def check_runs(base: StudentConfig, methods: Sequence[str], seeds: Sequence[int], out: Path) -> None:
+    """Raises ValueError, naming the flag, when a run already in ``out`` (finished, diverged or
+    killed) was trained with other settings than this sweep's."""
+    for method in methods:
+        for seed in seeds:
+            folder = run_dir(out, method, seed)
+            source = next((name for name in RECORDS + ("last.pt",) if (folder / name).exists()), None)
+            if source is not None:
+                check_same_run(stored_identity(folder, source), student_identity(replace(base, kd=method, seed=seed)),
+                               folder, remedy="a sweep continues only runs of its own flags (see "
+                                              f"{Path(out) / 'config.yaml'}); choose another --out for new ones")
+
+
 def run_sweep(base: StudentConfig, methods: Sequence[str], seeds: Sequence[int], out: Path,
               progress: bool = True) -> Dict[str, List[dict]]:
-    """Trains every (method, seed) that is not finished; returns each method's run summaries."""
+    """Trains every (method, seed) that is neither finished nor diverged; returns each method's
+    run records: ``summary.json`` (finished) or ``diverged.json`` (with a ``diverged`` entry), and
+    the seed."""
+    check_runs(base, methods, seeds, out)
     results: Dict[str, List[dict]] = {}
     for method in methods:
         for seed in seeds:
             folder = run_dir(out, method, seed)
-            summary = folder / "summary.json"
-            if not summary.exists():
-                cfg = replace(base, kd=method, seed=seed)
+            done = next((folder / name for name in RECORDS if (folder / name).exists()), None)
+            if done is None:
                 if progress:
                     print(f"[sweep] {method} seed {seed} -> {folder}")
-                train_student(cfg, folder, resume=(folder / "last.pt").exists(), progress=progress)
+                done = _train(replace(base, kd=method, seed=seed), folder, progress)
                 gc.collect()  # free this run's nets before the next run measures its peak memory
-            results.setdefault(method, []).append(json.loads(summary.read_text()))
+            elif progress:
+                print(f"[sweep] {method} seed {seed}: {done.stem} in {folder}, skipped")
+            results.setdefault(method, []).append({**json.loads(done.read_text()), "seed": seed})
     return results
+
+
+def _train(cfg: StudentConfig, folder: Path, progress: bool) -> Path:
+    """Runs (or resumes) one student; a NaN/inf stop is written to ``diverged.json``, not raised."""
+    try:
+        train_student(cfg, folder, resume=True, progress=progress)
+        return folder / "summary.json"
+    except NonFiniteLossError as stop:
+        if progress:
+            print(f"[sweep] {cfg.kd} seed {cfg.seed} diverged: {stop}")
+        record = {"diverged": divergence(stop), "identity": student_identity(cfg)}
+        path = folder / "diverged.json"
+        tmp = folder / ".diverged.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+_STOP = re.compile(r"loss term '(?P<term>[^']*)' is .*? at epoch (?P<epoch>\d+), step (?P<step>\d+)")
+
+
+def divergence(stop: NonFiniteLossError) -> dict:
+    """Term, layer, epoch and step of a NaN/inf stop, with its message."""
+    fields = {"term": stop.term, "layer": stop.layer, "epoch": stop.epoch, "step": stop.step}
+    parsed = _STOP.search(str(stop))  # a stop raised with a message only still names these
+    if fields["term"] is None and parsed:
+        fields.update(term=parsed["term"], epoch=int(parsed["epoch"]), step=int(parsed["step"]))
+    return {**fields, "message": str(stop)}
 
 
 def teacher_accuracy(cfg: StudentConfig, device: torch.device) -> float:
@@ -80,35 +137,65 @@ def _mean_std(values: Sequence[float]) -> tuple:
 
 
 def summary_rows(results: Dict[str, List[dict]], teacher_acc: float = None) -> List[dict]:
-    """One row per method: test accuracy mean/std over seeds (%), Δ to the baseline and to the
-    teacher, the best epoch, mean epoch time and peak memory."""
-    base, _ = _mean_std([r["test_acc"] for r in results[BASELINE]])
+    """One row per method: test accuracy mean/std over the seeds that finished (%), Δ to the
+    baseline and to the teacher, the best epoch, mean epoch time, peak memory, and the runs that
+    diverged with where each stopped (``stops``). Columns without a finished run are None."""
+    baseline = _finished(results.get(BASELINE, []))
+    base = _mean_std([r["test_acc"] for r in baseline])[0] if baseline else None
     rows = []
     for method, runs in results.items():
-        acc, std = _mean_std([r["test_acc"] for r in runs])
+        done, stopped = _finished(runs), [r for r in runs if "diverged" in r]
+        acc, std = _mean_std([r["test_acc"] for r in done]) if done else (None, None)
         rows.append({
             "method": "No-KD (MIP)" if method == BASELINE else method,
-            "test_acc": 100 * acc, "std": 100 * std, "seeds": len(runs),
-            "delta_no_kd": 100 * (acc - base),
-            "delta_teacher": None if teacher_acc is None else 100 * (acc - teacher_acc),
-            "best_epoch": statistics.fmean(r["epoch"] for r in runs),
-            "epoch_time_s": statistics.fmean(r["mean_epoch_time_s"] for r in runs),
-            "peak_memory_mib": max(r["peak_memory_bytes"] for r in runs) / 2 ** 20,
+            "test_acc": _pct(acc), "std": _pct(std), "seeds": len(done),
+            "delta_no_kd": None if acc is None or base is None else 100 * (acc - base),
+            "delta_teacher": None if acc is None or teacher_acc is None else 100 * (acc - teacher_acc),
+            "best_epoch": statistics.fmean(r["epoch"] for r in done) if done else None,
+            "epoch_time_s": statistics.fmean(r["mean_epoch_time_s"] for r in done) if done else None,
+            "peak_memory_mib": max(r["peak_memory_bytes"] for r in done) / 2 ** 20 if done else None,
+            "diverged": len(stopped),
+            "stops": "; ".join(_stop_text(r) for r in stopped),
         })
     return rows
 
 
+def _finished(runs: List[dict]) -> List[dict]:
+    return [r for r in runs if "diverged" not in r]
+
+
+def _pct(value):
+    return None if value is None else 100 * value
+
+
+def _stop_text(run: dict) -> str:
+    """``seed 1: kd at layer features.0, epoch 0, step 2``."""
+    stop = run["diverged"]
+    layer = f" at layer {stop['layer']}" if stop.get("layer") else ""
+    return f"seed {run['seed']}: {stop['term']}{layer}, epoch {stop['epoch']}, step {stop['step']}"
+
+
 def markdown_table(rows: List[dict], teacher_acc: float = None) -> str:
-    """The rows as a markdown table, the teacher first when known."""
+    """The rows as a markdown table, the teacher first when known; a method whose runs diverged
+    says how many, and where each stopped follows the table."""
     lines = ["| method | test acc (%) | Δ No-KD | Δ teacher | best epoch | s / epoch | peak MiB |",
              "|---|---|---|---|---|---|---|"]
     if teacher_acc is not None:
         lines.append(f"| Teacher | {100 * teacher_acc:.2f} | | | | | |")
     for r in rows:
-        teacher = "" if r["delta_teacher"] is None else f"{r['delta_teacher']:+.2f}"
+        runs = r["seeds"] + r["diverged"]
+        if r["test_acc"] is None:
+            lines.append(f"| {r['method']} | diverged ({r['diverged']}/{runs}) | | | | | |")
+            continue
         spread = f" ± {r['std']:.2f}" if r["seeds"] > 1 else ""
-        lines.append(f"| {r['method']} | {r['test_acc']:.2f}{spread} | {r['delta_no_kd']:+.2f} | {teacher} "
+        stopped = f" ({r['diverged']}/{runs} diverged)" if r["diverged"] else ""
+        base = "" if r["delta_no_kd"] is None else f"{r['delta_no_kd']:+.2f}"
+        teacher = "" if r["delta_teacher"] is None else f"{r['delta_teacher']:+.2f}"
+        lines.append(f"| {r['method']} | {r['test_acc']:.2f}{spread}{stopped} | {base} | {teacher} "
                      f"| {r['best_epoch']:.1f} | {r['epoch_time_s']:.1f} | {r['peak_memory_mib']:.0f} |")
+    stops = [f"- {r['method']}: {r['stops']}" for r in rows if r["stops"]]
+    if stops:
+        lines += ["", "Diverged (loss NaN or inf; the run stopped there):", *stops]
     return "\n".join(lines)
 
 
@@ -120,31 +207,52 @@ def write_csv(rows: List[dict], path: Path) -> Path:
     return path
 
 
-def validation_curves(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> Dict[str, List[float]]:
-    """Per method, validation accuracy per epoch averaged over seeds (from ``metrics.jsonl``)."""
+def validation_curves(out: Path, results: Dict[str, List[dict]]) -> Dict[str, List[float]]:
+    """Per method, validation accuracy per epoch averaged over the seeds that finished (from
+    ``metrics.jsonl``); no curve for a method none of whose runs finished."""
     curves = {}
-    for method in methods:
+    for method, runs in results.items():
         per_seed = []
-        for seed in seeds:
-            lines = (run_dir(out, method, seed) / "metrics.jsonl").read_text().splitlines()
+        for run in _finished(runs):
+            lines = (run_dir(out, method, run["seed"]) / "metrics.jsonl").read_text().splitlines()
             per_seed.append([json.loads(line)["val_acc"] for line in lines if line.strip()])
-        length = min(len(c) for c in per_seed)
-        curves[method] = [statistics.fmean(c[e] for c in per_seed) for e in range(length)]
+        if per_seed:
+            length = min(len(c) for c in per_seed)
+            curves[method] = [statistics.fmean(c[e] for c in per_seed) for e in range(length)]
     return curves
 
 
+def divergence_points(results: Dict[str, List[dict]]) -> Dict[str, List[int]]:
+    """Per method, the epoch at which each of its diverged runs stopped."""
+    return {method: [r["diverged"]["epoch"] for r in runs if "diverged" in r]
+            for method, runs in results.items() if any("diverged" in r for r in runs)}
+
+
 def plot_curves(curves: Dict[str, List[float]], path: Path, teacher_acc: float = None,
-                title: str = "") -> Path:
-    """Validation accuracy per epoch for each method, like the paper's Figure 2."""
+                title: str = "", diverged: Dict[str, List[int]] = None) -> Path:
+    """Validation accuracy per epoch for each method, like the paper's Figure 2; a diverged run
+    is an × on the x axis at the epoch where it stopped, and its method's label counts them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    diverged = diverged or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, curve in curves.items():
+    for method in dict.fromkeys([*curves, *diverged]):
         label = "No-KD (MIP)" if method == BASELINE else method
-        ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], marker="o", markersize=3, label=label)
+        stops = diverged.get(method, [])
+        if stops:
+            label += f" ({len(stops)} diverged)"
+        color = None
+        if method in curves:
+            curve = curves[method]
+            line, = ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], marker="o", markersize=3,
+                            label=label)
+            color, label = line.get_color(), None
+        if stops:
+            ax.plot([e + 1 for e in stops], [0] * len(stops), linestyle="none", marker="x", markersize=9,
+                    markeredgewidth=2, color=color, clip_on=False, label=label)
     if teacher_acc is not None:
         ax.axhline(100 * teacher_acc, color="black", linestyle="--", linewidth=1, label="Teacher (test)")
     ax.set_xlabel("epoch")
@@ -159,11 +267,19 @@ def plot_curves(curves: Dict[str, List[float]], path: Path, teacher_acc: float =
 
 
 def report(results, out: Path, methods, seeds, teacher_acc=None, title="") -> str:
-    """Writes ``results.md``, ``results.csv`` and ``convergence.png`` into ``out``; returns the table."""
+    """Writes ``results.md``, ``results.csv`` and ``convergence.png`` into ``out``; returns the
+    table. ``methods`` and ``seeds`` order and select the runs of ``results`` to report."""
+    results = {m: [r for r in results[m] if r["seed"] in seeds] for m in methods if m in results}
     rows = summary_rows(results, teacher_acc)
     table = markdown_table(rows, teacher_acc)
     (Path(out) / "results.md").write_text(table + "\n")
     write_csv(rows, Path(out) / "results.csv")
-    plot_curves(validation_curves(out, methods, seeds), Path(out) / "convergence.png", teacher_acc, title)
+    plot_curves(validation_curves(out, results), Path(out) / "convergence.png", teacher_acc, title,
+                divergence_points(results))
     return table
 
+
+def diverged_runs(results: Dict[str, List[dict]]) -> List[str]:
+    """``at0 seed 1 (loss term ...)`` for each run that diverged."""
+    return [f"{method} seed {r['seed']} ({r['diverged']['message']})"
+            for method, runs in results.items() for r in runs if "diverged" in r]
