@@ -6,11 +6,11 @@ entry point that reports its time and peak memory.
   op writes each kernel in place; W is updated inside backward from (dθ, z)).
 - ``fused_bf16``: the same with W and its optimizer state stored in bf16 (stochastic rounding):
   issue 4's GPU configuration.
-- ``eager``: the same maths in plain PyTorch: an ``nn.Linear(d, P)`` output layer,
-  θ = Linear(z) + θ0, ``split`` into the layers, ``torch.func.functional_call``, a torch optimizer
+- ``eager``: the same maths in plain PyTorch: an ``nn.Linear(d, P)`` output layer whose bias is
+  θ0, θ = Linear(z), ``split`` into the layers, ``torch.func.functional_call``, a torch optimizer
   over every parameter (so W's P×d gradient exists).
 - ``hyperlight``: hyperlight 0.0.5 itself (the optional ``bench`` extra), built as its README does;
-  the same maths (its output bias is b + θ0) and the same torch optimizer as ``eager``.
+  the same maths (its output bias is θ0) and the same torch optimizer as ``eager``.
 - ``primary``: the network alone, no hypernetwork: the footprint the hypernetwork adds to.
 
 Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS] [--device cpu|cuda]  → one
@@ -61,8 +61,9 @@ class EagerHyper(nn.Module):
         widths = (2,) + tuple(hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         P = sum(math.prod(s) for s in self.shapes)
-        self.out = nn.Linear(widths[-1], P)
-        self.theta0 = nn.Parameter(torch.cat([params[n].detach().reshape(-1) for n in self.names]))
+        self.out = nn.Linear(widths[-1], P)  # its bias is θ0, the primary's weights
+        with torch.no_grad():
+            self.out.bias.copy_(torch.cat([params[n].detach().reshape(-1) for n in self.names]))
         for n in self.names:
             params[n].requires_grad_(False)
 
@@ -70,7 +71,7 @@ class EagerHyper(nn.Module):
         z = torch.cat([torch.sin(gamma * math.pi / 2), torch.cos(gamma * math.pi / 2)], dim=-1)
         for layer in self.hidden:
             z = F.leaky_relu(layer(z))
-        theta = self.out(z)[0] + self.theta0
+        theta = self.out(z)[0]
         weights = {n: t.view(s) for n, t, s in zip(self.names, theta.split([math.prod(s) for s in self.shapes]),
                                                     self.shapes)}
         return functional_call(self.primary, weights, (x,))

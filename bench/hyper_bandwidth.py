@@ -34,9 +34,9 @@ ALGORITHMS = {"sgd": SGD, "sgd_momentum": SGD, "adam": ADAM, "adamw": ADAMW}
 
 
 def generation_bytes(P: int, d: int, B: int, w_size: int) -> int:
-    """Eq. 2–3 forward: W read once for all B_γ codes (P·d), b and θ0 read (2·P), z read (B·d), the
-    B_γ weight sets written (B·P, fp32)."""
-    return P * d * w_size + (2 * P + B * d + B * P) * FP32
+    """Eq. 2–3 forward: W read once for all B_γ codes (P·d), θ0 read (P), z read (B·d), the B_γ
+    weight sets written (B·P, fp32)."""
+    return P * d * w_size + (P + B * d + B * P) * FP32
 
 
 def backward_bytes(P: int, d: int, B: int, w_size: int, programs: int) -> int:
@@ -116,15 +116,15 @@ def run(args, device: torch.device) -> dict:
     slots = STATE_SLOTS[args.optimizer]
     W = torch.randn(P, d, dtype=w_dtype, device=device).mul_(0.01)
     z = torch.randn(B, d, device=device)
-    b, theta0 = torch.randn(P, device=device), torch.randn(P, device=device)
+    theta0 = torch.randn(P, device=device)
     empty = W.new_empty(0, dtype=torch.float32)
     state = [torch.zeros(P, d, dtype=s_dtype, device=device) if i < slots else empty for i in range(2)]
-    grads = list(torch.ops.hyperkd.hyper_generate(W, z, b, theta0, *geometry))  # same shapes and layout
+    grads = list(torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry))  # same shapes and layout
     programs = block_schedule(plan.numels, device)[2]
     step_count = itertools.count(1)  # Adam's bias corrections need the 1-based step
 
     def generate():
-        torch.ops.hyperkd.hyper_generate(W, z, b, theta0, *geometry)
+        torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry)
 
     def backward():
         return torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)[1]

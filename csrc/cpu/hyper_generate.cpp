@@ -1,7 +1,8 @@
-// Fused MIP weight generation on the CPU (LayerKD-HN Eq. 2–3): θ = W·z + b + θ0 for B_γ codes z,
+// Fused MIP weight generation on the CPU (LayerKD-HN Eq. 2–3): θ = W·z + θ0 for B_γ codes z (θ0 is
+// the output layer's bias, the base weights),
 // read W once and write every layer's kernel straight into its final (contiguous or
 // channels_last) layout. Backward makes one pass over W for dz, and packs dθ (B_γ×P, the factor
-// of W's rank-B_γ gradient dθᵀ·z). It returns no Σ_γ dθ (b's and θ0's gradient): for one γ that
+// of W's rank-B_γ gradient dθᵀ·z). It returns no Σ_γ dθ (θ0's gradient): for one γ that
 // is dθ's only row, and a second P-vector beside it would raise the step's peak memory.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -100,17 +101,16 @@ void check_generation_inputs(const at::Tensor& W, const at::Tensor& z) {
   TORCH_CHECK(z.scalar_type() == acc, "z: expected dtype ", acc, " for W of dtype ", W.scalar_type());
 }
 
-std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor& z, const at::Tensor& b,
-                                           const at::Tensor& theta0, at::IntArrayRef ndims,
+std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor& z, const at::Tensor& theta0, at::IntArrayRef ndims,
                                            at::IntArrayRef sizes, at::IntArrayRef channels_last) {
   check_generation_inputs(W, z);
   const auto geo = geometry(ndims, sizes, channels_last);
   const int64_t P = W.size(0), d = W.size(1), B = z.size(0), L = geo.size();
   TORCH_CHECK(geo.back().offset + geo.back().numel == P, "sizes: the tensors hold ",
               geo.back().offset + geo.back().numel, " values but W has ", P, " rows");
-  for (const auto* t : {&b, &theta0})
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == P && t->is_contiguous() && t->scalar_type() == z.scalar_type(),
-                "b and theta0: expected contiguous P-vectors of z's dtype");
+  TORCH_CHECK(theta0.dim() == 1 && theta0.size(0) == P && theta0.is_contiguous() &&
+                  theta0.scalar_type() == z.scalar_type(),
+              "theta0: expected a contiguous P-vector of z's dtype");
   std::vector<at::Tensor> out;
   for (int64_t l = 0; l < L; ++l)
     out.push_back(at::empty_strided(output_shape(B, geo[l], ndims[l]), output_strides(geo[l], ndims[l]),
@@ -119,7 +119,6 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = W.data_ptr<scalar_t>();
     const acc_t* zz = z.data_ptr<acc_t>();
-    const acc_t* bb = b.data_ptr<acc_t>();
     const acc_t* t0 = theta0.data_ptr<acc_t>();
     for (int64_t l = 0; l < L; ++l) {
       const auto& g = geo[l];
@@ -127,7 +126,7 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
       at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
           const scalar_t* row = w + (g.offset + p) * d;
-          const acc_t base = bb[g.offset + p] + t0[g.offset + p];
+          const acc_t base = t0[g.offset + p];
           const int64_t a = g.address(p);
           for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = dot(row, zz + s * d, d) + base;
         }
@@ -200,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_generate_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
-  m.def("hyper_generate(Tensor W, Tensor z, Tensor b, Tensor theta0, int[] ndims, int[] sizes, "
+  m.def("hyper_generate(Tensor W, Tensor z, Tensor theta0, int[] ndims, int[] sizes, "
         "int[] channels_last) -> Tensor[]");
   m.def("hyper_generate_backward(Tensor[] grads, Tensor W, Tensor z, int[] ndims, int[] sizes, "
         "int[] channels_last) -> (Tensor dz, Tensor dtheta)");

@@ -130,7 +130,7 @@ def _print_table(totals: dict, s: Setup, optimizer: str, kd) -> None:
         "optimizer_state": f"{slots} × P×d ({_dtype(s.state_dtype)})" if slots else "none (plain SGD)",
         "activations": f"student's leaf-module outputs at batch {s.batch_size} (fp32)",
         "teacher": f"parameters + conv outputs tapped for {kd}" if kd else "no KD",
-        "other": "MLP, b, θ0, non-generated layers, with gradients and state",
+        "other": "MLP, θ0, non-generated layers, with gradients and state",
         "total": "",
     }
     sizes = {key: format_size(totals[key]) for key, _ in ROWS}

@@ -1,5 +1,5 @@
 """The MIP hypernetwork h(γ; W) of LayerKD-HN §3.2: encoding, hidden MLP (Eq. 1) and the fused
-output layer θ = W·z + b + θ0 (Eq. 2–3)."""
+output layer θ = W·z + θ0 (Eq. 2–3), whose bias θ0 is the base weight vector."""
 import math
 
 import torch
@@ -16,11 +16,16 @@ WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 class HyperNet(nn.Module):
     """h(γ): B_γ×k γ → one B_γ×(*shape) tensor per entry of ``plan``.
 
-    Parameters: the hidden layers ``hidden`` (Eq. 1), the output layer ``W`` (P×d) and ``b`` (P),
-    and the additive base weights ``theta0`` (P), all trainable. ``W`` may be stored in bf16
-    (``weight_dtype``); it is then updated only by the fused step, with stochastic rounding. The
-    fused step (``HyperOptimizer(fused=True)``) takes ``W`` and ``theta0`` off autograd: it updates
-    W inside backward, and steps θ0 with b's gradient, which equals θ0's.
+    Parameters: the hidden layers ``hidden`` (Eq. 1) and the output layer: its weight ``W`` (P×d)
+    and its bias ``theta0`` (P), the base weights, all trainable. As in HyperLight there is one
+    base vector: the output layer's bias is θ0 (a separate bias beside it would receive the same
+    gradient and move the base weights at twice the learning rate). The parameter count is
+    Σ_k (w_{k−1} + 1)·w_k over the hidden widths (w_0 = 2·gamma_dim) plus P·(d + 1).
+    ``W`` may be stored in bf16 (``weight_dtype``); it is then updated only by the fused step, with
+    stochastic rounding. The fused step (``HyperOptimizer(fused=True)``) takes ``W`` off autograd.
+
+    A state dict saved before θ0 became the output bias (with a ``b`` entry beside ``theta0``)
+    loads: ``b`` is folded into θ0 (θ = W·z + b + θ0 = W·z + (b + θ0), the same weights).
 
     Every parameter is created on ``theta0``'s device: W's initialisation runs the MLP beside θ0,
     and a W built on the host and then moved would pass through a host copy of its own (6.4 GiB
@@ -48,7 +53,6 @@ class HyperNet(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:]))
         self.W = nn.Parameter(torch.empty(plan.total, hidden[-1], dtype=weight_dtype, device=device),
                               requires_grad=weight_dtype == torch.float32)
-        self.b = nn.Parameter(torch.zeros(plan.total, device=device))
         self.theta0 = nn.Parameter(theta0.detach().clone().float())
         self._geometry = op_geometry([e.shape for e in plan], [e.memory_format == "channels_last" for e in plan])
         self.fused_step = None  # set by hyperkd.hyper.HyperOptimizer(fused=True)
@@ -63,7 +67,6 @@ class HyperNet(nn.Module):
             sigma = delta_ratio * part.pow(2).mean().sqrt() / z_norm
             rows = self.W[e.offset:e.offset + e.numel]
             rows.normal_(0.0, float(sigma))  # in place: no P×d temporary
-        self.b.zero_()
 
     def code(self, gamma: torch.Tensor) -> torch.Tensor:
         """z_{H−1} of Eq. 1 for a B_γ×k γ (input encoded as [sin(πγ/2), cos(πγ/2)]).
@@ -82,7 +85,15 @@ class HyperNet(nn.Module):
         z = self.code(gamma)
         if self.fused_step is not None and torch.is_grad_enabled():
             return self.fused_step.generate(self, z)
-        return list(torch.ops.hyperkd.hyper_generate(self.W, z, self.b, self.theta0, *self._geometry))
+        return list(torch.ops.hyperkd.hyper_generate(self.W, z, self.theta0, *self._geometry))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Older checkpoints: a separate output bias b beside θ0; the generated weights depend on
+        # their sum only, so it becomes θ0. A new tensor: the caller's θ0 is left as it was.
+        old_bias = state_dict.pop(prefix + "b", None)
+        if old_bias is not None and prefix + "theta0" in state_dict:
+            state_dict[prefix + "theta0"] = state_dict[prefix + "theta0"] + old_bias.to(state_dict[prefix + "theta0"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"P={self.plan.total}, d={self.W.shape[1]}, gamma_dim={self.gamma_dim}, "

@@ -1,7 +1,7 @@
 """Which primary-network tensors the hypernetwork generates, and where each sits in θ (Eq. 3).
 
 A :class:`LayoutPlan` assigns every generated tensor a slice [p, q) of the flat buffer
-θ = W·z + b + θ0 (LayerKD-HN Eq. 2–3), in a fixed order. The buffer is always in logical
+θ = W·z + θ0 (LayerKD-HN Eq. 2–3), in a fixed order. The buffer is always in logical
 (contiguous, row-major) order so that W and θ0 do not depend on the memory format; the memory
 format only decides how the generation op writes each layer's kernel.
 """

@@ -1,9 +1,9 @@
 """Memory footprint of a hypernetised training step, before building it.
 
 The output layer W (P×d) dominates (LayerKD-HN §3.2): W itself, its gradient (P×d unfused; only
-the B_γ×P factor dθ when fused, which for one γ is also b's gradient, θ0 then having none) and the
-optimizer state (1 or 2 P×d tensors), next to the
-primary network's activations, the small parameters (MLP, b, θ0, non-generated layers) and, with
+the B_γ×P factor dθ when fused, which for one γ is also θ0's gradient) and the optimizer state
+(1 or 2 P×d tensors), next to the primary network's activations, the small parameters (MLP, θ0,
+non-generated layers) and, with
 KD, the frozen teacher. Sizes are strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
 """
 import copy
@@ -75,8 +75,8 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     ``teacher``: whether KD runs a frozen teacher of the same architecture, tapped at every
     hypernetised module (see :func:`teacher_bytes`).
     Returns ``W``, ``W_grad``, ``optimizer_state``, ``activations``, ``teacher`` (0 without KD),
-    ``other`` (hidden MLP, b, θ0, non-generated parameters, with gradients and state) and ``total``.
-    Fused, θ0 has no gradient (it steps with b's) and for one γ b's gradient is dθ, in ``W_grad``.
+    ``other`` (hidden MLP, θ0, non-generated parameters, with gradients and state) and ``total``.
+    Fused, for one γ θ0's gradient is dθ (a view of it), counted in ``W_grad``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -98,10 +98,10 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     generated = set(plan.names)
     small = sum(p.numel() for n, p in primary.named_parameters() if n not in generated)
     widths = (2,) + tuple(hidden)
-    small += 2 * P + sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
-    # Small parameters: value, gradient and up to two fp32 state tensors. Fused, θ0 borrows b's
-    # gradient, which for one γ is the factor dθ itself (a view of it, counted in W_grad).
-    grads = small - ((1 if gammas > 1 else 2) * P if fused else 0)
+    small += P + sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))  # θ0 is the output bias
+    # Small parameters: value, gradient and up to two fp32 state tensors. Fused, for one γ θ0's
+    # gradient is the factor dθ itself (a view of it, counted in W_grad).
+    grads = small - (P if fused and gammas == 1 else 0)
     other = (small * (1 + OPTIMIZERS[optimizer]) + grads) * _bytes(torch.float32)
     W = P * d * _bytes(dtype)
     W_grad = gammas * P * _bytes(torch.float32) if fused else P * d * _bytes(torch.float32)

@@ -3,15 +3,9 @@
 W's gradient is the rank-B_γ product dθᵀ·z (LayerKD-HN Eq. 2). With ``fused=True`` the backward
 pass of the generation op applies W's update in place from those factors
 (``hyperkd::hyper_fused_step_``) and never allocates the P×d gradient; everything else (hidden
-MLP, b, θ0, BatchNorm, classifier) is stepped by an ordinary torch optimizer. ``fused=False`` is
-the opt-out: W becomes an ordinary parameter of that torch optimizer.
-
-θ0's gradient equals b's (∂θ/∂θ0 = ∂θ/∂b = the identity, summed over γ), so the fused step also
-takes θ0 off autograd and steps it with b's gradient: one P-vector less at the peak of backward
-(for one γ that gradient is dθ itself, see ``gamma_sum``). θ0 keeps its place in the torch
-optimizer, with its own weight decay and momentum/Adam state, and borrows b's gradient only for
-the duration of :meth:`HyperOptimizer.step`. A shared ``.grad`` would not do: ``GradScaler.unscale_``
-would unscale it twice, and DDP expects a gradient of each of its parameters.
+MLP, θ0, BatchNorm, classifier) is stepped by an ordinary torch optimizer. ``fused=False`` is
+the opt-out: W becomes an ordinary parameter of that torch optimizer. θ0 (the output layer's
+bias) gets Σ_γ dθ as its gradient, which for one γ is dθ itself (a view, see ``gamma_sum``).
 
 The fused step cannot support what needs W's gradient after backward has finished:
 gradient accumulation over several backward calls, global gradient-norm clipping, and a second
@@ -21,10 +15,9 @@ Under DDP (torch.distributed initialised, world size > 1) W is no DDP parameter 
 gradient), so the fused step itself applies the rank-mean of dW that DDP gives every other
 parameter, exchanging only the factors (see :func:`rank_mean_factors`). With fp16 loss scaling
 (``scaler``) dθ arrives multiplied by the loss scale: the step divides it out and skips W's update
-when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. b's gradient (θ0's
-step too) is Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf
-confined to a non-generated parameter's gradient (seen after W was updated) skips the torch step
-alone.
+when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. θ0's gradient is
+Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf confined to a
+non-generated parameter's gradient (seen after W was updated) skips the torch step alone.
 """
 from typing import Optional
 
@@ -45,10 +38,10 @@ class _FusedGeneration(torch.autograd.Function):
     """Generation whose backward steps W in place instead of returning its gradient."""
 
     @staticmethod
-    def forward(ctx, step, W, z, b, theta0, geometry):
+    def forward(ctx, step, W, z, theta0, geometry):
         ctx.step, ctx.W, ctx.geometry, ctx.used = step, W, geometry, False
         ctx.save_for_backward(z)
-        return tuple(torch.ops.hyperkd.hyper_generate(W, z, b, theta0, *geometry))
+        return tuple(torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -59,9 +52,7 @@ class _FusedGeneration(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
         ctx.step.apply(dtheta, z.detach())
-        # b's gradient; θ0's only where it is still an autograd input (see FusedOutputStep.theta0).
-        dsum = gamma_sum(dtheta)
-        return None, None, dz, dsum, dsum, None
+        return None, None, dz, gamma_sum(dtheta), None
 
 
 def _same_on_every_rank(t: torch.Tensor) -> bool:
@@ -86,7 +77,7 @@ def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
     """
     world = distributed.world_size()
     if _same_on_every_rank(z):
-        # Not in place: for one γ dθ is also b's gradient (a view of it), which DDP reduces itself.
+        # Not in place: for one γ dθ is also θ0's gradient (a view of it), which DDP reduces itself.
         # Divided first, as DDP divides each gradient before its all-reduce.
         mean = dtheta / world
         dist.all_reduce(mean)
@@ -102,12 +93,11 @@ class FusedOutputStep:
     """W's optimizer state and its in-place update from the factors (dθ, z), averaged over the
     DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one.
 
-    ``theta0``: θ0 when the fused step took it off autograd to be stepped with b's gradient (see
-    :class:`HyperOptimizer`), else None. ``apply`` must leave dθ as it is: it is b's gradient.
+    ``apply`` must leave dθ as it is: it is θ0's gradient.
     """
 
-    def __init__(self, W, theta0, algorithm, hyper, state_dtype, lr_source, scaler=None):
-        self.W, self.theta0, self.algorithm, self.hyper, self.lr_source = W, theta0, algorithm, hyper, lr_source
+    def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None):
+        self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
         self.scaler = scaler
         slots = 0 if algorithm == SGD and hyper["beta1"] == 0.0 else (1 if algorithm == SGD else 2)
         empty = W.new_empty(0, dtype=torch.float32)
@@ -117,7 +107,7 @@ class FusedOutputStep:
         self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
     def generate(self, hypernet, z):
-        return list(_FusedGeneration.apply(self, self.W, z, hypernet.b, hypernet.theta0, hypernet._geometry))
+        return list(_FusedGeneration.apply(self, self.W, z, hypernet.theta0, hypernet._geometry))
 
     def apply(self, dtheta, z):
         """W's update from this backward's factors: dθ (B_γ×P, times the loss scale) and z (B_γ×d)."""
@@ -156,12 +146,8 @@ class HyperOptimizer:
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
 
-    With ``fused=True`` θ0 also leaves autograd (it gets no ``.grad``) and :meth:`step` steps it
-    with b's gradient, which equals its own; it keeps its own weight decay and state in
-    :attr:`inner`. Where b is frozen (``requires_grad=False``) θ0 keeps its own gradient.
-
     Under DDP, construct it before wrapping the model in ``DistributedDataParallel``: with
-    ``fused=True`` W and θ0 need no gradient, and DDP fixes the parameters it reduces when it is
+    ``fused=True`` W needs no gradient, and DDP fixes the parameters it reduces when it is
     built.
 
     ``scaler``: the ``torch.amp.GradScaler`` that scales the loss, when training with fp16 loss
@@ -185,17 +171,14 @@ class HyperOptimizer:
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler: expected a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         hypernet = model.hypernet
-        W, b, theta0 = hypernet.W, hypernet.b, hypernet.theta0
+        W = hypernet.W
         if W.dtype == torch.bfloat16 and not fused:
             raise ValueError("fused: a bf16 W is updated only by the fused step (stochastic rounding); "
                              "use fused=True or weight_dtype=torch.float32")
         if state_dtype != torch.float32 and not fused:
             raise ValueError("state_dtype: bf16 optimizer state is available with fused=True only")
         self.model, self.fused, self.scaler = model, fused, scaler
-        if hypernet.fused_step is not None and hypernet.fused_step.theta0 is not None:
-            theta0.requires_grad_(True)  # an earlier fused optimizer of this model took it off autograd
         hypernet.fused_step = None
-        # θ0 stays in the torch optimizer, in its usual place, also when it leaves autograd below.
         others = [p for p in model.parameters() if p.requires_grad and p is not W]
         params = others if fused else others + [W]
         if algorithm == "sgd":
@@ -208,10 +191,7 @@ class HyperOptimizer:
             beta1 = momentum if algorithm == "sgd" else betas[0]
             hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
                          weight_decay=float(weight_decay))
-            follows_b = theta0 if b.requires_grad and theta0.requires_grad else None
-            if follows_b is not None:
-                theta0.requires_grad_(False)
-            hypernet.fused_step = FusedOutputStep(W, follows_b, ALGORITHMS[algorithm], hyper, state_dtype,
+            hypernet.fused_step = FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
                                                   lambda: self.inner.param_groups[0]["lr"], scaler)
 
     @property
@@ -225,19 +205,8 @@ class HyperOptimizer:
         self._end_fused_step()
 
     def step(self) -> None:
-        """Steps everything but W (W was stepped in backward when fused), θ0 with b's gradient
-        when the fused step took it off autograd."""
-        theta0 = self.model.hypernet.fused_step.theta0 if self.fused else None
-        if theta0 is None:
-            self.inner.step()
-        else:
-            # Lent for this step only: left in place, the shared tensor would be unscaled twice by
-            # the next GradScaler.unscale_ (and zeroed twice by zero_grad(set_to_none=False)).
-            theta0.grad = self.model.hypernet.b.grad
-            try:
-                self.inner.step()
-            finally:
-                theta0.grad = None
+        """Steps everything but W (W was stepped in backward when fused)."""
+        self.inner.step()
         self._end_fused_step()
 
     def _end_fused_step(self) -> None:

@@ -1,10 +1,11 @@
 """Fused MIP weight generation (LayerKD-HN §3.2, Eq. 2–3) as ``torch.ops.hyperkd`` ops.
 
-``hyper_generate`` computes θ = W·z + b + θ0 for B_γ codes z (one read of W) and writes each
+``hyper_generate`` computes θ = W·z + θ0 for B_γ codes z (one read of W; θ0, the base weights, is
+the output layer's bias) and writes each
 generated tensor straight into its final layout; ``hyper_generate_backward`` returns dz and the
 packed dθ (B_γ×P) from one pass over W. W's gradient is the rank-B_γ product dθᵀ·z, formed only
-when W requires a gradient (the fused optimizer step in ``hyperkd.hyper`` never forms it); b's
-and θ0's is Σ_γ dθ (:func:`gamma_sum`), a view of dθ for one γ. CPU kernels are C++
+when W requires a gradient (the fused optimizer step in ``hyperkd.hyper`` never forms it); θ0's
+is Σ_γ dθ (:func:`gamma_sum`), a view of dθ for one γ. CPU kernels are C++
 (``csrc/cpu/hyper_generate.cpp``), CUDA kernels Triton (``kernels/hyper_generate.py``).
 """
 import math
@@ -23,7 +24,7 @@ W_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 @torch.library.register_fake("hyperkd::hyper_generate")
-def _hyper_generate_fake(W, z, b, theta0, ndims, sizes, channels_last):
+def _hyper_generate_fake(W, z, theta0, ndims, sizes, channels_last):
     return triton_hg.empty_outputs(z, ndims, sizes, channels_last)
 
 
@@ -33,14 +34,14 @@ def _hyper_generate_backward_fake(grads, W, z, ndims, sizes, channels_last):
 
 
 def gamma_sum(dtheta):
-    """Σ_γ dθ, the gradient of b and of θ0. For one γ it is dθ's only row, returned as a view: the
+    """Σ_γ dθ, the gradient of θ0. For one γ it is dθ's only row, returned as a view: the
     backward then holds one P-vector where a separate sum would hold two (the op returns no sum
     for that reason)."""
     return dtheta[0] if dtheta.shape[0] == 1 else dtheta.sum(0)
 
 
 def _setup_context(ctx, inputs, output):
-    W, z, b, theta0, ndims, sizes, channels_last = inputs
+    W, z, theta0, ndims, sizes, channels_last = inputs
     ctx.geometry = (ndims, sizes, channels_last)
     ctx.save_for_backward(W, z)
 
@@ -51,8 +52,7 @@ def _backward(ctx, grads):
              for g, o in zip(grads, triton_hg.empty_outputs(z, *ctx.geometry))]
     dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *ctx.geometry)
     dW = (dtheta.t() @ z).to(W.dtype) if ctx.needs_input_grad[0] else None
-    dsum = gamma_sum(dtheta)
-    return dW, dz, dsum, dsum, None, None, None
+    return dW, dz, gamma_sum(dtheta), None, None, None
 
 
 torch.library.register_autograd("hyperkd::hyper_generate", _backward, setup_context=_setup_context)
@@ -85,13 +85,13 @@ def _check_shapes(shapes, channels_last, P):
         raise ValueError(f"shapes: the tensors hold {total} values but W has {P} rows")
 
 
-def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
-    """Eq. 2–3 fused: one B_γ×(*shape) tensor per entry of ``shapes``, θ = W·z + b + θ0.
+def hyper_generate(W, z, theta0, shapes, channels_last=None):
+    """Eq. 2–3 fused: one B_γ×(*shape) tensor per entry of ``shapes``, θ = W·z + θ0.
 
-    W is P×d (fp32, or bf16/fp16 storage; fp64 on the CPU), z B_γ×d and b, θ0 P-vectors in fp32
+    W is P×d (fp32, or bf16/fp16 storage; fp64 on the CPU), z B_γ×d and θ0 a P-vector in fp32
     (fp64 for fp64 W). ``channels_last[m]`` writes 4-D tensor m in channels_last layout.
     """
-    for name, t in (("W", W), ("z", z), ("b", b), ("theta0", theta0)):
+    for name, t in (("W", W), ("z", z), ("theta0", theta0)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
     if W.dim() != 2 or W.dtype not in W_DTYPES:
@@ -100,17 +100,16 @@ def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
     if z.dim() != 2 or z.shape[1] != W.shape[1] or z.dtype != acc:
         raise ValueError(f"z: expected a B_γ×{W.shape[1]} matrix of dtype {acc}, got {z.dtype} "
                          f"shape {tuple(z.shape)}")
-    for name, t in (("b", b), ("theta0", theta0)):
-        if t.shape != (W.shape[0],) or t.dtype != acc:
-            raise ValueError(f"{name}: expected a {acc} vector of {W.shape[0]} values, got {t.dtype} "
-                             f"shape {tuple(t.shape)}")
-    for name, t in (("z", z), ("b", b), ("theta0", theta0)):
+    if theta0.shape != (W.shape[0],) or theta0.dtype != acc:
+        raise ValueError(f"theta0: expected a {acc} vector of {W.shape[0]} values, got {theta0.dtype} "
+                         f"shape {tuple(theta0.shape)}")
+    for name, t in (("z", z), ("theta0", theta0)):
         if t.device != W.device:
             raise ValueError(f"{name}: device {t.device} differs from W's {W.device}")
     channels_last = [False] * len(shapes) if channels_last is None else list(channels_last)
     _check_shapes(shapes, channels_last, W.shape[0])
-    out = torch.ops.hyperkd.hyper_generate(W.contiguous(), z.contiguous(), b.contiguous(),
-                                           theta0.contiguous(), *op_geometry(shapes, channels_last))
+    out = torch.ops.hyperkd.hyper_generate(W.contiguous(), z.contiguous(), theta0.contiguous(),
+                                           *op_geometry(shapes, channels_last))
     return list(out)
 
 

@@ -2,10 +2,12 @@
 
   z_0 = [sin(πγ/2), cos(πγ/2)]                          (input encoding, γ ∈ [0, 1]^k)
   z_k = φ(W^(k) z_{k−1} + b^(k)),  k = 1 … H−1           (Eq. 1, φ = LeakyReLU)
-  Δθ  = W^(H) z_{H−1} + b^(H)                            (Eq. 2)
+  Δθ  = W^(H) z_{H−1}                                    (Eq. 2)
   θ_m = reshape(Δθ[p:q] + θ0[p:q])                       (Eq. 3)
 
-Batched: z is B_γ×d, so the output layer is one GEMM, θ = z·Wᵀ + b + θ0 (B_γ×P).
+θ0, the base weights, is the output layer's bias b^(H), as in HyperLight: one P-vector, not a bias
+and a base vector beside it. Batched: z is B_γ×d, so the output layer is one GEMM,
+θ = z·Wᵀ + θ0 (B_γ×P).
 """
 import math
 
@@ -27,9 +29,9 @@ def hidden_code(z0: torch.Tensor, weights, biases, negative_slope: float = 0.01)
     return z
 
 
-def hyper_generate(W, z, b, theta0, shapes, channels_last=None):
+def hyper_generate(W, z, theta0, shapes, channels_last=None):
     """Eq. 2–3: one B_γ×(*shape) tensor per generated layer, in its final memory format."""
-    theta = z @ W.to(z.dtype).t() + b + theta0
+    theta = z @ W.to(z.dtype).t() + theta0
     channels_last = channels_last or [False] * len(shapes)
     out = []
     for flat, shape, cl in zip(theta.split([math.prod(s) for s in shapes], dim=1), shapes, channels_last):
@@ -45,7 +47,7 @@ def hyper_generate_backward(grads, W, z):
     """Backward of Eq. 2–3 from the upstream gradients of the generated tensors (any layout).
 
     dθ = the gradients flattened in logical order and packed per γ (B_γ×P), dz = dθ·W (B_γ×d).
-    W's gradient is dθᵀ·z, b's and θ0's Σ_γ dθ. Returns (dz, dθ).
+    W's gradient is dθᵀ·z, θ0's Σ_γ dθ. Returns (dz, dθ).
     """
     dtheta = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
     return dtheta @ W.to(dtheta.dtype), dtheta

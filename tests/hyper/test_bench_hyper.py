@@ -55,9 +55,9 @@ def test_byte_counts_are_the_bytes_of_what_each_op_reads_and_writes():
     P = sum(torch.Size(s).numel() for s in shapes)
     geometry = op_geometry(shapes, [False] * len(shapes))
     W = torch.randn(P, d, dtype=torch.bfloat16)
-    z, b, theta0 = torch.randn(B, d), torch.randn(P), torch.randn(P)
-    out = torch.ops.hyperkd.hyper_generate(W, z, b, theta0, *geometry)
-    read = W.nbytes + z.nbytes + b.nbytes + theta0.nbytes
+    z, theta0 = torch.randn(B, d), torch.randn(P)
+    out = torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry)
+    read = W.nbytes + z.nbytes + theta0.nbytes
     assert hyper_bandwidth.generation_bytes(P, d, B, 2) == read + sum(o.nbytes for o in out)
 
     dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(list(out), W, z, *geometry)

@@ -99,7 +99,7 @@ def batches(steps=STEPS, batch=4, groups=2):
 
 # Adam on the ResNet-style net is left out: its conv1 bias feeds a BatchNorm, so its exact gradient
 # is 0 and Adam normalises pure rounding noise into ±lr steps that the two paths draw differently.
-# One γ per step (groups=1) is the case where b's gradient is dθ itself.
+# One γ per step (groups=1) is the case where θ0's gradient is dθ itself (a view of it).
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("net, algorithm, kwargs", [
     ("resnet", "sgd", dict(momentum=0.9, weight_decay=1e-3)),
@@ -116,9 +116,8 @@ def test_fused_trajectory_matches_unfused_over_20_steps(net, algorithm, kwargs, 
     fused_losses, eager_losses = train(fused_model, fused_opt, data), train(eager_model, eager_opt, data)
     assert fused_model.hypernet.W.grad is None  # no P×d gradient ever existed
     assert eager_model.hypernet.W.grad is not None
-    # θ0 left autograd and stepped with b's gradient; unfused it is an ordinary parameter.
-    assert fused_model.hypernet.theta0.grad is None and not fused_model.hypernet.theta0.requires_grad
-    assert eager_model.hypernet.theta0.grad is not None
+    # θ0, the output layer's bias, is an ordinary parameter on both paths.
+    assert fused_model.hypernet.theta0.grad is not None and eager_model.hypernet.theta0.grad is not None
     # The two paths sum dW = dθᵀ·z in different orders; fp32 rounding then accumulates over the steps.
     assert_close(fused_losses, eager_losses, torch.float32, scale=STEPS)
     assert (fused_model.hypernet.W - base.hypernet.W).abs().max() > 1e-3  # W did train
@@ -137,48 +136,40 @@ def test_fused_trajectory_matches_unfused_over_20_steps(net, algorithm, kwargs, 
             assert_close(fused_state[key], eager_state[key], torch.float32, scale=STEPS, msg=key)
 
 
-def test_theta0_steps_with_bs_gradient_and_never_holds_one():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_theta0_steps_once_with_the_gamma_sum_of_dtheta(groups):
+    # One base vector: θ0 moves at the learning rate (not twice it, as a bias b beside θ0 with the
+    # same gradient would make it) and its weight decay acts once.
     model = hypernetize(NETS["vgg"](), hidden=(8, 16))
     opt = HyperOptimizer(model, "sgd", lr=0.1, weight_decay=0.01)
     hn = model.hypernet
     theta0 = hn.theta0.detach().clone()
-    x, y, gamma = batches(steps=1, groups=1)[0]
-    F.cross_entropy(model(x, gamma), y).backward()
-    assert hn.theta0.grad is None and hn.b.grad is not None
-    b_grad = hn.b.grad.clone()
+    x, y, gamma = batches(steps=1, groups=groups)[0]
+    weights = model.generate(gamma)
+    for w in weights:
+        w.retain_grad()
+    logits = torch.cat([torch.func.functional_call(model.primary, {n: w[g] for n, w in zip(model.plan.names, weights)},
+                                                   (xg,)) for g, xg in enumerate(x.chunk(groups))])
+    F.cross_entropy(logits, y).backward()
+    dtheta_sum = torch.cat([w.grad.sum(0).reshape(-1) for w in weights])
+    torch.testing.assert_close(hn.theta0.grad, dtheta_sum, rtol=0, atol=0)
     opt.step()
-    assert hn.theta0.grad is None  # lent for the step only: GradScaler must never see it twice
-    torch.testing.assert_close(hn.theta0, theta0 - 0.1 * (b_grad + 0.01 * theta0), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(hn.theta0, theta0 - 0.1 * (dtheta_sum + 0.01 * theta0), rtol=1e-6, atol=1e-7)
     # The primary's own copies are views of θ0 and follow it.
     conv = model.primary[0].weight
     assert conv.untyped_storage().data_ptr() == hn.theta0.untyped_storage().data_ptr()
 
 
-def test_theta0_keeps_its_own_gradient_where_b_is_frozen():
-    base = hypernetize(NETS["vgg"](), hidden=(8, 16))
-    base.hypernet.b.requires_grad_(False)
-    fused_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
-    fused_opt = HyperOptimizer(fused_model, "sgd", lr=1e-2, momentum=0.9, fused=True)
-    eager_opt = HyperOptimizer(eager_model, "sgd", lr=1e-2, momentum=0.9, fused=False)
-    assert fused_model.hypernet.theta0.requires_grad
-    data = batches(steps=4, groups=1)
-    train(fused_model, fused_opt, data)
-    train(eager_model, eager_opt, data)
-    assert fused_model.hypernet.theta0.grad is not None
-    assert torch.equal(fused_model.hypernet.b, base.hypernet.b)
-    assert_close(fused_model.hypernet.theta0, eager_model.hypernet.theta0, torch.float32, scale=4)
-
-
-def test_a_later_unfused_optimizer_gives_theta0_back_to_autograd():
+def test_a_later_unfused_optimizer_gives_w_back_to_autograd():
     model, _ = fused_model()
-    assert not model.hypernet.theta0.requires_grad
+    assert not model.hypernet.W.requires_grad
     opt = HyperOptimizer(model, "sgd", lr=1e-2, fused=False)
-    assert model.hypernet.theta0.requires_grad and model.hypernet.W.requires_grad
-    assert any(p is model.hypernet.theta0 for p in opt.param_groups[0]["params"])
+    assert model.hypernet.W.requires_grad and model.hypernet.fused_step is None
+    assert any(p is model.hypernet.W for p in opt.param_groups[0]["params"])
     model(torch.randn(2, 3, 8, 8), 0.3).sum().backward()
-    assert model.hypernet.theta0.grad is not None
+    assert model.hypernet.W.grad is not None
     HyperOptimizer(model, "sgd", lr=1e-2)  # fused again: off autograd again
-    assert not model.hypernet.theta0.requires_grad
+    assert not model.hypernet.W.requires_grad
 
 
 def test_fused_with_bf16_weights_and_state_trains():
@@ -226,8 +217,8 @@ def test_global_clipping_raises_when_fused_and_works_unfused():
     assert total == pytest.approx(1e-3, rel=1e-4)
 
 
-def test_torch_clip_grad_norm_when_fused_leaves_out_w_and_theta0():
-    # It cannot raise: fused, W and θ0 hold no .grad, so it sees and clips only the others.
+def test_torch_clip_grad_norm_when_fused_leaves_out_w():
+    # It cannot raise: fused, W holds no .grad, so it sees and clips only the others.
     base = hypernetize(NETS["vgg"](), hidden=(8, 16))
     fused, eager = copy.deepcopy(base), copy.deepcopy(base)
     fused_opt = HyperOptimizer(fused, "sgd", lr=0.1, fused=True)
@@ -238,15 +229,15 @@ def test_torch_clip_grad_norm_when_fused_leaves_out_w_and_theta0():
     assert not torch.equal(fused.hypernet.W, base.hypernet.W)  # W has taken its (unclipped) step
     grads = {n: p.grad for n, p in eager.named_parameters() if p.grad is not None}
     full = torch.stack([g.norm() for g in grads.values()]).norm()
-    rest = torch.stack([g.norm() for n, g in grads.items() if n not in ("hypernet.W", "hypernet.theta0")]).norm()
+    rest = torch.stack([g.norm() for n, g in grads.items() if n != "hypernet.W"]).norm()
     norm = torch.nn.utils.clip_grad_norm_(fused.parameters(), max_norm=1e-3)
     torch.testing.assert_close(norm, rest, rtol=1e-5, atol=0)
     assert norm < 0.9 * full
-    # θ0 still steps with b's gradient, now clipped, though its own share was not in the norm.
-    b_grad, theta0 = fused.hypernet.b.grad.clone(), fused.hypernet.theta0.detach().clone()
-    assert b_grad.norm() <= 1e-3 * (1 + 1e-5)
+    # θ0 steps with its own gradient, clipped with the others.
+    theta0_grad, theta0 = fused.hypernet.theta0.grad.clone(), fused.hypernet.theta0.detach().clone()
+    assert theta0_grad.norm() <= 1e-3 * (1 + 1e-5)
     fused_opt.step()
-    torch.testing.assert_close(fused.hypernet.theta0, theta0 - 0.1 * b_grad, rtol=0, atol=1e-7)
+    torch.testing.assert_close(fused.hypernet.theta0, theta0 - 0.1 * theta0_grad, rtol=0, atol=1e-7)
 
 
 def test_bad_optimizer_arguments_name_the_argument():

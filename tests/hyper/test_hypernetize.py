@@ -21,7 +21,7 @@ def reference_weights(model, gamma):
     hn = model.hypernet
     z = hidden_code(encode_gamma(torch.tensor([[gamma]])), [l.weight for l in hn.hidden],
                     [l.bias for l in hn.hidden])
-    flat = z @ hn.W.t() + hn.b + hn.theta0
+    flat = z @ hn.W.t() + hn.theta0
     return [part.reshape(e.shape) for part, e in zip(flat[0].split(model.plan.numels), model.plan)]
 
 
@@ -119,7 +119,7 @@ def test_gradients_of_all_hypernet_parameters_match_autograd_through_the_referen
     hn = model.hypernet
     z = hidden_code(encode_gamma(torch.tensor([[0.4]], dtype=torch.float64)), [l.weight for l in hn.hidden],
                     [l.bias for l in hn.hidden])
-    weights = hyper_generate(hn.W, z, hn.b, hn.theta0, [e.shape for e in model.plan])
+    weights = hyper_generate(hn.W, z, hn.theta0, [e.shape for e in model.plan])
     out = torch.func.functional_call(model.primary, {n: w[0] for n, w in zip(model.plan.names, weights)}, (x,))
     out.square().sum().backward()
     for n, p in model.hypernet.named_parameters():
@@ -308,6 +308,42 @@ def test_state_dict_round_trip():
         torch.testing.assert_close(other(x, 0.3), model(x, 0.3), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("hidden, gamma_dim", [((16, 64, 128), 1), ((8, 12), 2), ((5,), 1)])
+def test_parameter_count_equals_hyperlights_layout(net, hidden, gamma_dim):
+    # HyperLight's MIP hypernetwork, counted by hand: a parameter-free sin/cos input encoding
+    # (2 values per γ entry), the hidden Linear layers with their biases, and an output Linear
+    # d → P whose bias is the base weights θ0. Nothing else is trainable in the hypernetwork.
+    primary = NETS[net]()
+    P = sum(p.numel() for m in primary.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
+    widths = (2 * gamma_dim,) + hidden
+    hidden_layers = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    output_layer = P * hidden[-1] + P  # weight W (P×d) and bias θ0 (P)
+    model = hypernetize(primary, hidden=hidden, gamma_dim=gamma_dim)
+    assert sum(p.numel() for p in model.hypernet.parameters()) == hidden_layers + output_layer
+    assert dict(model.hypernet.named_parameters()).keys() == (
+        {f"hidden.{i}.{k}" for i in range(len(hidden)) for k in ("weight", "bias")} | {"W", "theta0"})
+
+
+def test_checkpoint_with_a_separate_output_bias_loads_it_into_theta0():
+    # Checkpoints from before θ0 became the output bias hold θ = W·z + b + θ0 with a trainable b:
+    # the same weights come from θ0 + b, and loading must give them (strictly: no stray key).
+    model = hypernetize(NETS["resnet"]())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    old_bias = torch.randn(model.plan.total) * 0.01
+    state["hypernet.theta0"] = state["hypernet.theta0"] - old_bias
+    state["hypernet.b"] = old_bias
+    saved_theta0 = state["hypernet.theta0"].clone()
+    other = hypernetize(NETS["resnet"](), init_theta0="kaiming")
+    other.load_state_dict(state)
+    assert torch.equal(state["hypernet.theta0"], saved_theta0)  # the caller's tensors are left alone
+    torch.testing.assert_close(other.hypernet.theta0, saved_theta0 + old_bias, rtol=0, atol=0)
+    x = torch.randn(2, 3, 8, 8)
+    model.eval(), other.eval()
+    with torch.no_grad():
+        assert_close(other(x, 0.3), model(x, 0.3), torch.float32)
+
+
 def test_state_dict_whose_primary_copies_differ_from_theta0_loads_theta0():
     # Checkpoints written before the primary's copies became views of θ0 hold the original weights
     # there; loading one must not let them overwrite θ0 (the primary is loaded first).
@@ -332,8 +368,6 @@ def test_state_dict_whose_primary_copies_differ_from_theta0_loads_theta0():
 @pytest.mark.parametrize("net", sorted(NETS))
 def test_materialize_exports_a_plain_network(net):
     model = hypernetize(NETS[net](), memory_format="channels_last")
-    with torch.no_grad():
-        model.hypernet.b.add_(0.01)  # so that the exported net differs from the original one
     plain = model.materialize(0.7).eval()
     model.eval()
     assert not any(isinstance(m, type(model)) for m in plain.modules())

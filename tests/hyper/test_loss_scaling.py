@@ -54,9 +54,10 @@ def test_loss_scaled_steps_equal_unscaled_fp32_steps(fused, algorithm, kwargs):
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_theta0_stepping_with_bs_gradient_is_unscaled_once(set_to_none):
-    # The fused step lends b's gradient to θ0 inside step() only; GradScaler.unscale_ (which runs
-    # before) sees θ0 without a gradient, also when zero_grad keeps the gradient tensors.
+def test_theta0_gradient_is_unscaled_once(set_to_none):
+    # For one γ θ0's gradient is a view of the factor dθ that W's fused update reads: unscaling
+    # θ0's gradient (GradScaler.unscale_) must not unscale W's factor a second time, also when
+    # zero_grad keeps the gradient tensors.
     base = base_model()
     scaled, plain = copy.deepcopy(base), copy.deepcopy(base)
     kwargs = dict(momentum=0.9, weight_decay=1e-3, set_to_none=set_to_none, groups=1)
