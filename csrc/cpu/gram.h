@@ -105,11 +105,14 @@ std::pair<int64_t, int64_t> column_share(int64_t n, int64_t t, int64_t threads) 
 
 }  // namespace gram_detail
 
-// grams[m] = Q_m·Q_mᵀ for M row-major B×D_m matrices (rows D_m apart), both triangles written.
-// The threads split every layer's D; their partial Grams are summed at the end.
-template <typename T>
-void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, int64_t B,
-                 const std::vector<T*>& grams) {
+// out[m] = the symmetric B×B matrix of a pairwise sum over columns, Σ_k p(Q_m[i, k], Q_m[j, k]),
+// for M row-major B×D_m matrices (rows D_m apart), both triangles written. upper(Q, B, ld, k0, k1,
+// G) adds the tiles on and above the diagonal of columns k0..k1 into G (gram_detail::gram_upper
+// for the Gram; the L1 distances of csrc/cpu/affinity.cpp). The threads split every layer's D;
+// their partial matrices are summed at the end.
+template <typename T, typename Upper>
+void pairwise_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, int64_t B,
+                     const std::vector<T*>& grams, Upper&& upper) {
   const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads()), BB = B * B;
   std::vector<T> partial((threads - 1) * M * BB, T(0));
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
@@ -118,7 +121,7 @@ void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, 
         T* G = t == 0 ? grams[m] : partial.data() + ((t - 1) * M + m) * BB;
         if (t == 0) std::fill(G, G + BB, T(0));
         const auto [k0, k1] = gram_detail::column_share<T>(D[m], t, threads);
-        gram_detail::gram_upper(Q[m], B, D[m], k0, k1, G);
+        upper(Q[m], B, D[m], k0, k1, G);
       }
   });
   for (int64_t m = 0; m < M; ++m) {
@@ -130,6 +133,13 @@ void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, 
     for (int64_t i = 0; i < B; ++i)
       for (int64_t j = 0; j < i; ++j) G[i * B + j] = G[j * B + i];
   }
+}
+
+// grams[m] = Q_m·Q_mᵀ for M row-major B×D_m matrices (rows D_m apart), both triangles written.
+template <typename T>
+void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, int64_t B,
+                 const std::vector<T*>& grams) {
+  pairwise_layers(Q, D, B, grams, gram_detail::gram_upper<T>);
 }
 
 // out_m = S_m·Q_m (B×D_m) for M row-major layers and symmetric S_m; the threads split every

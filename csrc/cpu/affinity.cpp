@@ -1,0 +1,516 @@
+// Fused modular affinity KD on the CPU (mAKD, Li & Maki Eq. 3–14): L(f(g(z_S)), f(g(z_T))) per
+// layer, z the B×D flattened feature, g one of four affinities, f one of five normalisations of the
+// B×B matrix, L one of four losses.
+//
+// The feature-sized passes are two products over the batch's pairs:
+//   IP, CS, L2: the Gram G = Q·Qᵀ (gram.h), from which IP = G, CS = G_ij / (n_i n_j) with
+//     n_i = sqrt(G_ii), L2 = sqrt(G_ii + G_jj − 2 G_ij); backward is dQ = (dG + dGᵀ)·Q.
+//   L1: no product form. Forward sums |q_i − q_j| over register tiles of pairs; backward
+//     dQ_i = Σ_j S_ij sign(q_i − q_j), S = dA + dAᵀ, recomputes the signs tile by tile from
+//     column panels of Q, so nothing of size B×B×D exists (memory: a panel per thread).
+// Everything else (affinity from the Gram, normalisation, loss and all their gradients) is an
+// epilogue over B×B matrices. Autograd keeps the student features, the teacher's normalised
+// matrices (its summary) and the student's B×B Gram or L1 matrix.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "gram.h"
+#include "layers.h"
+
+namespace hyperkd {
+namespace {
+
+constexpr double kEps = 1e-12;  // clamp of every divisor, F.normalize's default (the reference's)
+
+enum class Aff { L1, L2, IP, CS };
+enum class Norm { L1, L2, Avg, Max, None };
+enum class Loss { L1, L2, SL1, KL };
+
+template <typename E, size_t N>
+E parse(c10::string_view text, const std::array<const char*, N>& names, const char* what) {
+  std::string valid;
+  for (size_t k = 0; k < N; ++k) {
+    if (std::string_view(text.data(), text.size()) == names[k]) return static_cast<E>(k);
+    valid += (k ? ", " : "") + std::string(names[k]);
+  }
+  TORCH_CHECK(false, what, ": expected one of ", valid, ", got '", std::string(text.data(), text.size()), "'");
+}
+
+struct Variant {
+  Aff aff;
+  Norm norm;
+  Loss loss;
+};
+
+Variant variant(c10::string_view aff, c10::string_view norm, c10::string_view loss = "l2") {
+  return {parse<Aff>(aff, std::array{"l1", "l2", "ip", "cs"}, "aff"),
+          parse<Norm>(norm, std::array{"l1", "l2", "avg", "max", "none"}, "norm"),
+          parse<Loss>(loss, std::array{"l1", "l2", "sl1", "kl"}, "loss")};
+}
+
+// ---------------------------------------------------------------- inputs
+
+// B×D_m features of one batch size and dtype, B ≥ 2 (no pairs otherwise).
+void check_rows(at::TensorList feats, const char* name) {
+  TORCH_CHECK(!feats.empty(), name, ": expected a non-empty list of B×D features");
+  for (size_t m = 0; m < feats.size(); ++m) {
+    const auto& f = feats[m];
+    TORCH_CHECK(f.dim() == 2 && f.size(1) > 0, name, "[", m, "]: expected a B×D matrix, got ", f.sizes());
+    TORCH_CHECK(f.size(0) == feats[0].size(0) && f.scalar_type() == feats[0].scalar_type(), name, "[", m,
+                "]: batch and dtype must match layer 0's");
+  }
+  TORCH_CHECK(feats[0].size(0) >= 2, name, ": affinity KD relates the samples of a batch, so it needs a "
+              "batch of at least 2, got ", feats[0].size(0));
+}
+
+void check_matrices(at::TensorList mats, int64_t M, int64_t B, at::ScalarType acc, const char* name) {
+  TORCH_CHECK(int64_t(mats.size()) == M, name, ": expected ", M, " matrices, got ", mats.size());
+  for (size_t m = 0; m < mats.size(); ++m)
+    TORCH_CHECK(mats[m].dim() == 2 && mats[m].size(0) == B && mats[m].size(1) == B &&
+                    mats[m].scalar_type() == acc && mats[m].is_contiguous(),
+                name, "[", m, "]: expected a contiguous ", B, "×", B, " ", acc, " matrix, got ",
+                mats[m].sizes(), " ", mats[m].scalar_type());
+}
+
+std::vector<at::Tensor> rows_in_acc(at::TensorList feats) {
+  std::vector<at::Tensor> rows;
+  for (const auto& f : feats) rows.push_back(f.to(acc_type_of(f.scalar_type())).contiguous());
+  return rows;
+}
+
+template <typename P>
+std::vector<P> pointers(const std::vector<at::Tensor>& ts) {
+  std::vector<P> out;
+  for (const auto& t : ts) out.push_back(t.data_ptr<std::remove_cv_t<std::remove_pointer_t<P>>>());
+  return out;
+}
+
+std::vector<int64_t> widths(const std::vector<at::Tensor>& rows) {
+  std::vector<int64_t> out;
+  for (const auto& r : rows) out.push_back(r.size(1));
+  return out;
+}
+
+// ---------------------------------------------------------------- L1 distances, tiled
+
+// 2×4 tiles: 8 accumulators, 2 + 1 operands and the difference fit AVX2's 16 registers.
+constexpr int kL1Rows = 2, kL1Cols = 4;
+
+template <typename V>
+inline V vabs(V d) { return d < 0 ? -d : d; }
+
+// D[i0.., j0..] += Σ_{k0 ≤ k < k1} |Q[i, k] − Q[j, k]| for a TI×TJ tile.
+template <typename T, int TI, int TJ>
+void l1_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64_t k1, T* out, int64_t B) {
+  using S = Simd<T>;
+  typename S::V acc[TI][TJ] = {};
+  const T* a[TI];
+  const T* b[TJ];
+  #pragma GCC unroll 4
+  for (int i = 0; i < TI; ++i) a[i] = Q + (i0 + i) * ld;
+  #pragma GCC unroll 4
+  for (int j = 0; j < TJ; ++j) b[j] = Q + (j0 + j) * ld;
+  int64_t k = k0;
+  for (; k + S::L <= k1; k += S::L) {
+    typename S::V va[TI];
+    #pragma GCC unroll 4
+    for (int i = 0; i < TI; ++i) {
+      va[i] = S::load(a[i] + k);
+      S::pin(va[i]);
+    }
+    #pragma GCC unroll 4
+    for (int j = 0; j < TJ; ++j) {
+      typename S::V vb = S::load(b[j] + k);
+      S::pin(vb);
+      #pragma GCC unroll 4
+      for (int i = 0; i < TI; ++i) acc[i][j] += vabs(va[i] - vb);
+    }
+  }
+  for (int i = 0; i < TI; ++i)
+    for (int j = 0; j < TJ; ++j) {
+      T s = S::sum(acc[i][j]);
+      for (int64_t r = k; r < k1; ++r) s += std::abs(a[i][r] - b[j][r]);
+      out[(i0 + i) * B + j0 + j] += s;
+    }
+}
+
+template <typename T, int TI = kL1Rows>
+void l1_tile_any(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t ti, int64_t tj, int64_t k0,
+                 int64_t k1, T* out, int64_t B) {
+  if constexpr (TI > 1)
+    if (ti < TI) return l1_tile_any<T, TI - 1>(Q, ld, i0, j0, ti, tj, k0, k1, out, B);
+  switch (tj) {
+    case 4: return l1_tile<T, TI, 4>(Q, ld, i0, j0, k0, k1, out, B);
+    case 3: return l1_tile<T, TI, 3>(Q, ld, i0, j0, k0, k1, out, B);
+    case 2: return l1_tile<T, TI, 2>(Q, ld, i0, j0, k0, k1, out, B);
+    default: return l1_tile<T, TI, 1>(Q, ld, i0, j0, k0, k1, out, B);
+  }
+}
+
+// The upper tiles of the L1 distances over columns k0..k1, in chunks whose B rows stay in L2.
+template <typename T>
+void l1_upper(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* out) {
+  const int64_t chunk = std::max<int64_t>(256, ((256 << 10) / (B * int64_t(sizeof(T)))) & ~int64_t(31));
+  for (int64_t c0 = k0; c0 < k1; c0 += chunk) {
+    const int64_t c1 = std::min(k1, c0 + chunk);
+    for (int64_t i0 = 0; i0 < B; i0 += kL1Rows)
+      for (int64_t j0 = i0 / kL1Cols * kL1Cols; j0 < B; j0 += kL1Cols)
+        l1_tile_any<T>(Q, ld, i0, j0, std::min<int64_t>(kL1Rows, B - i0), std::min<int64_t>(kL1Cols, B - j0),
+                       c0, c1, out, B);
+  }
+}
+
+// dQ[i, c0 + k] = Σ_j S_ij sign(P[i, k] − P[j, k]) for k < n over a packed panel P (rows ld apart,
+// zero padded to whole vectors), 4 rows i at a time; S_ii is 0. sign(0) = 0, as the subgradient
+// of |x| that torch uses: equal features (ReLU zeros) give nothing.
+template <typename T>
+void l1_backward_panel(const T* S, const T* P, int64_t ld, int64_t B, int64_t n, T* dQ, int64_t D) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  using VI = decltype(V{} < V{});
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  constexpr int TI = 4;
+  const VI sign_bit = VI{} + std::numeric_limits<I>::min();
+  T lanes[TI][Sd::L];
+  for (int64_t i0 = 0; i0 < B; i0 += TI) {
+    const int ti = int(std::min<int64_t>(TI, B - i0));
+    for (int64_t k = 0; k < n; k += Sd::L) {
+      V a[TI], acc[TI] = {};
+      for (int i = 0; i < TI; ++i) a[i] = Sd::load(P + std::min<int64_t>(i0 + i, B - 1) * ld + k);
+      for (int64_t j = 0; j < B; ++j) {
+        const V b = Sd::load(P + j * ld + k);
+        #pragma GCC unroll 4
+        for (int i = 0; i < TI; ++i) {
+          const V d = a[i] - b;
+          const V s = Sd::broadcast(S + std::min<int64_t>(i0 + i, B - 1) * B + j);
+          // S_ij·sign(d): S_ij with d's sign bit xor-ed in, masked off where d = 0.
+          acc[i] += (V)((((VI)s) ^ ((VI)d & sign_bit)) & (VI)(d != 0));
+        }
+      }
+      const int64_t w = std::min<int64_t>(Sd::L, n - k);
+      for (int i = 0; i < ti; ++i) {
+        Sd::store(lanes[i], acc[i]);
+        std::copy_n(lanes[i], w, dQ + (i0 + i) * D + k);
+      }
+    }
+  }
+}
+
+// dQ_m = the L1 backward of every layer; the threads split each layer's columns into panels.
+template <typename T>
+void l1_backward_layers(const std::vector<const T*>& Sm, const std::vector<const T*>& Q,
+                        const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out) {
+  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads());
+  // A panel of B rows fits L1 (32 KiB) so the j loop reads it from there for every row tile.
+  const int64_t L = Simd<T>::L;
+  const int64_t panel = std::max<int64_t>(1, (32 << 10) / (B * int64_t(sizeof(T)) * L)) * L;
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t ld = padded_ld<T>(panel);
+    std::vector<T> packed(B * ld, T(0));
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t m = 0; m < M; ++m) {
+        const auto [k0, k1] = gram_detail::column_share<T>(D[m], t, threads);
+        for (int64_t c0 = k0; c0 < k1; c0 += panel) {
+          const int64_t n = std::min(k1, c0 + panel) - c0;
+          for (int64_t j = 0; j < B; ++j) {
+            std::copy_n(Q[m] + j * D[m] + c0, n, packed.data() + j * ld);
+            std::fill(packed.data() + j * ld + n, packed.data() + j * ld + (n + L - 1) / L * L, T(0));
+          }
+          l1_backward_panel(Sm[m], packed.data(), ld, B, n, out[m] + c0, D[m]);
+        }
+      }
+  });
+}
+
+// ---------------------------------------------------------------- the B×B epilogue
+
+// The per-layer pair matrix of the feature pass: the Gram (IP, CS, L2) or the L1 distances.
+std::vector<at::Tensor> pair_matrices(Aff aff, const std::vector<at::Tensor>& rows) {
+  const int64_t B = rows[0].size(0);
+  std::vector<at::Tensor> out;
+  for (const auto& r : rows) out.push_back(at::empty({B, B}, r.options()));
+  AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "affinity_pairs", [&] {
+    const auto q = pointers<const scalar_t*>(rows);
+    const auto o = pointers<scalar_t*>(out);
+    if (aff == Aff::L1)
+      pairwise_layers(q, widths(rows), B, o, l1_upper<scalar_t>);
+    else
+      gram_layers(q, widths(rows), B, o);
+  });
+  return out;
+}
+
+template <typename T>
+inline T clamp_eps(T x) { return std::max(x, T(kEps)); }
+
+// A = g(z) (Eq. 4–7) from the pair matrix P; the CS norms n_i go to `n`.
+template <typename T>
+void affinity_from_pairs(Aff aff, const T* P, int64_t B, T* A, T* n) {
+  if (aff == Aff::IP || aff == Aff::L1) {
+    std::copy_n(P, B * B, A);
+    return;
+  }
+  for (int64_t i = 0; i < B; ++i) n[i] = std::sqrt(std::max(P[i * B + i], T(0)));
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t j = 0; j < B; ++j) {
+      if (aff == Aff::CS) {
+        A[i * B + j] = P[i * B + j] / (clamp_eps(n[i]) * clamp_eps(n[j]));
+      } else {  // L2, exactly zero on the diagonal
+        const T sq = P[i * B + i] + P[j * B + j] - 2 * P[i * B + j];
+        A[i * B + j] = (i == j || sq <= 0) ? T(0) : std::sqrt(sq);
+      }
+    }
+}
+
+// dP (the gradient w.r.t. the pair matrix, not yet symmetrised) from dA.
+template <typename T>
+void affinity_backward(Aff aff, const T* P, const T* A, const T* n, const T* dA, int64_t B, T* dP) {
+  if (aff == Aff::IP || aff == Aff::L1) {
+    std::copy_n(dA, B * B, dP);
+    return;
+  }
+  std::fill(dP, dP + B * B, T(0));
+  if (aff == Aff::CS) {
+    // A_ij = P_ij/(n_i n_j), n_i = sqrt(P_ii): dn_i = −Σ_j (dA_ij A_ij + dA_ji A_ji)/n_i.
+    for (int64_t i = 0; i < B; ++i) {
+      T r = 0;
+      for (int64_t j = 0; j < B; ++j) {
+        dP[i * B + j] += dA[i * B + j] / (clamp_eps(n[i]) * clamp_eps(n[j]));
+        r += dA[i * B + j] * A[i * B + j] + dA[j * B + i] * A[j * B + i];
+      }
+      if (n[i] > T(kEps)) dP[i * B + i] += -r / n[i] / (2 * n[i]);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < B; ++i)  // L2: d_ij = sqrt(P_ii + P_jj − 2 P_ij)
+    for (int64_t j = 0; j < B; ++j) {
+      const T d = A[i * B + j];
+      if (d == 0) continue;
+      const T a = dA[i * B + j] / d;
+      dP[i * B + i] += a / 2;
+      dP[j * B + j] += a / 2;
+      dP[i * B + j] -= a;
+    }
+}
+
+// Ã = f(A) (Eq. 8–9); `scale` receives the divisor of each row (row norms) or of the matrix.
+template <typename T>
+void normalise(Norm norm, const T* A, int64_t B, T* out, T* scale) {
+  const int64_t BB = B * B;
+  if (norm == Norm::L1 || norm == Norm::L2) {
+    for (int64_t i = 0; i < B; ++i) {
+      T s = 0;
+      for (int64_t j = 0; j < B; ++j) s += norm == Norm::L1 ? std::abs(A[i * B + j]) : A[i * B + j] * A[i * B + j];
+      scale[i] = norm == Norm::L1 ? s : std::sqrt(s);
+      for (int64_t j = 0; j < B; ++j) out[i * B + j] = A[i * B + j] / clamp_eps(scale[i]);
+    }
+    return;
+  }
+  if (norm == Norm::None) {
+    std::copy_n(A, BB, out);
+    return;
+  }
+  T s = norm == Norm::Avg ? T(0) : A[0];
+  for (int64_t k = 0; k < BB; ++k) s = norm == Norm::Avg ? s + A[k] : std::max(s, A[k]);
+  scale[0] = s;
+  const T c = norm == Norm::Avg ? T(BB) / clamp_eps(s) : T(1) / clamp_eps(s);
+  for (int64_t k = 0; k < BB; ++k) out[k] = c * A[k];
+}
+
+// dA from dÃ, through f. Row norms: (dÃ − ∂‖A_i‖/∂A_i ⟨dÃ_i, Ã_i⟩)/‖A_i‖; average: c(dÃ − ⟨dÃ, Ã⟩/B²);
+// max: dÃ/m, with −⟨dÃ, Ã⟩/m shared evenly by the entries equal to the maximum (torch's rule).
+// A clamped divisor is a constant.
+template <typename T>
+void normalise_backward(Norm norm, const T* A, const T* At, const T* scale, const T* dAt, int64_t B, T* dA) {
+  const int64_t BB = B * B;
+  if (norm == Norm::None) {
+    std::copy_n(dAt, BB, dA);
+    return;
+  }
+  if (norm == Norm::L1 || norm == Norm::L2) {
+    for (int64_t i = 0; i < B; ++i) {
+      const T s = scale[i];
+      if (!(s > T(kEps))) {
+        for (int64_t j = 0; j < B; ++j) dA[i * B + j] = dAt[i * B + j] / T(kEps);
+        continue;
+      }
+      T dot = 0;
+      for (int64_t j = 0; j < B; ++j) dot += dAt[i * B + j] * At[i * B + j];
+      for (int64_t j = 0; j < B; ++j) {
+        const T dnorm = norm == Norm::L2 ? At[i * B + j] : T((A[i * B + j] > 0) - (A[i * B + j] < 0));
+        dA[i * B + j] = (dAt[i * B + j] - dnorm * dot) / s;
+      }
+    }
+    return;
+  }
+  const T s = scale[0];
+  const bool clamped = !(s > T(kEps));
+  const T c = norm == Norm::Avg ? T(BB) / clamp_eps(s) : T(1) / clamp_eps(s);
+  T dot = 0;
+  int64_t ties = 0;
+  for (int64_t k = 0; k < BB; ++k) {
+    dot += dAt[k] * At[k];
+    ties += A[k] == s;
+  }
+  for (int64_t k = 0; k < BB; ++k) {
+    T g = c * dAt[k];
+    if (!clamped) g -= norm == Norm::Avg ? c * dot / T(BB) : (A[k] == s ? c * dot / T(ties) : T(0));
+    dA[k] = g;
+  }
+}
+
+template <typename T>
+inline T smooth_l1(T x) { const T a = std::abs(x); return a < 1 ? T(0.5) * x * x : a - T(0.5); }
+
+// L(Ãs, Ãt) (Eq. 10–14); with dS, also dL/dÃs times `grad`.
+template <typename T>
+T loss_and_grad(Loss loss, const T* s, const T* t, int64_t B, T grad, T* dS) {
+  T sum = 0;
+  if (loss != Loss::KL) {
+    for (int64_t k = 0; k < B * B; ++k) {
+      const T x = s[k] - t[k];
+      switch (loss) {
+        case Loss::L1: sum += std::abs(x); if (dS) dS[k] = grad * T((x > 0) - (x < 0)); break;
+        case Loss::L2: sum += x * x; if (dS) dS[k] = grad * 2 * x; break;
+        default: sum += smooth_l1(x); if (dS) dS[k] = grad * std::clamp(x, T(-1), T(1)); break;
+      }
+    }
+    return sum;
+  }
+  // KL of row-softmaxes, 1/b Σ_ij p_t (log p_t − log p_s); d/dÃs = (p_s − p_t)/b.
+  std::vector<T> ls(B), lt(B);
+  for (int64_t i = 0; i < B; ++i) {
+    const T* si = s + i * B;
+    const T* ti = t + i * B;
+    const T ms = *std::max_element(si, si + B), mt = *std::max_element(ti, ti + B);
+    T zs = 0, zt = 0;
+    for (int64_t j = 0; j < B; ++j) {
+      zs += std::exp(si[j] - ms);
+      zt += std::exp(ti[j] - mt);
+    }
+    const T lzs = ms + std::log(zs), lzt = mt + std::log(zt);
+    for (int64_t j = 0; j < B; ++j) {
+      const T lt_j = ti[j] - lzt, ls_j = si[j] - lzs, pt = std::exp(lt_j);
+      sum += pt * (lt_j - ls_j);
+      if (dS) dS[i * B + j] = grad * (std::exp(ls_j) - pt) / T(B);
+    }
+  }
+  return sum / T(B);
+}
+
+// The B×B working set of one layer: A = g(z), Ã = f(A) and the divisors.
+template <typename T>
+struct Normalised {
+  std::vector<T> A, At, n, scale;
+  Normalised(const Variant& v, const T* pairs, int64_t B) : A(B * B), At(B * B), n(B), scale(B) {
+    affinity_from_pairs(v.aff, pairs, B, A.data(), n.data());
+    normalise(v.norm, A.data(), B, At.data(), scale.data());
+  }
+};
+
+// ---------------------------------------------------------------- ops
+
+// The teacher summary: Ã_m = f(g(z_m)) per layer.
+std::vector<at::Tensor> affinity_cpu(at::TensorList feats, c10::string_view aff, c10::string_view norm) {
+  check_rows(feats, "feats");
+  const Variant v = variant(aff, norm);
+  const auto rows = rows_in_acc(feats);
+  std::vector<at::Tensor> pairs = pair_matrices(v.aff, rows), out;
+  const int64_t B = rows[0].size(0);
+  AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "affinity", [&] {
+    for (const auto& p : pairs) {
+      const Normalised<scalar_t> g(v, p.data_ptr<scalar_t>(), B);
+      out.push_back(at::empty({B, B}, p.options()));
+      std::copy_n(g.At.data(), B * B, out.back().data_ptr<scalar_t>());
+    }
+  });
+  return out;
+}
+
+// L_m = L(f(g(z_S,m)), Ã_T,m) per layer; returns (losses, the student's pair matrices).
+std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_cpu(
+    at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
+    c10::string_view loss) {
+  check_rows(student, "student");
+  const Variant v = variant(aff, norm, loss);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  check_matrices(teacher, M, B, acc, "teacher");
+  std::vector<at::Tensor> pairs = pair_matrices(v.aff, rows_in_acc(student));
+  at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "affinity_loss", [&] {
+    for (int64_t m = 0; m < M; ++m) {
+      const Normalised<scalar_t> g(v, pairs[m].data_ptr<scalar_t>(), B);
+      losses.data_ptr<scalar_t>()[m] =
+          loss_and_grad(v.loss, g.At.data(), teacher[m].data_ptr<scalar_t>(), B, scalar_t(0), (scalar_t*)nullptr);
+    }
+  });
+  return {losses, pairs};
+}
+
+std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
+                                                   at::TensorList teacher, at::TensorList pairs,
+                                                   c10::string_view aff, c10::string_view norm,
+                                                   c10::string_view loss) {
+  check_rows(student, "student");
+  const Variant v = variant(aff, norm, loss);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  check_matrices(teacher, M, B, acc, "teacher");
+  check_matrices(pairs, M, B, acc, "pairs");
+  const at::Tensor g_layers = grad.to(acc).contiguous();
+  const auto rows = rows_in_acc(student);
+  std::vector<at::Tensor> sym, dq, grads;
+  AT_DISPATCH_FLOATING_TYPES(acc, "affinity_loss_backward", [&] {
+    std::vector<scalar_t> dAt(B * B), dA(B * B), dP(B * B);
+    for (int64_t m = 0; m < M; ++m) {
+      const Normalised<scalar_t> g(v, pairs[m].data_ptr<scalar_t>(), B);
+      loss_and_grad(v.loss, g.At.data(), teacher[m].data_ptr<scalar_t>(), B,
+                    g_layers.data_ptr<scalar_t>()[m], dAt.data());
+      normalise_backward(v.norm, g.A.data(), g.At.data(), g.scale.data(), dAt.data(), B, dA.data());
+      affinity_backward(v.aff, pairs[m].data_ptr<scalar_t>(), g.A.data(), g.n.data(), dA.data(), B, dP.data());
+      at::Tensor S = at::empty({B, B}, pairs[m].options());
+      scalar_t* s = S.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < B; ++i)
+        for (int64_t j = 0; j < B; ++j) s[i * B + j] = dP[i * B + j] + dP[j * B + i];
+      if (v.aff == Aff::L1)
+        for (int64_t i = 0; i < B; ++i) s[i * B + i] = 0;  // sign(z_i − z_i) = 0
+      sym.push_back(S);
+      dq.push_back(at::empty_like(rows[m]));
+    }
+    const auto q = pointers<const scalar_t*>(rows);
+    if (v.aff == Aff::L1)
+      l1_backward_layers(pointers<const scalar_t*>(sym), q, widths(rows), B, pointers<scalar_t*>(dq));
+    else
+      gram_backward_layers(pointers<const scalar_t*>(sym), q, widths(rows), B, pointers<scalar_t*>(dq));
+  });
+  for (int64_t m = 0; m < M; ++m) grads.push_back(dq[m].to(student[m].scalar_type()));
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
+  m.def("affinity(Tensor[] feats, str aff, str norm) -> Tensor[]");
+  m.def("affinity_loss(Tensor[] student, Tensor[] teacher, str aff, str norm, str loss) "
+        "-> (Tensor losses, Tensor[] pairs)");
+  m.def("affinity_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor[] pairs, "
+        "str aff, str norm, str loss) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
+  m.impl("affinity", &affinity_cpu);
+  m.impl("affinity_loss", &affinity_loss_cpu);
+  m.impl("affinity_loss_backward", &affinity_loss_backward_cpu);
+}
+
+}  // namespace hyperkd
