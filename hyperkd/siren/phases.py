@@ -25,6 +25,7 @@ from torch import nn
 from hyperkd.siren.representation import Representation
 from hyperkd.train.checkpoint import load_checkpoint
 from hyperkd.train.loop import Trainer
+from hyperkd.train.step import StepOutput
 
 P_UNIFORM = 0.8
 KERNEL_BATCH = 4096
@@ -148,11 +149,11 @@ def reconstruct(rep: Representation, target: nn.Module, loaders, out, *, epochs:
     if fmd_weight > 0:
         student_taps, teacher_taps = ConvFeatures(rep.seed), ConvFeatures(teacher)
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, epoch):
         batch = sampler().to(device)
         if not joint:
             predicted = rep.predictor(rep.coords[batch], backend=rep.backend)
-            return None, {"recon": masked_mse(predicted, targets[batch], mask[batch])}
+            return StepOutput.of(None, {"recon": masked_mse(predicted, targets[batch], mask[batch])})
         decoded = rep.decode()
         if fmd_weight > 0:  # drop what evaluation forwards left in the taps
             student_taps.take(), teacher_taps.take()
@@ -163,7 +164,7 @@ def reconstruct(rep: Representation, target: nn.Module, loaders, out, *, epochs:
                  "kd": kd_weight * kd_loss(logits, teacher_logits)}
         if fmd_weight > 0:
             terms["fmd"] = fmd_weight * fmd_loss(student_taps.take(), teacher_taps.take())
-        return logits, terms
+        return StepOutput.of(logits, terms)
 
     optimizer = torch.optim.Adam(rep.predictor.parameters(), lr=lr)
     try:
@@ -188,13 +189,13 @@ def decouple(rep: Representation, teacher: Optional[nn.Module], loaders, out, *,
     rep.to(device)
     teacher = teacher.to(device).eval()
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, epoch):
         if noise:
             x = torch.rand_like(x) * 2 - 1
         logits = rep.logits(x)
         with torch.no_grad():
             teacher_logits = teacher(x)
-        return logits, {"kd": kd_weight * kd_loss(logits, teacher_logits, temperature)}
+        return StepOutput.of(logits, {"kd": kd_weight * kd_loss(logits, teacher_logits, temperature)})
 
     optimizer = torch.optim.Adam(rep.predictor.parameters(), lr=lr)
     return _trainer(rep, optimizer, loss_fn, loaders, out, device, progress, epochs).fit(epochs, resume=resume)

@@ -16,10 +16,11 @@ CONVS = ["features.0", "features.3", "features.6"]
 
 
 def _run(layerkd, student, teacher, x, **kwargs):
-    with torch.no_grad():
+    with torch.no_grad(), layerkd.teacher_taps.capture() as t:
         teacher(x)
-    student(x)
-    return layerkd(**kwargs)
+    with layerkd.student_taps.capture() as s:
+        student(x)
+    return layerkd(s, t, **kwargs)
 
 
 def test_default_taps_are_every_conv2d():
@@ -34,13 +35,14 @@ def test_layerkd_equals_layerwise_loss_on_raw_features(method):
     raw_s = kd.FeatureTaps(student, CONVS, "student")
     raw_t = kd.FeatureTaps(teacher, CONVS, "teacher")
     schedule = kd.GaussianSpike(sigma=1.0)
-    layerkd = kd.LayerKD(method, student, teacher, schedule=schedule)
-    total, terms = _run(layerkd, student, teacher, x, epoch=2, epochs=10)
+    layerkd = kd.LayerKD(method, student, teacher, layers=CONVS, schedule=schedule)
+    with raw_s.capture() as f, raw_t.capture() as g:
+        total, terms = _run(layerkd, student, teacher, x, epoch=2, epochs=10)
     lambdas = schedule.weights(2, 10, 3)
-    expected, expected_terms = kd.layerwise_terms(method, raw_s.collected(), raw_t.collected(), lambdas)
+    expected, expected_terms = kd.layerwise_terms(method, f.values(), g.values(), lambdas)
     assert_close(total, expected, torch.float32)
-    assert list(terms) == CONVS
-    assert_close(torch.stack(list(terms.values())), expected_terms, torch.float32)
+    assert layerkd.term_names() == CONVS
+    assert_close(terms, expected_terms, torch.float32)
     total.backward()
     assert student.features[0].weight.grad.abs().sum() > 0
 
@@ -53,10 +55,11 @@ def test_layerkd_equals_layerwise_loss_on_raw_features(method):
 ])
 def test_teacher_keeps_only_the_summary(method, shape, dtype):
     student, teacher = nets()
-    layerkd = kd.LayerKD(method, student, teacher)
-    with torch.no_grad():
+    layerkd = kd.LayerKD(method, student, teacher, tap="conv")
+    with torch.no_grad(), layerkd.teacher_taps.capture() as captured:
         teacher(torch.randn(2, 3, 8, 8))
-    kept = layerkd.teacher_taps.collected()
+    kept = captured.values()
+    assert len(kept) == len(CONVS)
     assert all(t.dtype == dtype and t.shape == shape for t in kept)
 
 
@@ -65,22 +68,31 @@ def test_taps_after_batchnorm_are_configurable():
     bns = kd.modules_of_type(student, (torch.nn.BatchNorm2d,))
     layerkd = kd.LayerKD("at0", student, teacher, layers=bns)
     total, terms = _run(layerkd, student, teacher, torch.randn(2, 3, 8, 8))
-    assert list(terms) == ["features.1", "features.4", "features.7"] and total > 0
+    assert layerkd.term_names() == ["features.1", "features.4", "features.7"] and total > 0
+    assert kd.LayerKD("at0", student, teacher, tap="bn").layers == bns
 
 
 def test_a_missing_module_is_named_with_its_net():
     student, teacher = nets()
-    with pytest.raises(ValueError, match=r"teacher: no module named 'features.9' to tap"):
+    with pytest.raises(ValueError, match=r"teacher: TinyNet has no module named 'features.9' to tap; "
+                                         r"close names: features.8"):
         kd.FeatureTaps(teacher, ["features.0", "features.9"], "teacher")
-    with pytest.raises(ValueError, match=r"student: no module named 'head.0'"):
+    with pytest.raises(ValueError, match=r"student: TinyNet has no module named 'head.0'"):
         kd.LayerKD("at0", student, teacher, layers=["head.0"])
+
+
+def test_an_unknown_tap_lists_the_valid_ones_and_close_matches():
+    student, teacher = nets()
+    with pytest.raises(ValueError, match=r"tap: unknown tap 'convs'; valid taps are conv, bn, penultimate, "
+                                         r"logits \(did you mean conv\?\)"):
+        kd.LayerKD("at0", student, teacher, tap="convs")
 
 
 def test_mismatched_shapes_name_the_module_path():
     student, teacher = TinyNet(width=6), TinyNet(width=4)
     layerkd = kd.LayerKD("at0", student, teacher)
-    with pytest.raises(ValueError, match=r"layer 'features.0': student output shape \(2, 6, 8, 8\) differs "
-                                         r"from the teacher's \(2, 4, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"layer 'features.0': student feature \(2, 6, 8, 8\) and teacher "
+                                         r"feature \(2, 4, 8, 8\) differ in shape; pass --adapter 1x1"):
         _run(layerkd, student, teacher, torch.randn(2, 3, 8, 8))
 
 
@@ -96,17 +108,33 @@ def test_debug_names_the_layer_with_a_non_finite_term():
 def test_the_loss_needs_both_nets_to_have_run():
     student, teacher = nets()
     layerkd = kd.LayerKD("at0", student, teacher)
-    student(torch.randn(2, 3, 8, 8))
-    with pytest.raises(RuntimeError, match=r"teacher: tapped module 'features.0' did not run"):
-        layerkd()
+    with torch.no_grad(), layerkd.teacher_taps.capture() as t:
+        pass
+    with layerkd.student_taps.capture() as s:
+        student(torch.randn(2, 3, 8, 8))
+    with pytest.raises(RuntimeError, match=r"teacher: tapped module 'features.0' did not run during the capture"):
+        layerkd(s, t)
 
 
 def test_remove_unhooks_both_nets():
     student, teacher = nets()
     layerkd = kd.LayerKD("at0", student, teacher)
     layerkd.remove()
+    with layerkd.student_taps.capture() as s:
+        student(torch.randn(2, 3, 8, 8))
+    assert s.features == {}
+
+
+def test_features_are_kept_only_inside_a_capture():
+    student, teacher = nets()
+    layerkd = kd.LayerKD("at0", student, teacher)
     student(torch.randn(2, 3, 8, 8))
-    assert layerkd.student_taps.features == {}
+    with layerkd.student_taps.capture() as s:
+        pass
+    assert s.features == {}
+    with pytest.raises(RuntimeError, match="nested capture"):
+        with layerkd.student_taps.capture(), layerkd.student_taps.capture():
+            pass
 
 
 _PEAK_SCRIPT = textwrap.dedent("""
@@ -126,12 +154,13 @@ _PEAK_SCRIPT = textwrap.dedent("""
         taps = kd.FeatureTaps(teacher, names, "teacher",
                               keep=None if keep == "raw" else kd.make_method(keep).summarise)
         with torch.no_grad():
-            teacher(x[:1])  # warm-up: one-off allocations are not part of the peak
-            taps.clear()
+            with taps.capture():
+                teacher(x[:1])  # warm-up: one-off allocations are not part of the peak
             open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS (VmHWM)
             before = rss("VmRSS")
-            teacher(x)
-            print(keep, rss("VmHWM") - before)
+            with taps.capture():
+                teacher(x)
+                print(keep, rss("VmHWM") - before)
         taps.remove()
 """)
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
+from hyperkd.train.step import StepOutput
 from tests.hyper.nets import NETS
 from tests.tolerances import assert_close
 
@@ -37,9 +38,9 @@ def run(out_dir, batch_size):
     net = DistributedDataParallel(model) if distributed.active() else model
     opt = torch.optim.SGD(net.parameters(), lr=0.3, momentum=0.9)
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, epoch):
         logits = net(x)
-        return logits, {"ce": nn.functional.cross_entropy(logits, y)}
+        return StepOutput.of(logits, {"ce": nn.functional.cross_entropy(logits, y)})
 
     trainer = Trainer(net, opt, loss_fn, train, val, test, out_dir=out_dir, progress=False)
     trainer.fit(3)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.train.loop import (NonFiniteLossError, Trainer, _proc_status_kib, peak_memory_bytes,
                                 reset_peak_memory)
+from hyperkd.train.step import StepOutput
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
 
@@ -40,13 +41,13 @@ def make_trainer(out_dir, fail_at=None, fp16=False):
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt.inner if fp16 else opt, T_max=4)
     calls = {"n": 0}
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, epoch):
         calls["n"] += 1
         if fail_at is not None and calls["n"] == fail_at:
             raise KeyboardInterrupt("killed")
         with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
             logits = model(x).float()
-        return logits, {"ce": nn.functional.cross_entropy(logits, y)}
+        return StepOutput.of(logits, {"ce": nn.functional.cross_entropy(logits, y)})
 
     return Trainer(model, opt, loss_fn, *tiny_loaders(), out_dir=out_dir, scheduler=sched, progress=False,
                    on_epoch=lambda e: {"lambda": 0.1 * e}, scaler=scaler)
@@ -95,12 +96,12 @@ def test_logged_values_are_checked_and_averaged_but_not_minimised(tmp_path):
     trainer = make_trainer(tmp_path)
     model = trainer.model
 
-    def loss_fn(x, y):
+    def loss_fn(x, y, epoch):
         logits = model(x)
         ce = nn.functional.cross_entropy(logits, y)
-        return logits, {"ce": ce}, {"kd/conv1": torch.tensor(2.0)}
+        return StepOutput.of(logits, {"ce": ce}, {"kd/conv1": torch.tensor(2.0)})
 
-    trainer.loss_fn = loss_fn
+    trainer.train_step = loss_fn
     trainer.fit(1)
     record = trainer.metrics.records()[0]
     assert record["kd/conv1"] == pytest.approx(2.0) and record["loss"] == pytest.approx(record["ce"])
