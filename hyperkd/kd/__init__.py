@@ -6,11 +6,12 @@ from hyperkd.kd.factor_transfer import FactorTransfer, Paraphraser, Translator, 
 from hyperkd.kd.jacobian import JacobianMatching
 from hyperkd.kd.layerkd import LayerKD
 from hyperkd.kd.layerwise import layerwise_loss, layerwise_terms
+from hyperkd.kd.makd import ModularAffinityKD  # also fills the registry's "makd"
 from hyperkd.kd.registry import describe, make_method, methods, parse_method
 from hyperkd.kd.schedules import GaussianSpike, Schedule, Uniform
 from hyperkd.kd.taps import FeatureTaps, modules_of_type
 
-__all__ = ["FactorTransfer", "FeatureTaps", "GaussianSpike", "JacobianMatching", "Paraphraser",
+__all__ = ["FactorTransfer", "FeatureTaps", "GaussianSpike", "JacobianMatching", "ModularAffinityKD", "Paraphraser",
            "Translator", "describe", "pretrain_paraphrasers", "LayerKD", "LayerwiseMethod", "Schedule", "Uniform",
            "layerwise_loss", "layerwise_terms", "make_method", "methods", "modules_of_type",
            "parse_method"]

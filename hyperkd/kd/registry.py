@@ -1,6 +1,7 @@
 """Registry of layer-wise KD methods, named by strings such as ``"at1:p=2"`` or ``"cwd:tau=4"``.
 
-A name is ``method[:key=value[,key=value...]]``; the values are numbers, except the parameter
+A name is ``method[:key=value[,key=value...]]``; the values are numbers, except a method's named
+components (strings from a fixed set, such as ``"makd:aff=cs,norm=l2,loss=sl1"``) and the parameter
 every method takes, ``reduction=sum|mean`` (how the batch Σ of its equation is reduced; see
 ``LayerwiseMethod.reduction``). Each entry knows its defaults and a validator, so a typo in a name
 or a parameter is reported with the valid choices.
@@ -19,6 +20,8 @@ class MethodEntry:
     # Maps a parameter to (predicate, what the predicate requires) for the error message.
     constraints: Dict[str, tuple] = field(default_factory=dict)
     summary: str = ""
+    # Named components: a parameter whose value is one of these strings (its default in defaults).
+    choices: Dict[str, tuple] = field(default_factory=dict)
 
 
 _REGISTRY: Dict[str, MethodEntry] = {}
@@ -42,7 +45,11 @@ def describe() -> str:
 
 
 def _defaults_text(defaults) -> str:
-    return f"({', '.join(f'{k}={v:g}' for k, v in defaults.items())})" if defaults else ""
+    return f"({', '.join(f'{k}={_value_text(v)}' for k, v in defaults.items())})" if defaults else ""
+
+
+def _value_text(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _valid_names() -> str:
@@ -71,6 +78,12 @@ def parse_method(spec: str):
             valid = ", ".join(entry.defaults) or "none"
             raise ValueError(f"method {name!r}: unknown parameter {key!r}; valid parameters: {valid} "
                              f"(and reduction=sum|mean)")
+        if key in entry.choices:
+            if value.lower() not in entry.choices[key]:
+                raise ValueError(f"method {name!r}: {key} expects one of {', '.join(entry.choices[key])}, "
+                                 f"got {value!r}")
+            params[key] = value.lower()
+            continue
         try:
             params[key] = float(value) if eq else float("nan")
         except ValueError:

@@ -90,4 +90,5 @@ def test_default_taps():
     # AB transfers the neuron's on/off state: after BN, before the nonlinearity (Heo et al.).
     taps = {name: kd.make_method(name).default_tap for name in kd.methods()}
     assert taps.pop("ab") == "bn" and taps.pop("logit") == "logits"
+    assert taps.pop("makd") == "penultimate"  # mAKD's setting (Li & Maki §3.1)
     assert set(taps.values()) == {"conv"}
