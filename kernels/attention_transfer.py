@@ -1,9 +1,8 @@
 """Triton kernels of fused attention-transfer KD (LayerKD-HN Eq. 4–7).
 
-Every layer of a call is served by one launch: program ``pid`` handles row (layer m, sample b)
-with ``m = pid // B``. Layers of different shapes and strides are reached through a small int64
-table of (pointer, C, H, W, strides) per layer (see :func:`layer_table`), so features are read in
-place, channels_last and sliced ones included. The loss launch ends each row by turning its
+Every layer of a call is served by one launch, a program per (layer, sample) row reaching its
+feature through the layer table of :mod:`._layers`, so features are read in place, channels_last
+and sliced ones included. The loss launch ends each row by turning its
 normalised map into dL/dS (B×ΣHW, λ_m and the reduction folded in); the gradient launch re-reads
 each feature once to write its gradient. Both run in the op's forward: the loss is a scalar, so the
 gradient is final up to the incoming gradient's factor, which autograd applies.
@@ -12,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Columns of the per-layer table.
-_PTR, _C, _H, _W, _SB, _SC, _SH, _SW, _OFF, _NCOL = range(10)
+from hyperkd.kernels._layers import (channel_spatial_blocks, empty_like_each, layer_table, packed_offsets,
+                                     pointer_table, row_start, spatial_offsets)
+
 POW_GENERAL, POW_ONE, POW_TWO = 0, 1, 2
 
 
@@ -21,24 +21,9 @@ def pow_mode(p: float) -> int:
     return POW_ONE if p == 1.0 else POW_TWO if p == 2.0 else POW_GENERAL
 
 
-def layer_table(feats, row_offsets) -> torch.Tensor:
-    """int64 table (M × 9): data pointer, C, H, W, four strides, offset of the layer's rows."""
-    rows = [[f.data_ptr(), *f.shape[1:], *f.stride(), off] for f, off in zip(feats, row_offsets)]
-    return torch.tensor(rows, dtype=torch.int64).to(feats[0].device, non_blocking=True)
-
-
-def pointer_table(tensors) -> torch.Tensor:
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(
-        tensors[0].device, non_blocking=True)
-
-
 def map_offsets(feats):
     """Start of each layer's B×HW block in the packed maps buffer, and the total length."""
-    offs, total = [], 0
-    for f in feats:
-        offs.append(total)
-        total += f.shape[0] * f.shape[2] * f.shape[3]
-    return offs, total
+    return packed_offsets([f.shape[0] * f.shape[2] * f.shape[3] for f in feats])
 
 
 @triton.jit
@@ -58,17 +43,10 @@ def _sign(x):
 
 
 @triton.jit
-def _layer(table, m):
-    row = table + m * 9
-    return (tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4),
-            tl.load(row + 5), tl.load(row + 6), tl.load(row + 7), tl.load(row + 8))
-
-
-@triton.jit
 def _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P,
                    KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """S of Eq. 4–6 for a block of spatial positions of one sample, in fp32."""
-    sp = (hw // W) * sh + (hw % W) * sw
+    sp = spatial_offsets(hw, W, sh, sw)
     acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -83,17 +61,6 @@ def _spatial_block(f_base, C, W, sc, sh, sw, hw, hw_mask, P,
     if KIND == 2:
         acc = _power(acc, P, MODE)
     return acc
-
-
-@triton.jit
-def _row_start(table, ptr_carrier, B):
-    """(m, b, layer geometry, feature row pointer) of the row served by this program."""
-    pid = tl.program_id(0)
-    m = pid // B
-    b = pid % B
-    f_ptr = tl.load(table + m * 9).to(tl.pointer_type(ptr_carrier.dtype.element_ty))
-    C, H, W, sb, sc, sh, sw, off = _layer(table, m)
-    return m, b, C, H, W, sc, sh, sw, off, f_ptr + b * sb
 
 
 @triton.jit
@@ -120,7 +87,7 @@ def _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS,
 @triton.jit
 def _at_summary_kernel(table, ptr_carrier, out, B, P, EPS,
                        KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    m, b, C, H, W, sc, sh, sw, off, f_base = row_start(table, ptr_carrier, B)
     q_row = tl.load(out + m).to(tl.pointer_type(tl.float32)) + b * H * W
     _normalised_row(f_base, q_row, C, W, sc, sh, sw, H * W, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
 
@@ -143,7 +110,7 @@ def _row_loss_grad(d, row, P, MODE: tl.constexpr, MEAN: tl.constexpr):
 def _at_loss_kernel(table, ptr_carrier, teacher, lambdas, map_grad, rows, B, P, EPS,
                     KIND: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
+    m, b, C, H, W, sc, sh, sw, off, f_base = row_start(table, ptr_carrier, B)
     HW = H * W
     q_row = map_grad + off + b * HW
     n = _normalised_row(f_base, q_row, C, W, sc, sh, sw, HW, P, EPS, KIND, MODE, BLOCK_C, BLOCK_HW)
@@ -189,16 +156,16 @@ def _at_loss_kernel(table, ptr_carrier, teacher, lambdas, map_grad, rows, B, P, 
 def _at_feature_grad_kernel(table, grad_table, ptr_carrier, map_grad, B, P,
                             KIND: tl.constexpr, MODE: tl.constexpr,
                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
-    _, _, _, _, _, dsc, dsh, dsw, _, df_base = _row_start(grad_table, ptr_carrier, B)
+    m, b, C, H, W, sc, sh, sw, off, f_base = row_start(table, ptr_carrier, B)
+    _, _, _, _, _, dsc, dsh, dsw, _, df_base = row_start(grad_table, ptr_carrier, B)
     HW = H * W
     gS_row = map_grad + off + b * HW
     for h0 in range(0, HW, BLOCK_HW):
         hw = h0 + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
         g_s = tl.load(gS_row + hw, mask=hw_mask, other=0.0)
-        sp = (hw // W) * sh + (hw % W) * sw
-        dsp = (hw // W) * dsh + (hw % W) * dsw
+        sp = spatial_offsets(hw, W, sh, sw)
+        dsp = spatial_offsets(hw, W, dsh, dsw)
         if KIND == 2:
             # The gradient goes to the channels attaining max|f|, split among ties like torch.amax.
             amax = tl.zeros([BLOCK_HW], dtype=tl.float32)
@@ -238,21 +205,16 @@ def _at_feature_grad_kernel(table, grad_table, ptr_carrier, map_grad, B, P,
             tl.store(df_base + c[:, None] * dsc + dsp[None, :], (g_s[None, :] * d).to(ptr_carrier.dtype.element_ty), mask=mask)
 
 
-def _blocks(feats):
-    max_hw = max(f.shape[2] * f.shape[3] for f in feats)
-    max_c = max(f.shape[1] for f in feats)
-    block_hw = min(triton.next_power_of_2(max_hw), 256)
-    block_c = min(triton.next_power_of_2(max_c), max(4096 // block_hw, 1))
-    return block_c, block_hw
+TILE = 4096  # elements of a BLOCK_C × BLOCK_HW tile
 
 
 def at_summary(feats, kind: int, p: float, eps: float):
     """Normalised attention maps, one fp32 B×HW tensor per layer, from one launch."""
     B = feats[0].shape[0]
     out = [torch.empty(B, f.shape[2] * f.shape[3], dtype=torch.float32, device=f.device) for f in feats]
-    block_c, block_hw = _blocks(feats)
+    block_c, block_hw = channel_spatial_blocks(feats, TILE)
     _at_summary_kernel[(len(feats) * B,)](
-        layer_table(feats, [0] * len(feats)), feats[0], pointer_table(out), B, float(p), float(eps),
+        layer_table(feats), feats[0], pointer_table(out), B, float(p), float(eps),
         KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)
     return out
 
@@ -271,7 +233,7 @@ def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bo
     offs, total = map_offsets(student)
     map_grad = torch.empty(total, dtype=torch.float32, device=device)
     rows = torch.empty(M, B, dtype=torch.float32, device=device)
-    block_c, block_hw = _blocks(student)
+    block_c, block_hw = channel_spatial_blocks(student, TILE)
     _at_loss_kernel[(M * B,)](
         layer_table(student, offs), student[0], pointer_table(teacher), lambdas, map_grad, rows, B,
         float(p), float(eps), KIND=kind, MODE=pow_mode(p), MEAN=mean,
@@ -282,7 +244,7 @@ def at_loss(student, teacher, lambdas, kind: int, p: float, eps: float, mean: bo
         layer_losses = layer_losses / (B * hw).to(device, non_blocking=True)
     grads = []
     if with_grad:
-        grads = [torch.empty_like(f) for f in student]
+        grads = empty_like_each(student)
         _at_feature_grad_kernel[(M * B,)](
             layer_table(student, offs), layer_table(grads, offs), student[0], map_grad, B,
             float(p), KIND=kind, MODE=pow_mode(p), BLOCK_C=block_c, BLOCK_HW=block_hw)

@@ -1,15 +1,17 @@
 """Triton kernels of the per-channel KD losses (LayerKD-HN Eq. 11 and 20–21).
 
-One launch serves every layer; program (m, b) walks the channels of sample b of layer m in tiles
-of BLOCK_C channels × BLOCK_HW positions. CwD keeps, per (sample, channel) row, the student and
-teacher log-sum-exps (online softmax, one pass); FitNets keeps the row norms ‖f − g‖. The gradient
-launch, run in the op's forward, re-reads f and g and writes the gradient in the student's layout.
+One launch serves every layer through the layer table of :mod:`._layers`; program (m, b) walks the
+channels of sample b of layer m in tiles of BLOCK_C channels × BLOCK_HW positions. CwD keeps, per
+(sample, channel) row, the student and teacher log-sum-exps (online softmax, one pass); FitNets
+keeps the row norms ‖f − g‖. The gradient launch, run in the op's forward, re-reads f and g and
+writes the gradient in the student's layout.
 """
 import torch
 import triton
 import triton.language as tl
 
-from hyperkd.kernels.attention_transfer import _row_start, layer_table
+from hyperkd.kernels._layers import (channel_spatial_blocks, empty_like_each, layer_table, packed_offsets,
+                                     row_start, spatial_offsets)
 
 CWD, FITNETS = 0, 1
 
@@ -18,19 +20,18 @@ CWD, FITNETS = 0, 1
 def _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c, hw, HW):
     """Student and teacher values of a BLOCK_C × BLOCK_HW tile in fp32, its mask and offsets."""
     mask = (c < C)[:, None] & (hw < HW)[None, :]
-    h, w = hw // W, hw % W
-    off = c[:, None] * sc + (h * sh + w * sw)[None, :]
-    toff = c[:, None] * tsc + (h * tsh + w * tsw)[None, :]
+    off = c[:, None] * sc + spatial_offsets(hw, W, sh, sw)[None, :]
+    toff = c[:, None] * tsc + spatial_offsets(hw, W, tsh, tsw)[None, :]
     f = tl.load(f_base + off, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(t_base + toff, mask=mask, other=0.0).to(tl.float32)
-    return f, g, mask, h, w
+    return f, g, mask
 
 
 @triton.jit
 def _channelwise_loss_kernel(table, t_table, ptr_carrier, stat_a, stat_b, rows, B, INV_TAU,
                              KIND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
-    _, _, _, _, _, tsc, tsh, tsw, _, t_base = _row_start(t_table, ptr_carrier, B)
+    m, b, C, H, W, sc, sh, sw, off, f_base = row_start(table, ptr_carrier, B)
+    _, _, _, _, _, tsc, tsh, tsw, _, t_base = row_start(t_table, ptr_carrier, B)
     HW = H * W
     total = tl.zeros([BLOCK_C], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -43,7 +44,7 @@ def _channelwise_loss_kernel(table, t_table, ptr_carrier, stat_a, stat_b, rows, 
             z_t = tl.zeros([BLOCK_C], dtype=tl.float32)
             a = tl.zeros([BLOCK_C], dtype=tl.float32)
             for h0 in range(0, HW, BLOCK_HW):
-                f, g, mask, _, _ = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c,
+                f, g, mask = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c,
                                          h0 + tl.arange(0, BLOCK_HW), HW)
                 fs = tl.where(mask, f * INV_TAU, float("-inf"))
                 gs = tl.where(mask, g * INV_TAU, float("-inf"))
@@ -66,7 +67,7 @@ def _channelwise_loss_kernel(table, t_table, ptr_carrier, stat_a, stat_b, rows, 
         else:
             sq = tl.zeros([BLOCK_C], dtype=tl.float32)
             for h0 in range(0, HW, BLOCK_HW):
-                f, g, mask, _, _ = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c,
+                f, g, mask = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c,
                                          h0 + tl.arange(0, BLOCK_HW), HW)
                 d = f - g
                 sq += tl.sum(d * d, axis=1)
@@ -80,9 +81,9 @@ def _channelwise_loss_kernel(table, t_table, ptr_carrier, stat_a, stat_b, rows, 
 def _channelwise_backward_kernel(table, t_table, grad_table, ptr_carrier, stat_a, stat_b, coefs, B,
                                  INV_TAU, KIND: tl.constexpr, BLOCK_C: tl.constexpr,
                                  BLOCK_HW: tl.constexpr):
-    m, b, C, H, W, sc, sh, sw, off, f_base = _row_start(table, ptr_carrier, B)
-    _, _, _, _, _, tsc, tsh, tsw, _, t_base = _row_start(t_table, ptr_carrier, B)
-    _, _, _, _, _, dsc, dsh, dsw, _, d_base = _row_start(grad_table, ptr_carrier, B)
+    m, b, C, H, W, sc, sh, sw, off, f_base = row_start(table, ptr_carrier, B)
+    _, _, _, _, _, tsc, tsh, tsw, _, t_base = row_start(t_table, ptr_carrier, B)
+    _, _, _, _, _, dsc, dsh, dsw, _, d_base = row_start(grad_table, ptr_carrier, B)
     HW = H * W
     coef = tl.load(coefs + m)
     for c0 in range(0, C, BLOCK_C):
@@ -91,28 +92,22 @@ def _channelwise_backward_kernel(table, t_table, grad_table, ptr_carrier, stat_a
         if KIND == 0:
             lse_t = tl.load(stat_b + off + b * C + c, mask=c < C, other=0.0)
         for h0 in range(0, HW, BLOCK_HW):
-            f, g, mask, h, w = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c,
-                                     h0 + tl.arange(0, BLOCK_HW), HW)
+            hw = h0 + tl.arange(0, BLOCK_HW)
+            f, g, mask = _tile(f_base, t_base, C, W, sc, sh, sw, tsc, tsh, tsw, c, hw, HW)
             if KIND == 0:
                 d = coef * (tl.exp(f * INV_TAU - a[:, None]) - tl.exp(g * INV_TAU - lse_t[:, None]))
             else:
                 d = tl.where(a[:, None] > 0, coef * (f - g) / a[:, None], 0.0)
-            doff = c[:, None] * dsc + (h * dsh + w * dsw)[None, :]
+            doff = c[:, None] * dsc + spatial_offsets(hw, W, dsh, dsw)[None, :]
             tl.store(d_base + doff, d.to(ptr_carrier.dtype.element_ty), mask=mask)
 
 
 def _offsets(feats):
-    offs, total = [], 0
-    for f in feats:
-        offs.append(total)
-        total += f.shape[0] * f.shape[1]
-    return offs, total
+    """Start of each layer's B×C block of per-(sample, channel) statistics, and the total."""
+    return packed_offsets([f.shape[0] * f.shape[1] for f in feats])
 
 
-def _blocks(feats):
-    block_hw = min(triton.next_power_of_2(max(f.shape[2] * f.shape[3] for f in feats)), 256)
-    block_c = min(triton.next_power_of_2(max(f.shape[1] for f in feats)), max(2048 // block_hw, 1))
-    return block_c, block_hw
+TILE = 2048  # elements of a BLOCK_C × BLOCK_HW tile
 
 
 def _forward(kind, student, teacher, tau):
@@ -122,7 +117,7 @@ def _forward(kind, student, teacher, tau):
     stat_a = torch.empty(total, dtype=torch.float32, device=device)
     stat_b = torch.empty(total if kind == CWD else 0, dtype=torch.float32, device=device)
     rows = torch.empty(M, B, dtype=torch.float32, device=device)
-    block_c, block_hw = _blocks(student)
+    block_c, block_hw = channel_spatial_blocks(student, TILE)
     _channelwise_loss_kernel[(M * B,)](
         layer_table(student, offs), layer_table(teacher, offs), student[0], stat_a, stat_b, rows, B,
         1.0 / tau, KIND=kind, BLOCK_C=block_c, BLOCK_HW=block_hw)
@@ -132,8 +127,8 @@ def _forward(kind, student, teacher, tau):
 def _backward(kind, coefs, student, teacher, stat_a, stat_b, tau):
     M = len(student)
     offs, _ = _offsets(student)
-    grads = [torch.empty_like(f) for f in student]
-    block_c, block_hw = _blocks(student)
+    grads = empty_like_each(student)
+    block_c, block_hw = channel_spatial_blocks(student, TILE)
     _channelwise_backward_kernel[(M * student[0].shape[0],)](
         layer_table(student, offs), layer_table(teacher, offs), layer_table(grads, offs), student[0],
         stat_a, stat_b, coefs.to(torch.float32).contiguous(), student[0].shape[0], 1.0 / tau,
