@@ -25,7 +25,7 @@ import torch
 
 from bench._hyper_step import create_network, resolve_device
 from bench.measure import stamp
-from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
+from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD
 
 FP32 = 4
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-SGD, ADAM, ADAMW = 0, 1, 2
+SGD, ADAM, ADAMW = 0, 1, 2  # the op's algorithm codes (hyperkd.ops.hyper_generate re-exports them)
 BLOCK_P = 32
 
 

@@ -19,6 +19,7 @@ from hyperkd.hyper.memory import OPTIMIZERS, format_size, memory_estimate, parse
 HELP = "estimate a hypernetised training run's memory and suggest the switches that fit a budget"
 NARROW_HIDDEN = (16, 16, 16)
 BF16 = torch.bfloat16
+DTYPES = {"fp32": torch.float32, "bf16": BF16}  # the spellings of train's --state-dtype/--weight-dtype
 ROWS = (("W", "W"), ("W_grad", "W gradient"), ("optimizer_state", "optimizer state"),
         ("activations", "activations"), ("teacher", "teacher"), ("other", "other"), ("total", "total"))
 
@@ -42,7 +43,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd_momentum",
                         help="sets the optimizer state's size (default: sgd_momentum)")
     parser.add_argument("--fused-step", action="store_true",
-                        help="W is stepped inside backward, never holding its P×d gradient (as train's flag)")
+                        help="W is stepped from its gradient's factors, never holding its P×d gradient "
+                             "(as train's flag)")
+    parser.add_argument("--state-dtype", choices=tuple(DTYPES), default="fp32",
+                        help="W's optimizer state storage, as train's flag (bf16 needs --fused-step)")
+    parser.add_argument("--weight-dtype", choices=tuple(DTYPES), default="fp32",
+                        help="W's storage, as train's flag (bf16 needs --fused-step)")
     parser.add_argument("--kd", default="none",
                         help="KD method (a name from hyperkd.kd.methods()) or none: no teacher (default)")
     parser.add_argument("--data", choices=DATASETS, default="digits", help="sets the classifier's size")
@@ -54,7 +60,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     model = _meta_model(args.model, args.data)
     kd = _kd_method(args.kd)
-    base = Setup(_flag("--hidden", hidden_widths, args.hidden), _batch_size(args.batch_size), args.fused_step)
+    for flag, value in (("--state-dtype", args.state_dtype), ("--weight-dtype", args.weight_dtype)):
+        if value == "bf16" and not args.fused_step:
+            raise ValueError(f"{flag}: bf16 storage is stepped only by the fused step (stochastic "
+                             "rounding); add --fused-step")
+    base = Setup(_flag("--hidden", hidden_widths, args.hidden), _batch_size(args.batch_size), args.fused_step,
+                 weight_dtype=DTYPES[args.weight_dtype], state_dtype=DTYPES[args.state_dtype])
     budget = None if args.budget is None else _flag("--budget", parse_size, args.budget)
     estimate = partial(_estimate, model, args.optimizer, kd is not None)
     totals = estimate(base)
@@ -168,14 +179,14 @@ def _candidates(base: Setup, switches: list):
 
 
 def _changes(base: Setup, s: Setup) -> list:
-    """(what changes, how to ask `hyperkd train` or the Python API for it) from ``base`` to ``s``."""
+    """(what changes, the `hyperkd train` flag that asks for it) from ``base`` to ``s``."""
     out = []
     if s.fused != base.fused:
         out.append(("fused step", "--fused-step"))
     if s.state_dtype != base.state_dtype:
-        out.append(("bf16 optimizer state", "HyperOptimizer(..., state_dtype=torch.bfloat16)"))
+        out.append(("bf16 optimizer state", "--state-dtype bf16"))
     if s.weight_dtype != base.weight_dtype:
-        out.append(("bf16 W", "hypernetize(..., weight_dtype=torch.bfloat16)"))
+        out.append(("bf16 W", "--weight-dtype bf16"))
     if s.hidden != base.hidden:
         out.append((f"hidden {_widths(s.hidden)}", f"--hidden {_widths(s.hidden)}"))
     if s.batch_size != base.batch_size:
@@ -194,9 +205,6 @@ def _print_suggestion(base: Setup, switches: list, estimate, budget: int) -> Non
         print(f"  {format_size(total):>10}  {verdict:<19}  {label}")
         if total <= budget:
             print(f"suggestion: {label} -> {format_size(total)}")
-            print("  hyperkd train flags: " + (" ".join(h for _, h in changes if h.startswith("--")) or "(none)"))
-            api = ", ".join(h for _, h in changes if not h.startswith("--"))
-            if api:
-                print(f"  Python API: {api}")
+            print("  hyperkd train flags: " + " ".join(flag for _, flag in changes))
             return
     print(f"nothing fits {format_size(budget)}: even with every switch the run needs {format_size(total)}")

@@ -3,9 +3,17 @@
 γ outside [0, 1] raises rather than being clamped: the sin/cos encoding is periodic, so a clamped
 or wrapped γ would silently alias another operating point.
 """
+import math
 import numbers
 
 import torch
+
+
+def encode_gamma(gamma: torch.Tensor) -> torch.Tensor:
+    """z_0 = [sin(πγ/2), cos(πγ/2)], the parameter-free input encoding of the MIP hypernetwork,
+    for a B_γ×k γ: B_γ×2k (all sines, then all cosines)."""
+    angle = gamma * (math.pi / 2)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
 def as_gamma_batch(gamma, k: int, *, training: bool, device=None) -> torch.Tensor:

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperkd.hyper.gamma import encode_gamma
 from hyperkd.hyper.layout import LayoutPlan
 from hyperkd.ops.hyper_generate import op_geometry
-from hyperkd.reference.hyper_generate import encode_gamma
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -55,7 +55,7 @@ class HyperNet(nn.Module):
                               requires_grad=weight_dtype == torch.float32)
         self.theta0 = nn.Parameter(theta0.detach().clone().float())
         self._geometry = op_geometry([e.shape for e in plan], [e.memory_format == "channels_last" for e in plan])
-        self.fused_step = None  # set by hyperkd.hyper.HyperOptimizer(fused=True)
+        self._fused_step = None  # see attach_fused_step
         self.reset_output_layer(delta_ratio)
 
     @torch.no_grad()
@@ -67,6 +67,17 @@ class HyperNet(nn.Module):
             sigma = delta_ratio * part.pow(2).mean().sqrt() / z_norm
             rows = self.W[e.offset:e.offset + e.numel]
             rows.normal_(0.0, float(sigma))  # in place: no P×d temporary
+
+    def attach_fused_step(self, step) -> None:
+        """Hands W's update to ``step`` (a :class:`hyperkd.hyper.optim.FusedOutputStep`, attached by
+        ``HyperOptimizer(fused=True)``): generation with gradients then runs through it, and W is
+        updated from the factors (dθ, z) instead of receiving a P×d gradient. ``None`` detaches it."""
+        self._fused_step = step
+
+    @property
+    def fused_step(self):
+        """The attached fused step, or None (see :meth:`attach_fused_step`)."""
+        return self._fused_step
 
     def code(self, gamma: torch.Tensor) -> torch.Tensor:
         """z_{H−1} of Eq. 1 for a B_γ×k γ (input encoded as [sin(πγ/2), cos(πγ/2)]).
@@ -83,8 +94,8 @@ class HyperNet(nn.Module):
     def forward(self, gamma: torch.Tensor) -> list:
         """Eq. 2–3 for every γ row: the generated tensors, each B_γ×(*shape) in its final layout."""
         z = self.code(gamma)
-        if self.fused_step is not None and torch.is_grad_enabled():
-            return self.fused_step.generate(self, z)
+        if self._fused_step is not None and torch.is_grad_enabled():
+            return self._fused_step.generate(self, z)
         return list(torch.ops.hyperkd.hyper_generate(self.W, z, self.theta0, *self._geometry))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 
 from hyperkd.hyper.hypernetize import HyperNetized
-from hyperkd.ops.hyper_generate import gamma_sum
-from hyperkd.reference.hyper_generate import ADAM, ADAMW, SGD
-from hyperkd.train import distributed
+from hyperkd import runtime
+from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD, gamma_sum, generation_backward
 
 ALGORITHMS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
 STATE_DTYPES = (torch.float32, torch.bfloat16)
@@ -50,7 +49,7 @@ class _FusedGeneration(torch.autograd.Function):
                                f"W's update twice; {_OPT_OUT}")
         ctx.used = True
         (z,) = ctx.saved_tensors
-        dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, ctx.W, z.detach(), *ctx.geometry)
+        dz, dtheta = generation_backward(grads, ctx.W, z.detach(), ctx.geometry)
         ctx.step.apply(dtheta, z.detach())
         return None, None, dz, gamma_sum(dtheta), None
 
@@ -75,7 +74,7 @@ def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
     all-gather of world×B_γ×(P+d) values. Every rank calls this once per step, in the same
     order, with the same B_γ.
     """
-    world = distributed.world_size()
+    world = runtime.world_size()
     if _same_on_every_rank(z):
         # Not in place: for one γ dθ is also θ0's gradient (a view of it), which DDP reduces itself.
         # Divided first, as DDP divides each gradient before its all-reduce.
@@ -115,7 +114,7 @@ class FusedOutputStep:
             raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
                                f"accumulation) cannot be fused, W was already updated; {_OPT_OUT}")
         self.pending = True
-        if distributed.active():
+        if runtime.active():
             self._share_seed()
             dtheta, z = rank_mean_factors(dtheta, z)
         if self.scaler is not None and self.scaler.is_enabled():
@@ -178,7 +177,7 @@ class HyperOptimizer:
         if state_dtype != torch.float32 and not fused:
             raise ValueError("state_dtype: bf16 optimizer state is available with fused=True only")
         self.model, self.fused, self.scaler = model, fused, scaler
-        hypernet.fused_step = None
+        hypernet.attach_fused_step(None)
         others = [p for p in model.parameters() if p.requires_grad and p is not W]
         params = others if fused else others + [W]
         if algorithm == "sgd":
@@ -191,8 +190,8 @@ class HyperOptimizer:
             beta1 = momentum if algorithm == "sgd" else betas[0]
             hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
                          weight_decay=float(weight_decay))
-            hypernet.fused_step = FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
-                                                  lambda: self.inner.param_groups[0]["lr"], scaler)
+            hypernet.attach_fused_step(FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
+                                                       lambda: self.inner.param_groups[0]["lr"], scaler))
 
     @property
     def param_groups(self):

@@ -15,6 +15,7 @@ import torch
 from hyperkd import _C  # noqa: F401  (registers the schemas and CPU kernels)
 from hyperkd.kernels import hyper_fused_step as triton_fs
 from hyperkd.kernels import hyper_generate as triton_hg
+from hyperkd.kernels.hyper_fused_step import ADAM, ADAMW, SGD  # noqa: F401  (hyper_fused_step_'s codes)
 
 torch.library.register_kernel("hyperkd::hyper_generate", "cuda", triton_hg.hyper_generate)
 torch.library.register_kernel("hyperkd::hyper_generate_backward", "cuda",
@@ -46,11 +47,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(W, z)
 
 
+def generation_backward(grads, W, z, geometry):
+    """(dz, dθ) of generation from the upstream gradients of its outputs (``None`` for an unused
+    output): the one backward of Eq. 2–3, run by the op's autograd and by the fused step's."""
+    grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, triton_hg.empty_outputs(z, *geometry))]
+    return torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
+
+
 def _backward(ctx, grads):
     W, z = ctx.saved_tensors
-    grads = [torch.zeros_like(o) if g is None else g
-             for g, o in zip(grads, triton_hg.empty_outputs(z, *ctx.geometry))]
-    dz, dtheta = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *ctx.geometry)
+    dz, dtheta = generation_backward(grads, W, z, ctx.geometry)
     dW = (dtheta.t() @ z).to(W.dtype) if ctx.needs_input_grad[0] else None
     return dW, dz, gamma_sum(dtheta), None, None, None
 

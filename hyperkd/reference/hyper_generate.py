@@ -14,11 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def encode_gamma(gamma: torch.Tensor) -> torch.Tensor:
-    """z_0 = [sin(πγ/2), cos(πγ/2)] for a B_γ×k γ: B_γ×2k."""
-    angle = gamma * (math.pi / 2)
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+# The input encoding and the algorithm codes are production's (tests check the encoding by value).
+from hyperkd.hyper.gamma import encode_gamma  # noqa: F401
+from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD
 
 
 def hidden_code(z0: torch.Tensor, weights, biases, negative_slope: float = 0.01) -> torch.Tensor:
@@ -51,9 +49,6 @@ def hyper_generate_backward(grads, W, z):
     """
     dtheta = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
     return dtheta @ W.to(dtheta.dtype), dtheta
-
-
-SGD, ADAM, ADAMW = 0, 1, 2
 
 
 def output_layer_step(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay, step):

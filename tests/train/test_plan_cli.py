@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from hyperkd.cli import main
+from hyperkd.cli import build_parser, main
 from hyperkd.hyper.memory import parse_size
 
 COMPONENTS = ("W", "W gradient", "optimizer state", "activations", "teacher", "other", "total")
@@ -38,7 +38,7 @@ def test_vgg19_bn_output_layer_matches_the_issue_table(capsys):
     assert code == 1
     assert re.search(r"^  W +9\.55 GiB", out, re.M)
     assert re.search(r"^  teacher +0 B +no KD", out, re.M)
-    assert "suggestion: fused step -> 9.83 GiB" in out
+    assert "suggestion: fused step -> 9.76 GiB" in out
     assert "hyperkd train flags: --fused-step" in out
 
 
@@ -50,7 +50,11 @@ def test_vgg19_bn_unfused_momentum_does_not_fit_and_the_suggestion_does(capsys):
     suggestion = re.search(r"^suggestion: (.*) -> ([\d.]+ \w+)$", out, re.M)
     assert suggestion and "fused step" in suggestion.group(1)
     assert parse_size(suggestion.group(2)) <= parse_size("15GiB")
-    assert "--fused-step" in out and "state_dtype=torch.bfloat16" in out
+    flags = re.search(r"^  hyperkd train flags: (.*)$", out, re.M).group(1).split()
+    assert "--fused-step" in flags and flags[flags.index("--state-dtype") + 1] == "bf16"
+    # Every printed flag is one `hyperkd train` takes.
+    train_flags = {opt for action in build_parser("train")[1]["train"]._actions for opt in action.option_strings}
+    assert {f for f in flags if f.startswith("--")} <= train_flags, train_flags
 
 
 def test_a_lone_switch_is_preferred_to_a_stack_and_batches_are_halved(capsys):
@@ -73,6 +77,7 @@ def test_nothing_fits_says_so(capsys):
     (["--model", "resnet21"], "--model: unknown model 'resnet21'; did you mean"),
     (["--model", "resnet20", "--hidden", "16,,64"], "--hidden: expected positive widths separated by commas"),
     (["--model", "resnet20", "--kd", "at9"], "--kd: method: unknown KD method 'at9'"),
+    (["--model", "resnet20", "--state-dtype", "bf16"], "--state-dtype: bf16 storage is stepped only by the fused"),
 ])
 def test_argument_errors_name_the_argument(capsys, argv, message):
     code, _, err = plan(capsys, *argv, "--batch-size", "8")
