@@ -170,31 +170,42 @@ def test_bad_tensors_raise_naming_the_argument():
         hyper_generate(W, z, None, SHAPES)
 
 
-@pytest.mark.interpret
-@pytest.mark.parametrize("w_dtype, B", [(torch.float32, 1), (torch.float32, 2), (torch.float16, 2)])
-def test_triton_forward_and_backward_match_reference(w_dtype, B):
+# The Triton kernels run under the interpreter on CPU tensors, and on the real device where there is
+# one. bf16 W only on the device: the interpreter's bf16 arithmetic is not the hardware's.
+TRITON_CASES = [pytest.param("cpu", w_dtype, B, marks=pytest.mark.interpret, id=f"interpret-{w_dtype}-B{B}")
+                for w_dtype, B in [(torch.float32, 1), (torch.float32, 2), (torch.float16, 2)]]
+TRITON_CASES += [pytest.param("cuda", w_dtype, B, marks=pytest.mark.gpu, id=f"cuda-{w_dtype}-B{B}")
+                 for w_dtype, B in [(torch.float32, 2), (torch.float16, 2), (torch.bfloat16, 1), (torch.bfloat16, 3)]]
+
+
+@pytest.mark.parametrize("device, w_dtype, B", TRITON_CASES)
+def test_triton_forward_and_backward_match_reference(device, w_dtype, B):
     W, z, theta0 = inputs(B, w_dtype=w_dtype)
     geometry = op_geometry(SHAPES, CHANNELS_LAST)
-    outs = triton_hg.hyper_generate(W, z, theta0, *geometry)
+    outs = triton_hg.hyper_generate(W.to(device), z.to(device), theta0.to(device), *geometry)
+    # W's values are exact in its storage dtype and the products accumulate in fp32: fp32 tolerance.
     ref = reference(W, z, theta0, SHAPES, CHANNELS_LAST)
     for o, r, flag in zip(outs, ref, CHANNELS_LAST):
-        assert_close(o, r, torch.float32)
+        assert o.device.type == device
+        assert_close(o.cpu(), r, torch.float32)
         assert o[0].is_contiguous(memory_format=torch.channels_last if flag else torch.contiguous_format)
-    grads = strided_grads(outs)
-    triton_out = triton_hg.hyper_generate_backward(grads, W, z, *geometry)
+    grads = strided_grads(ref)
+    triton_out = triton_hg.hyper_generate_backward([g.to(device) for g in grads], W.to(device), z.to(device),
+                                                   *geometry)
     assert len(triton_out) == 2
     ref = reference_backward(grads, W, z)
     cpu = torch.ops.hyperkd.hyper_generate_backward(grads, W, z, *geometry)
     for name, t, r, c in zip(("dz", "dtheta"), triton_out, ref, cpu):
-        assert_close(t, r, torch.float32, scale=math.sqrt(P), msg=name)
-        assert_close(t, c, torch.float32, scale=math.sqrt(P), msg=name)
+        assert_close(t.cpu(), r, torch.float32, scale=math.sqrt(P), msg=name)
+        assert_close(t.cpu(), c, torch.float32, scale=math.sqrt(P), msg=name)
 
 
 @pytest.mark.gpu
-def test_cuda_op_matches_cpu_op_on_a_real_layer_list():
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_op_matches_cpu_op_on_a_real_layer_list(w_dtype):
     shapes = [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3), (128,), (256, 128, 1, 1)]
     P_real = sum(math.prod(s) for s in shapes)
-    W, z = torch.randn(P_real, 128) * 0.01, torch.randn(4, 128)
+    W, z = (torch.randn(P_real, 128) * 0.01).to(w_dtype), torch.randn(4, 128)
     theta0 = torch.randn(P_real)
     cl = [len(s) == 4 for s in shapes]
     cpu = hyper_generate(W, z, theta0, shapes, cl)
