@@ -90,3 +90,12 @@ def test_bench_outside_a_source_checkout_says_where_the_suites_are(tmp_path):
     with pytest.raises(FileNotFoundError, match="source checkout.*--source"):
         suite_path(tmp_path, "kd")
     assert suite_path(rr.ROOT, "kd") == rr.ROOT / "bench" / "bench_kd.py"
+
+
+def test_peers_plot_is_a_png_of_the_newest_machine(tmp_path):
+    date = "2026-12-04T00:00:00+00:00"
+    rows = [row(EPYC, "2026-12-01T00:00:00+00:00", "AT", "fused", 90, 40),
+            row(XEON, date, "AT", "fused", 100, 50), row(XEON, date, "AT", "hyperlight+torchdistill", 300, 150)]
+    path = tmp_path / "peers.png"
+    assert rr.peers_plot(rows, path) == "Xeon, 2 threads, 512-bit vectors"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
