@@ -1,7 +1,7 @@
 #!/bin/sh
 # The SIREN quality tables on digits (docs/siren.md, "Quality on digits"): every run goes through
 # bench/siren_chunked.sh (10-minute locked chunks, exact --resume). Runs land in runs/ (ignored);
-# bench/siren_quality_summary.py then collects them into bench/results/siren-quality-digits-*.json.
+# bench/siren_quality_summary.py then appends them as rows to bench/results/siren_quality.jsonl.
 #   PYTHONPATH=. bench/siren_quality.sh            (from the repository root)
 set -eu
 RUN=bench/siren_chunked.sh

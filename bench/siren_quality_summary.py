@@ -1,7 +1,8 @@
-"""Collects the runs of bench/siren_quality.sh into one JSON and prints the tables (markdown) of the
+"""Collects the runs of bench/siren_quality.sh into rows of the results data (one per run, round or
+analysis, appended to bench/results/siren_quality.jsonl) and prints the tables (markdown) of the
 runs it finds: reconstruction only, CR ≈ 0.5, progressive rounds.
 
-    PYTHONPATH=. python bench/siren_quality_summary.py [--runs runs] [--out bench/results/siren-quality-digits-DATE.json]
+    PYTHONPATH=. python bench/siren_quality_summary.py [--runs runs] [--out bench/results/siren_quality.jsonl]
 
 Every number is read from the runs (summary.json, metrics.jsonl, config.yaml, best.pt); the kernel
 error of each run's selected predictor is recomputed from its best.pt against the original net.
@@ -11,12 +12,12 @@ import argparse
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from bench.measure import append_rows, stamp
 from hyperkd import data, models
 from hyperkd.siren import analysis, phases
 
@@ -89,8 +90,8 @@ def describe_rounds(run: Path, original, original_val: float) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
-    parser.add_argument("--out", type=Path,
-                        default=ROOT / "bench" / "results" / f"siren-quality-digits-{time.strftime('%Y-%m-%d')}.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "siren_quality.jsonl",
+                        help="JSON-lines file the rows are appended to")
     args = parser.parse_args()
     runs = args.runs
     teacher = json.loads((runs / "teacher" / "summary.json").read_text())
@@ -120,10 +121,24 @@ def main() -> None:
         img.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "s_ratio.png", img / "siren-s-ratio-digits.png")
         shutil.copyfile(folder / "interpolation.png", img / "siren-interpolation-digits.png")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    append_rows(args.out, quality_rows(result, stamp(torch.device("cpu"))))
     print(tables(result))
-    print(f"wrote {args.out}")
+    print(f"rows appended to {args.out}")
+
+
+def quality_rows(result: dict, run_stamp: dict) -> list:
+    """One row per run of the summary (``table`` names its table, ``name`` the run), each carrying
+    the data set, the model and ``run_stamp``; the analysis's curve stays a list in its row."""
+    base = {**run_stamp, "data": result["data"], "model": result["model"]}
+    rows = [{**base, "table": "original", "name": result["model"], **result["original"]}]
+    for table in ("table1", "table2"):
+        rows += [{**base, "table": table, "name": name, **{k: v for k, v in r.items() if k != "run"}}
+                 for name, r in result[table].items()]
+    rows += [{**base, "table": "progressive", "name": f"round{r['round']}", **r}
+             for r in result.get("progressive", [])]
+    if "analysis" in result:
+        rows.append({**base, "table": "analysis", "name": "analysis", **result["analysis"]})
+    return rows
 
 
 def pct(x) -> str:
