@@ -30,3 +30,14 @@ def assert_close(actual, expected, dtype: torch.dtype, *, scale: float = 1.0, ms
     atol = max(atol * scale, info.tiny * info.eps)
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol,
                                msg=(lambda m: f"{msg}: {m}") if msg else None)
+
+
+def assert_close_to_magnitude(actual, expected, dtype: torch.dtype, *, msg: str = ""):
+    """As :func:`assert_close`, with atol = rtol·max|expected|, for tensors whose elements cancel to
+    far below their largest (a gradient summed over B² sample pairs): each element's rounding
+    error is relative to the terms it sums, which are of the tensor's largest magnitude, not to
+    the element itself. An all-zero ``actual`` fails against any non-zero ``expected``."""
+    rtol, _ = TOLERANCES[dtype]
+    atol = max(rtol * float(expected.abs().amax()), torch.finfo(dtype).tiny)
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol,
+                               msg=(lambda m: f"{msg}: {m}") if msg else None)
