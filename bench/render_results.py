@@ -6,7 +6,8 @@ the README's headline table (per op family, the fused op against eager and torch
                                                 # peers bar plot, bench/results/peers.png)
     python bench/render_results.py --readme     # the headline table: into README.md between its
                                                 # markers, or on stdout when it has none
-    python bench/render_results.py --suite kd   # one suite's tables on stdout (docs link to these)
+    python bench/render_results.py --suite kd   # one suite's tables on stdout
+    python bench/render_results.py --docs       # the docs' generated "Measured" blocks
 """
 import argparse
 import re
@@ -228,16 +229,13 @@ def _span(values: list, fmt: str, unit: str) -> str:
     return (lo if lo == hi else f"{lo}–{hi}") + unit
 
 
-def headline(data: dict, machine_name: str = None) -> str:
-    """Per op family, the range over the latest run's cases on one machine (default: the machine
-    of the newest kd row) of the fused op's speed-up over eager and torch.compile and of its
-    workspace relative to eager's."""
-    kd_rows = data.get("kd", [])
-    if machine_name is None:
-        machine_name = machine(max(kd_rows, key=lambda r: r["date"]))
+def family_table(data: dict, suites, machine_name: str):
+    """(markdown lines, the rows behind them): per op family of ``suites``, the range over the
+    latest cases on the machines matching ``machine_name`` of the fused op's speed-up over eager
+    and torch.compile and of its workspace relative to eager's."""
     families = defaultdict(lambda: defaultdict(list))
     chosen_rows = []
-    for suite in FAMILIES:
+    for suite in suites:
         matches = [rows for name, rows in latest(data.get(suite, []), suite).items() if machine_name in name]
         for rows in matches:
             chosen_rows += rows
@@ -246,15 +244,12 @@ def headline(data: dict, machine_name: str = None) -> str:
                 if not fused or fused[0] is None:
                     continue
                 cell = families[_family(suite, kind)]
-                cell["cases"].append(f"{net} B={batch}")
                 for name in BASELINES:
                     if impls.get(name, (None,))[0] is not None:
                         cell[name].append(impls[name][0] / fused[0])
                 eager = impls.get("eager")
                 if eager and eager[1] is not None and fused[1] is not None:
                     cell["workspace"].append(workspace(fused, eager))
-    if not chosen_rows:
-        raise SystemExit(f"--machine: no kd or siren rows measured on a machine matching {machine_name!r}")
     order = [name for names in FAMILIES.values() for name in names.values()]
     lines = ["| op family | vs eager | vs torch.compile | workspace (fused / eager) |",
              "|---|---|---|---|"]
@@ -262,24 +257,69 @@ def headline(data: dict, machine_name: str = None) -> str:
         cell = families[family]
         lines.append(f"| {family} | {_span(cell['eager'], '{:.1f}', 'x')} | {_span(cell['compiled'], '{:.1f}', 'x')} "
                      f"| {_span([100 * w for w in cell['workspace']], '{:.0f}', '%')} |")
-    dates = sorted({r["date"][:10] for r in chosen_rows})
-    nets = sorted({r["network"] for r in chosen_rows})
-    batches = sorted({r["batch"] for r in chosen_rows if r.get("kind", "").startswith(tuple(FAMILIES["kd"]))})
-    lines += ["", f"CPU: {machine(chosen_rows[0])}, torch {chosen_rows[0]['torch']}; measured "
-              f"{dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]}. Medians of forward+"
-              f"backward (SIREN's full decode: forward) over {', '.join(nets)} (KD: every conv output, "
-              f"B = {'/'.join(map(str, batches))}); ranges span those cases. Every case: [bench/results/README.md](bench/results/README.md)."]
+    return lines, chosen_rows
+
+
+def _conditions(rows: list) -> str:
+    dates = sorted({r["date"][:10] for r in rows})
+    nets = sorted({r["network"] for r in rows})
+    batches = sorted({r["batch"] for r in rows if r.get("kind", "") in FAMILIES["kd"]})
+    kd = f" (KD: every conv output, B = {'/'.join(map(str, batches))})" if batches else ""
+    decode = " (SIREN's full decode: forward)" if any(str(r.get("kind", "")).endswith(" fwd") for r in rows) else ""
+    return (f"torch {rows[0]['torch']}; measured {dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]}. "
+            f"Medians of forward+backward{decode} over {', '.join(nets)}{kd}; ranges span those cases.")
+
+
+def headline(data: dict, machine_name: str = None) -> str:
+    """The README's headline: :func:`family_table` of the KD and SIREN suites on one machine
+    (default: the machine of the newest kd row), with its conditions."""
+    if machine_name is None:
+        machine_name = machine(max(data.get("kd", []), key=lambda r: r["date"]))
+    lines, rows = family_table(data, FAMILIES, machine_name)
+    if not rows:
+        raise SystemExit(f"--machine: no kd or siren rows measured on a machine matching {machine_name!r}")
+    lines += ["", f"CPU: {machine(rows[0])}, {_conditions(rows)} Every case: "
+              f"[bench/results/README.md](bench/results/README.md)."]
     return "\n".join(lines)
+
+
+def docs_block(data: dict, suite: str) -> str:
+    """A doc's generated "Measured" table: :func:`family_table` of ``suite`` per machine, newest first."""
+    chosen = latest(data[suite], suite)
+    out = []
+    for name in sorted(chosen, key=lambda n: max(r["date"] for r in chosen[n]), reverse=True):
+        lines, rows = family_table(data, [suite], name)
+        if len(lines) > 2:
+            out += [f"**{name}**: {_conditions(rows)}", "", *lines, ""]
+    out.append(f"Generated by `python bench/render_results.py --docs` from `bench/results/{suite}.jsonl`; "
+               f"every case: [bench/results/README.md](../bench/results/README.md#{suite}).")
+    return "\n".join(out)
+
+
+def write_block(text: str, path: Path, begin: str, end: str) -> bool:
+    """Replaces the block between the markers ``begin`` and ``end`` of ``path``; False when it has none."""
+    content = path.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        return False
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", content))
+    return True
 
 
 def write_headline(text: str, readme: Path = README) -> bool:
     """Replaces the block between the headline markers of ``readme``; False when it has none."""
-    content = readme.read_text()
-    pattern = re.compile(re.escape(HEADLINE_BEGIN) + ".*?" + re.escape(HEADLINE_END), re.S)
-    if not pattern.search(content):
-        return False
-    readme.write_text(pattern.sub(lambda _: f"{HEADLINE_BEGIN}\n{text}\n{HEADLINE_END}", content))
-    return True
+    return write_block(text, readme, HEADLINE_BEGIN, HEADLINE_END)
+
+
+def write_docs(data: dict) -> list:
+    """Regenerates every ``<!-- results:SUITE:begin -->`` … ``end`` block of docs/*.md; the files changed."""
+    changed = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for suite in re.findall(r"<!-- results:(\w+):begin -->", doc.read_text()):
+            if suite in data and write_block(docs_block(data, suite), doc, f"<!-- results:{suite}:begin -->",
+                                             f"<!-- results:{suite}:end -->"):
+                changed.append(doc)
+    return changed
 
 
 def main(argv=None) -> None:
@@ -288,12 +328,17 @@ def main(argv=None) -> None:
     parser.add_argument("--machine", default=None,
                         help="headline machine: a substring of its name (default: the newest kd run's)")
     parser.add_argument("--suite", default=None, help="print this suite's tables instead")
+    parser.add_argument("--docs", action="store_true",
+                        help="regenerate the results blocks of docs/*.md (<!-- results:SUITE:begin -->)")
     args = parser.parse_args(argv)
     data = suites()
     if args.suite:
         if args.suite not in data:
             parser.error(f"--suite: expected one of {sorted(data)}, got {args.suite!r}")
         print("\n".join(suite_markdown(args.suite, data[args.suite], level="###")))
+    elif args.docs:
+        for doc in write_docs(data):
+            print(f"updated {doc}")
     elif args.readme:
         text = headline(data, args.machine)
         if not write_headline(text):

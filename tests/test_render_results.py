@@ -82,6 +82,7 @@ def test_committed_results_render():
         assert f"## {suite}" in text
     assert json.loads(json.dumps(data["kd"][0]))["date"]
     assert "| attention transfer (AT) |" in rr.headline(data)
+    assert "| attention transfer (AT) |" in rr.docs_block(data, "kd")
 
 
 def test_bench_outside_a_source_checkout_says_where_the_suites_are(tmp_path):
