@@ -72,7 +72,10 @@ def _flag_value(action: argparse.Action, value):
 
 def _parsed(action: argparse.Action, value):
     text = str(value)
-    parsed = action.type(text) if action.type else text
+    try:
+        parsed = action.type(text) if action.type else text
+    except (TypeError, ValueError):  # as argparse words it; an ArgumentTypeError keeps its message
+        raise ValueError(f"invalid {getattr(action.type, '__name__', 'value')} value: {text!r}") from None
     if action.choices is not None and parsed not in action.choices:
         raise ValueError(f"expected one of {', '.join(map(str, action.choices))}, got {parsed!r}")
     return parsed

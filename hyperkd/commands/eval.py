@@ -15,18 +15,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="local checkpoint file holding a state_dict")
     parser.add_argument("--data", default="digits", choices=DATASETS,
-                        help="data set (digits is bundled; the training commands' default too)")
+                        help="data set (digits is bundled)")
     parser.add_argument("--data-root", default=None,
                         help="folder containing cifar-100-python/ or cifar-10-batches-py/ "
                              "(default: $HYPERKD_DATA)")
     parser.add_argument("--batch-size", type=int, default=256,
-                        help="images per batch (default: 256)")
+                        help="images per batch")
     parser.add_argument("--workers", type=int, default=0,
-                        help="data loader processes (default: 0)")
+                        help="data loader processes")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda when available, else cpu), cpu or cuda[:N]")
     parser.add_argument("--gamma", type=float, default=0.5,
-                        help="γ at which a hypernetised checkpoint generates its weights (default 0.5)")
+                        help="γ at which a hypernetised checkpoint generates its weights")
 
 
 def evaluate(model, loader, device, progress: bool = True) -> Dict[str, float]:

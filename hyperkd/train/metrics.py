@@ -13,10 +13,10 @@ class MetricsLog:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, default=_plain)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()

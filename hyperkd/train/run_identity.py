@@ -34,8 +34,9 @@ def student_identity(cfg) -> dict:
     """The identity of a student run from its config dataclass (every field but :data:`NOT_IDENTITY`;
     without KD, not :data:`KD_ONLY` either). The teacher checkpoint is named by its absolute path."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
-    kd = values.get("kd")
-    if kd in ("none", None) or (isinstance(kd, (list, tuple)) and list(kd) in ([], ["none"])):
+    if isinstance(values.get("kd"), (list, tuple)) and len(values["kd"]) == 1:
+        values["kd"] = values["kd"][0]  # `--kd at0` and kd="at0" are one run
+    if values.get("kd") in ("none", None, [], ()):
         values = {k: v for k, v in values.items() if k not in KD_ONLY}
     elif values.get("teacher") is not None:
         values["teacher"] = str(Path(values["teacher"]).resolve())
@@ -70,13 +71,15 @@ def check_same_run(stored: Optional[dict], current: dict, where: Path, *, remedy
     if stored.get("run") != current.get("run"):
         raise ValueError(f"--out: {where} holds a {stored.get('run')} run, not a {current.get('run')} run; "
                          f"{remedy}")
-    keys = list(current) + [k for k in stored if k not in current]
+    # Settings both runs have first: a run without KD has no teacher, but --kd is what differs.
+    shared = [k for k in current if k in stored]
+    keys = shared + [k for k in current if k not in stored] + [k for k in stored if k not in current]
     for key in keys:
         old, new = stored.get(key, _ABSENT), current.get(key, _ABSENT)
         if key in ignore or old == new:
             continue
-        old = "(no such flag)" if old is _ABSENT else _shown(old)
-        new = "(no such flag)" if new is _ABSENT else _shown(new)
+        old = "(unused)" if old is _ABSENT else _shown(old)
+        new = "(unused)" if new is _ABSENT else _shown(new)
         raise ValueError(f"{flag(key)}: the run in {where} was trained with {flag(key)} {old}, "
                          f"this command gives {new}; {remedy}")
 

@@ -108,6 +108,7 @@ def _train(cfg: StudentConfig, folder: Path, progress: bool) -> Path:
         record = {"diverged": divergence(stop), "identity": student_identity(cfg)}
         path = folder / "diverged.json"
         tmp = folder / ".diverged.json.tmp"
+        folder.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
