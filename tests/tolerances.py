@@ -17,6 +17,13 @@ TOLERANCES = {
 }
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype fused losses are accumulated and returned in for features of ``dtype``: fp32, or
+    fp64 for fp64 features. A loss from half-precision features is held to fp32's tolerance (its
+    inputs are exact in fp32); only gradients stored in the features' dtype get that dtype's."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def tolerance(dtype: torch.dtype):
     return TOLERANCES[dtype]
 

@@ -9,7 +9,7 @@ from hyperkd.ops import (activation_boundary_loss, activation_boundary_losses,
                          activation_boundary_teacher_summary, activation_boundary_terms)
 from tests.kd.features import ODD_SHAPES, feature_pair
 from tests.kd.op_checks import assert_compiled_matches_eager, assert_terms_and_grads_match
-from tests.tolerances import assert_close
+from tests.tolerances import assert_close, loss_dtype
 
 
 def _reference(student, teacher, margin):
@@ -45,7 +45,8 @@ def test_triton_matches_reference(dtype):
     ref_terms, ref_grads, weights = _reference(student, teacher, 0.5)
     lam = weights.float()
     terms, losses, grads = triton_ab.ab_loss(student, masks, lam, 0.5, True)
-    assert_close(losses, ref_terms, dtype)
+    assert losses.dtype == loss_dtype(dtype)
+    assert_close(losses, ref_terms, loss_dtype(dtype))
     assert_close(terms, lam * losses, torch.float32)
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()

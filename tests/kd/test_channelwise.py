@@ -9,7 +9,7 @@ from hyperkd.kernels import channelwise as triton_cw
 from hyperkd.ops import channelwise as cw
 from tests.kd.features import ODD_SHAPES, feature_pair
 from tests.kd.op_checks import assert_compiled_matches_eager, assert_terms_and_grads_match
-from tests.tolerances import assert_close
+from tests.tolerances import assert_close, loss_dtype
 
 TAU = 2.0
 FUSED = {"cwd": lambda s, t: cw.cwd_losses(s, t, tau=TAU), "fitnets": cw.fitnets_losses}
@@ -46,7 +46,8 @@ def test_triton_matches_reference(method, dtype):
         terms, losses, grads = triton_cw.cwd_loss(student, teacher, lam, TAU, True)
     else:
         terms, losses, grads = triton_cw.fitnets_loss(student, teacher, lam, True)
-    assert_close(losses, ref_terms, dtype)
+    assert losses.dtype == loss_dtype(dtype)
+    assert_close(losses, ref_terms, loss_dtype(dtype))
     assert_close(terms, lam * losses, torch.float32)
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()

@@ -5,7 +5,7 @@ import torch
 
 import hyperkd.kd as kd
 from hyperkd import reference as R
-from tests.tolerances import assert_close, assert_close_to_magnitude
+from tests.tolerances import assert_close, assert_close_to_magnitude, loss_dtype
 
 pytestmark = pytest.mark.gpu
 
@@ -33,7 +33,8 @@ def test_cuda_matches_reference(method, dtype):
     ref_student = [s.double().requires_grad_() for s in student]
     ref_terms = REFERENCES[method](ref_student, [t.double() for t in teacher])
     ref_grads = torch.autograd.grad((weights.double() * ref_terms).sum(), ref_student)
-    assert_close(terms.cpu(), ref_terms.detach(), dtype)
+    assert terms.dtype == loss_dtype(dtype)
+    assert_close(terms.cpu(), ref_terms.detach(), loss_dtype(dtype))
     for m, (g, r) in enumerate(zip(grads, ref_grads)):
         # SP and RKD gradients are 1e-7..1e-3, below bf16's atol: compare at the magnitude of the
         # layer's reference gradient, so that an all-zero gradient cannot pass.

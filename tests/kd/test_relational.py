@@ -9,7 +9,7 @@ from hyperkd.ops import relational as rel
 from tests.kd.features import feature_pair
 from tests.kd.op_checks import (assert_compiled_matches_eager, assert_terms_and_grads_match,
                                  saved_tensor_shapes)
-from tests.tolerances import assert_close
+from tests.tolerances import assert_close, loss_dtype
 
 SHAPES = [(5, 3, 4, 4), (5, 2, 3, 3), (5, 7, 1, 2)]
 RKD_WEIGHTS = {"rkd-d": (1.0, 0.0), "rkd-a": (0.0, 1.0), "rkd-da": (0.5, 0.5)}
@@ -64,7 +64,8 @@ def test_cuda_path_matches_reference(method, dtype):
         summaries = rel.triton_rel.gram(teacher)
         terms, grams = rel._rkd_loss_cuda(student, summaries, 0.5, 0.5)
         grads = rel._rkd_loss_backward_cuda(weights.float(), student, summaries, grams, 0.5, 0.5)
-    assert_close(terms, ref_terms, dtype)
+    assert terms.dtype == loss_dtype(dtype)
+    assert_close(terms, ref_terms, loss_dtype(dtype))
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()
         assert_close(g, r, dtype)

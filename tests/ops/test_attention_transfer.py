@@ -5,7 +5,7 @@ import torch
 import hyperkd
 from hyperkd import reference
 from hyperkd.kernels import attention_transfer as triton_at
-from tests.tolerances import assert_close
+from tests.tolerances import assert_close, loss_dtype
 
 F = hyperkd.functional
 KIND_P = [(0, 1.0), (0, 2.0), (1, 2.0), (1, 3.0), (2, 1.0), (2, 2.0), (2, 1.5)]
@@ -54,8 +54,8 @@ def check_backend(backend, student, teacher, kind, p, reduction, lambdas=None):
     dtype = student[0].dtype
     loss, grads = backend(student, teacher, kind, p, reduction, lambdas)
     ref_loss, ref_grads = reference_loss_and_grads(student, teacher, kind, p, reduction, lambdas)
-    assert torch.isfinite(loss)
-    assert_close(loss.cpu(), ref_loss.cpu(), dtype, msg="loss")
+    assert torch.isfinite(loss) and loss.dtype == loss_dtype(dtype)
+    assert_close(loss.cpu(), ref_loss.cpu(), loss_dtype(dtype), msg="loss")
     for m, (g, r) in enumerate(zip(grads, ref_grads)):
         assert g.dtype == dtype and g.shape == r.shape
         # Gradients are stored in the feature dtype: compare at the scale of the layer's gradient.
