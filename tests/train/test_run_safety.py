@@ -201,3 +201,12 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch)
     assert sweep.diverged_runs(results) == [f"at0 seed 1 ({results['at0'][1]['diverged']['message']})"]
     monkeypatch.setattr(sweep, "train_student", must_not_train)  # a diverged run is skipped next time
     assert "diverged" in sweep.run_sweep(base, ["none", "at0"], [0, 1], tmp_path, progress=False)["at0"][1]
+
+
+def test_off_a_terminal_each_epoch_is_one_line_and_no_bar_redraws(tmp_path, capsys):
+    run = trainer(tmp_path)
+    run.progress = True
+    run.fit(2)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+    assert [line.split()[:2] for line in err.splitlines() if "epoch" in line] == [["epoch", "0"], ["epoch", "1"]]
