@@ -33,8 +33,8 @@ def _teacher(args) -> Path:
     folder = args.out / "teacher"
     if not (folder / "summary.json").exists():
         print(f"[demo] teacher {MODEL} on digits, {args.teacher_epochs} epochs -> {folder}")
-        train_teacher(MODEL, "digits", folder, epochs=args.teacher_epochs, batch_size=BATCH, lr=LR,
-                      seed=0, device=args.device, resume=True)  # continues a killed run, or starts one
+        train_teacher(MODEL, "digits", folder, epochs=args.teacher_epochs, batch_size=BATCH, lr=0.05,
+                      seed=args.seed, device=args.device, resume=True)  # continues a killed run, or starts one
     return folder / "best.pt"
 
 
