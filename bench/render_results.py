@@ -97,12 +97,14 @@ def case_table(rows: list) -> list:
     """Markdown lines: per case, median time and peak extra memory of each implementation, the
     fused op's speed-ups and its workspace relative to eager's. Workspace is the peak less the
     ``output_bytes`` a case declares (the gradients every implementation returns). A baseline that
-    was skipped shows as "–"; other libraries' rows (peers) follow in a second table."""
+    was skipped shows as "–"; other libraries' rows (peers) follow in a second table, or stand
+    alone where no case has a baseline."""
+    cases = _impls(rows)
     lines = ["| case | fused ms | eager ms | compiled ms | vs eager | vs compiled "
              "| fused MiB | eager MiB | compiled MiB | fused/eager workspace |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     peers = []
-    for (net, batch, kind), impls in sorted(_impls(rows).items(), key=lambda kv: _order(kv[0])):
+    for (net, batch, kind), impls in sorted(cases.items(), key=lambda kv: _order(kv[0])):
         if "fused" not in impls or impls["fused"][0] is None:
             continue
         fused = impls["fused"]
@@ -119,10 +121,11 @@ def case_table(rows: list) -> list:
                 peers.append(f"| {net} B={batch} {kind} | {name} | {fused[0] * 1e3:.2f} | {tp * 1e3:.2f} "
                              f"| {tp / fused[0]:.2f}x | {_mib(fused[1])} | {_mib(mp)} "
                              f"| {mp / max(fused[1], 1):.1f}x |")
-    if peers:
-        lines += ["", "| case | peer | fused ms | peer ms | vs peer | fused MiB | peer MiB | peer/fused MiB |",
+    peer_table = ["| case | peer | fused ms | peer ms | vs peer | fused MiB | peer MiB | peer/fused MiB |",
                   "|---|---|---|---|---|---|---|---|", *peers]
-    return lines
+    if not any(name in impls for impls in cases.values() for name in BASELINES):
+        return peer_table if peers else lines  # a suite of peers only (bench_peers.py)
+    return lines + ([""] + peer_table if peers else [])
 
 
 def _cell(value) -> str:
@@ -145,8 +148,11 @@ def run_line(rows: list) -> str:
     commits = sorted({r["commit"] for r in rows if r.get("commit")})
     versions = sorted({f"torch {r['torch']}, triton {r.get('triton', '?')}" for r in rows if r.get("torch")})
     span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    gemm = [rate["gemm_gflops"] for r in rows for rate in r.get("machine_rates", {}).values()]
+    load = f"; the machine's fp32 GEMM ran at {min(gemm)}–{max(gemm)} GFLOP/s during the runs" if gemm else ""
     return (f"{span}; {'; '.join(versions) or 'versions not recorded'}; "
-            f"commits {', '.join(c[:7] + ('+dirty' if c.endswith('+dirty') else '') for c in commits) or 'not recorded'}")
+            f"commits {', '.join(c[:7] + ('+dirty' if c.endswith('+dirty') else '') for c in commits) or 'not recorded'}"
+            f"{load}")
 
 
 def suite_markdown(suite: str, rows: list, level: str = "##") -> list:
