@@ -114,16 +114,10 @@ def _train(cfg: StudentConfig, folder: Path, progress: bool) -> Path:
         return path
 
 
-_STOP = re.compile(r"loss term '(?P<term>[^']*)' is .*? at epoch (?P<epoch>\d+), step (?P<step>\d+)")
-
-
 def divergence(stop: NonFiniteLossError) -> dict:
     """Term, layer, epoch and step of a NaN/inf stop, with its message."""
-    fields = {"term": stop.term, "layer": stop.layer, "epoch": stop.epoch, "step": stop.step}
-    parsed = _STOP.search(str(stop))  # a stop raised with a message only still names these
-    if fields["term"] is None and parsed:
-        fields.update(term=parsed["term"], epoch=int(parsed["epoch"]), step=int(parsed["step"]))
-    return {**fields, "message": str(stop)}
+    return {"term": stop.term, "layer": stop.layer, "epoch": stop.epoch, "step": stop.step,
+            "message": str(stop)}
 
 
 def teacher_accuracy(cfg: StudentConfig, device: torch.device) -> float:
