@@ -39,6 +39,7 @@ FAMILIES = {
            "fitnets": "FitNets hint"},
     "siren": {"fwd+bwd": "SIREN weight decode, fwd+bwd (4096 kernels)",
               "fwd": "SIREN weight decode, every kernel (forward)"},
+    "makd": {"*": "affinity KD (mAKD), every variant"},  # "*": the label of any kind
 }
 
 
@@ -224,7 +225,7 @@ def _family(suite: str, kind: str) -> str:
     if kind in names:
         return names[kind]
     suffix = kind.split(" ")[-1]
-    return names.get(suffix, kind)
+    return names.get(suffix, names.get("*", kind))
 
 
 def _span(values: list, fmt: str, unit: str) -> str:

@@ -63,6 +63,9 @@ def test_headline_spans_one_machines_cases_per_family(tmp_path):
     assert lines[2] == "| activation boundary (AB) | 3.0–4.0x | 2.0x | 25% |"
     assert "CPU: Xeon, 2 threads, 512-bit vectors" in lines[-1] and "2026-12-04" in lines[-1]
     assert "100.0x" in rr.headline({"kd": kd}, "EPYC")
+    # a suite's kinds without names of their own share its family's label
+    makd = [{**r, "kind": "cs-l2-sl1"} for r in kd[:3]]
+    assert "| affinity KD (mAKD), every variant | 4.0x | 2.0x | 25% |" in rr.headline({"kd": kd, "makd": makd})
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{rr.HEADLINE_BEGIN}\nold\n{rr.HEADLINE_END}\ntail\n")
