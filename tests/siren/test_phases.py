@@ -94,6 +94,29 @@ def test_progressive_stops_at_the_first_round_without_improvement(loaders, tmp_p
     assert len(history) == 1 and not history[0]["kept"]
 
 
+def test_progressive_keeps_an_improving_round_and_reconstructs_its_decoded_net_next(loaders, tmp_path,
+                                                                                   monkeypatch):
+    """A round that beats its target's accuracy is kept: the next round reconstructs the kept
+    round's best predictor decoded into a plain net (``materialise``) and is judged against its
+    accuracy."""
+    targets, reconstruct_ = [], phases.reconstruct
+    monkeypatch.setattr(phases, "reconstruct",
+                        lambda rep, target, *a, **k: targets.append(target) or reconstruct_(rep, target, *a, **k))
+    torch.manual_seed(0)
+    original = TinyNet().eval()
+    history = progressive(original, loaders, tmp_path, rounds=2, epochs=1, baseline_val=-1.0,
+                          representation_options=OPTIONS, kernel_batch=32)
+    assert len(history) == 2 and len(targets) == 2 and targets[0] is original
+    assert history[0]["kept"] and history[0]["target_val_acc"] == -1.0
+    assert history[1]["target_val_acc"] == history[0]["val_acc"]
+    assert history[1]["kept"] == (history[1]["val_acc"] > history[0]["val_acc"])
+    kept = load_representation(original, tmp_path / "round1" / "best.pt", **OPTIONS).materialise()
+    assert not any(p is q for p, q in zip(targets[1].parameters(), kept.parameters()))
+    for (name, want), got in zip(kept.state_dict().items(), targets[1].state_dict().values()):
+        assert torch.equal(got, want), name
+    assert not torch.equal(targets[1].conv1.weight, original.conv1.weight)
+
+
 def test_load_representation_round_trip_and_missing_file(loaders, tmp_path):
     net = TinyNet().eval()
     rep = Representation(net, **OPTIONS)
