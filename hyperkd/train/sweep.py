@@ -248,10 +248,17 @@ def plot_curves(curves: Dict[str, List[float]], path: Path, teacher_acc: float =
         if stops:
             ax.plot([e + 1 for e in stops], [0] * len(stops), linestyle="none", marker="x", markersize=9,
                     markeredgewidth=2, color=color, clip_on=False, label=label)
+    return finish_accuracy_plot(fig, ax, path, teacher_acc, title, "validation accuracy (%)")
+
+
+def finish_accuracy_plot(fig, ax, path: Path, teacher_acc, title: str, ylabel: str) -> Path:
+    """The teacher's line (when known), axes, legend; saves ``fig`` to ``path`` and closes it."""
+    import matplotlib.pyplot as plt
+
     if teacher_acc is not None:
         ax.axhline(100 * teacher_acc, color="black", linestyle="--", linewidth=1, label="Teacher (test)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
