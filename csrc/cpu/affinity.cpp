@@ -205,11 +205,13 @@ void l1_backward_panel(const T* S, const T* P, int64_t ld, int64_t B, int64_t n,
   }
 }
 
-// dQ_m = the L1 backward of every layer; the threads split each layer's columns into panels.
+// dQ_m = the L1 backward of every layer; the threads (at most max_threads) split each layer's
+// columns into panels.
 template <typename T>
 void l1_backward_layers(const std::vector<const T*>& Sm, const std::vector<const T*>& Q,
-                        const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out) {
-  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads());
+                        const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out,
+                        int64_t max_threads) {
+  const int64_t M = Q.size(), threads = gram_detail::thread_count(max_threads);
   // A panel of B rows fits L1 (32 KiB) so the j loop reads it from there for every row tile.
   const int64_t L = Simd<T>::L;
   const int64_t panel = std::max<int64_t>(1, (32 << 10) / (B * int64_t(sizeof(T)) * L)) * L;
@@ -233,6 +235,15 @@ void l1_backward_layers(const std::vector<const T*>& Sm, const std::vector<const
 
 // ---------------------------------------------------------------- the B×B epilogue
 
+// The threads of a feature pass over B²·ΣD pair elements: one per 2^20 of them. Below that a
+// parallel region's start and barrier cost more than the pass (B = 128, D = 64 ran 100x slower
+// on two threads of a loaded 2-core machine than on one).
+int64_t threads_for(const std::vector<at::Tensor>& rows) {
+  int64_t work = 0;
+  for (const auto& r : rows) work += r.size(0) * r.size(0) * r.size(1);
+  return std::max<int64_t>(1, work >> 20);
+}
+
 // The per-layer pair matrix of the feature pass: the Gram (IP, CS, L2) or the L1 distances.
 std::vector<at::Tensor> pair_matrices(Aff aff, const std::vector<at::Tensor>& rows) {
   const int64_t B = rows[0].size(0);
@@ -241,10 +252,8 @@ std::vector<at::Tensor> pair_matrices(Aff aff, const std::vector<at::Tensor>& ro
   AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "affinity_pairs", [&] {
     const auto q = pointers<const scalar_t*>(rows);
     const auto o = pointers<scalar_t*>(out);
-    if (aff == Aff::L1)
-      pairwise_layers(q, widths(rows), B, o, l1_upper<scalar_t>);
-    else
-      gram_layers(q, widths(rows), B, o);
+    pairwise_layers(q, widths(rows), B, o, aff == Aff::L1 ? l1_upper<scalar_t> : gram_detail::gram_upper<scalar_t>,
+                    threads_for(rows));
   });
   return out;
 }
@@ -488,10 +497,8 @@ std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::T
       dq.push_back(at::empty_like(rows[m]));
     }
     const auto q = pointers<const scalar_t*>(rows);
-    if (v.aff == Aff::L1)
-      l1_backward_layers(pointers<const scalar_t*>(sym), q, widths(rows), B, pointers<scalar_t*>(dq));
-    else
-      gram_backward_layers(pointers<const scalar_t*>(sym), q, widths(rows), B, pointers<scalar_t*>(dq));
+    const auto backward = v.aff == Aff::L1 ? l1_backward_layers<scalar_t> : gram_backward_layers<scalar_t>;
+    backward(pointers<const scalar_t*>(sym), q, widths(rows), B, pointers<scalar_t*>(dq), threads_for(rows));
   });
   for (int64_t m = 0; m < M; ++m) grads.push_back(dq[m].to(student[m].scalar_type()));
   return grads;

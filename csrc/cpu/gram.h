@@ -103,17 +103,24 @@ std::pair<int64_t, int64_t> column_share(int64_t n, int64_t t, int64_t threads) 
   return {std::min(n, vecs * t / threads * L), std::min(n, vecs * (t + 1) / threads * L)};
 }
 
+// The threads a pass uses: all of at::get_num_threads(), or at most max_threads when it is > 0.
+inline int64_t thread_count(int64_t max_threads) {
+  const int64_t all = std::max<int64_t>(1, at::get_num_threads());
+  return max_threads > 0 ? std::min(max_threads, all) : all;
+}
+
 }  // namespace gram_detail
 
 // out[m] = the symmetric B×B matrix of a pairwise sum over columns, Σ_k p(Q_m[i, k], Q_m[j, k]),
 // for M row-major B×D_m matrices (rows D_m apart), both triangles written. upper(Q, B, ld, k0, k1,
 // G) adds the tiles on and above the diagonal of columns k0..k1 into G (gram_detail::gram_upper
 // for the Gram; the L1 distances of csrc/cpu/affinity.cpp). The threads split every layer's D;
-// their partial matrices are summed at the end.
+// their partial matrices are summed at the end. At most max_threads threads work (all when 0).
 template <typename T, typename Upper>
 void pairwise_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, int64_t B,
-                     const std::vector<T*>& grams, Upper&& upper) {
-  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads()), BB = B * B;
+                     const std::vector<T*>& grams, Upper&& upper, int64_t max_threads = 0) {
+  const int64_t M = Q.size(), BB = B * B;
+  const int64_t threads = gram_detail::thread_count(max_threads);
   std::vector<T> partial((threads - 1) * M * BB, T(0));
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
@@ -142,12 +149,14 @@ void gram_layers(const std::vector<const T*>& Q, const std::vector<int64_t>& D, 
   pairwise_layers(Q, D, B, grams, gram_detail::gram_upper<T>);
 }
 
-// out_m = S_m·Q_m (B×D_m) for M row-major layers and symmetric S_m; the threads split every
-// layer's columns.
+// out_m = S_m·Q_m (B×D_m) for M row-major layers and symmetric S_m; the threads (at most
+// max_threads, all when 0) split every layer's columns.
 template <typename T>
 void gram_backward_layers(const std::vector<const T*>& Sm, const std::vector<const T*>& Q,
-                          const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out) {
-  const int64_t M = Q.size(), threads = std::max<int64_t>(1, at::get_num_threads());
+                          const std::vector<int64_t>& D, int64_t B, const std::vector<T*>& out,
+                          int64_t max_threads = 0) {
+  const int64_t M = Q.size();
+  const int64_t threads = gram_detail::thread_count(max_threads);
   constexpr int64_t block = tile_detail::panel_width<T>();
   const int64_t panel = std::max<int64_t>(1, (32 << 10) / (B * int64_t(sizeof(T)) * block)) * block;
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
