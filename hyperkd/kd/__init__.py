@@ -1,6 +1,8 @@
 """Layer-wise knowledge distillation: the method registry, ``layerwise_loss``, λ_m schedules,
 feature taps and :class:`LayerKD` (LayerKD-HN §3.3–3.4, A.3–A.4)."""
 from hyperkd.kd import adapters as _adapters  # noqa: F401  (fills the registry)
+from hyperkd.kd import dkd as _dkd  # noqa: F401  (registers dkd)
+from hyperkd.kd import jsd as _jsd  # noqa: F401  (registers jsd:map=...)
 from hyperkd.kd.base import LayerwiseMethod
 from hyperkd.kd.factor_transfer import FactorTransfer, Paraphraser, Translator, pretrain_paraphrasers
 from hyperkd.kd.jacobian import JacobianMatching

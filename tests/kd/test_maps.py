@@ -125,3 +125,24 @@ def test_bad_arguments_are_named(call, message):
     net, (x, y) = tiny_net(), batch()
     with pytest.raises(ValueError, match=message):
         call(net, x, y)
+
+
+@pytest.mark.parametrize("spec", ["jsd:map=jacobian", "jsd:map=hessian,probes=2", "jsd:map=jacobian,per=batch"])
+def test_jsd_method_on_derivative_maps_trains_the_student(spec):
+    from hyperkd.kd import make_method
+    student, teacher, (x, y) = tiny_net(), tiny_net(), batch()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method = make_method(spec).attach(student, teacher, LAYERS).bind(x, x, y)
+    total, terms = method.weighted([], [], [1.0, 2.0])
+    assert terms.shape == (2,) and (terms > 0).all() and (terms <= 0.6932).all()
+    assert torch.isfinite(total)
+    (g,) = torch.autograd.grad(total, [student[0].weight])
+    assert g.abs().sum() > 0
+
+
+def test_jsd_method_needs_its_nets():
+    from hyperkd.kd import make_method
+    with pytest.raises(RuntimeError, match=r"call attach\(student, teacher, layers\)"):
+        make_method("jsd:map=jacobian").weighted([], [], None)
