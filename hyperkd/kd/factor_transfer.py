@@ -52,6 +52,8 @@ class FactorTransfer(LayerwiseMethod):
     :func:`pretrain_paraphrasers`, and give :meth:`parameters` (the translators) to the student's
     optimiser."""
 
+    native_reduction = "mean"  # Eq. 13 is per sample; the op averages it over the batch
+
     def __init__(self, rate: float = 2.0, p: float = 1.0):
         self.rate, self.p = rate, p
         self.name = f"ft:rate={rate:g},p={p:g}"
@@ -84,18 +86,27 @@ class FactorTransfer(LayerwiseMethod):
         ])
 
 
+#: §3.4: "For layers conv5.0 and conv5.1, the learning rates of the corresponding Adam optimisers
+#: were set to 0.0001, while all optimisers corresponding to other layers were set to 0.001"
+#: (ShuffleNetV2's last 1×1 conv and its BatchNorm; names absent from a net change nothing).
+PAPER_PARAPHRASER_LRS = {"conv5.0": 1e-4, "conv5.1": 1e-4}
+
+
 def pretrain_paraphrasers(method: FactorTransfer, teacher: nn.Module, layers: Sequence[str],
                           batches: Iterable, epochs: int = 20, lr: float = 1e-3,
                           lrs: Optional[Dict[str, float]] = None) -> List[List[float]]:
     """Trains each paraphraser on the teacher's features at ``layers`` with the reconstruction loss
-    of Eq. 12, for ``epochs`` passes over ``batches`` (inputs, or (inputs, labels) pairs).
+    of Eq. 12, for ``epochs`` passes over ``batches`` (inputs, or (inputs, labels) pairs), each
+    moved to the teacher's device.
 
-    As in §3.4: one Adam optimiser per layer (learning rate ``lrs[name]`` or ``lr``) and one
-    ReduceLROnPlateau per layer (mode min, patience 3, factor 0.5) stepped on the epoch's mean loss.
-    Returns the mean reconstruction loss per epoch and layer, to check that it converged (A.6).
+    As in §3.4: one Adam optimiser per layer (learning rate ``lrs[name]`` or ``lr``; ``lrs``
+    defaults to the paper's :data:`PAPER_PARAPHRASER_LRS`) and one ReduceLROnPlateau per layer
+    (mode min, patience 3, factor 0.5) stepped on the epoch's mean loss. Returns the mean
+    reconstruction loss per epoch and layer, to check that it converged (A.6).
     """
     paraphrasers, _ = method._built()
-    lrs = lrs or {}
+    lrs = PAPER_PARAPHRASER_LRS if lrs is None else lrs
+    device = next(teacher.parameters()).device
     optimisers = [torch.optim.Adam(p.parameters(), lr=lrs.get(name, lr)) for name, p in zip(layers, paraphrasers)]
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", patience=3, factor=0.5)
                   for o in optimisers]
@@ -107,16 +118,15 @@ def pretrain_paraphrasers(method: FactorTransfer, teacher: nn.Module, layers: Se
         for _ in range(epochs):
             sums, count = [0.0] * len(layers), 0
             for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                with torch.no_grad():
+                x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+                with torch.no_grad(), taps.capture() as captured:
                     teacher(x)
-                for m, (g, p, o) in enumerate(zip(taps.collected(), paraphrasers, optimisers)):
+                for m, (g, p, o) in enumerate(zip(captured.values(), paraphrasers, optimisers)):
                     loss = F.mse_loss(p(g), g)
                     o.zero_grad()
                     loss.backward()
                     o.step()
                     sums[m] += loss.item()
-                taps.clear()
                 count += 1
             means = [s / max(count, 1) for s in sums]
             for scheduler, mean in zip(schedulers, means):

@@ -46,6 +46,60 @@ def test_paraphraser_schedulers_follow_section_3_4(monkeypatch):
     assert all(kw == {"mode": "min", "patience": 3, "factor": 0.5} for _, kw in created)
 
 
+class _Conv5Net(torch.nn.Module):
+    """ShuffleNetV2's tail names: conv5 = Sequential(Conv2d, BatchNorm2d, ReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv5 = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 1), torch.nn.BatchNorm2d(6), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.conv5(self.conv1(x))
+
+
+def test_paraphrasers_of_conv5_default_to_the_papers_rate(monkeypatch):
+    # §3.4: Adam at 1e-4 for conv5.0 and conv5.1, 1e-3 elsewhere, without the caller naming them.
+    rates = []
+    original = torch.optim.Adam
+
+    def spy(params, lr):
+        rates.append(lr)
+        return original(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    method = kd.make_method("ft").build([4, 6, 6])
+    kd.pretrain_paraphrasers(method, _Conv5Net().eval(), ["conv1", "conv5.0", "conv5.1"],
+                             [torch.randn(2, 3, 4, 4)], epochs=1)
+    assert rates == [1e-3, 1e-4, 1e-4]
+
+
+def test_paraphraser_batches_move_to_the_teachers_device(monkeypatch):
+    batch = torch.randn(2, 3, 8, 8)
+    moved = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if self is batch:
+            moved.append(args[0] if args else kwargs.get("device"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    _, teacher = nets()
+    kd.pretrain_paraphrasers(_ft(), teacher, CONVS, [(batch, torch.zeros(2))], epochs=1)
+    assert moved == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_paraphrasers_pretrain_on_a_cuda_teacher_from_cpu_batches():
+    _, teacher = nets()
+    method = _ft()
+    teacher.cuda()
+    method.paraphrasers.cuda()
+    history = kd.pretrain_paraphrasers(method, teacher, CONVS, [torch.randn(2, 3, 8, 8)], epochs=2)
+    assert len(history) == 2
+
+
 def test_ft_loss_is_eq_13_and_trains_translators_and_student():
     student, teacher = nets()
     method = _ft()
@@ -53,14 +107,14 @@ def test_ft_loss_is_eq_13_and_trains_translators_and_student():
     x = torch.randn(4, 3, 8, 8)
     raw_s = kd.FeatureTaps(student, CONVS, "student")
     raw_t = kd.FeatureTaps(teacher, CONVS, "teacher")
-    with torch.no_grad():
+    with torch.no_grad(), layerkd.teacher_taps.capture() as t, raw_t.capture() as g:
         teacher(x)
-    student(x)
-    total, terms = layerkd()
-    f, g = raw_s.collected()[1], raw_t.collected()[1]
-    s_factor = F.normalize(method.translators[1](f).flatten(1), dim=1)
-    t_factor = F.normalize(method.paraphrasers[1].encoder(g).flatten(1), dim=1)
-    assert_close(terms["features.3"], (s_factor - t_factor).abs().sum(dim=1).mean().detach(), torch.float32)
+    with layerkd.student_taps.capture() as s, raw_s.capture() as f:
+        student(x)
+    total, terms = layerkd(s, t)
+    s_factor = F.normalize(method.translators[1](f.values()[1]).flatten(1), dim=1)
+    t_factor = F.normalize(method.paraphrasers[1].encoder(g.values()[1]).flatten(1), dim=1)
+    assert_close(terms[1], (s_factor - t_factor).abs().sum(dim=1).mean().detach(), torch.float32)
     total.backward()
     assert method.translators[0].body[0].weight.grad.abs().sum() > 0
     assert student.features[0].weight.grad.abs().sum() > 0
@@ -78,11 +132,13 @@ def _jacobian_run(student, teacher, x, y, layers):
     layerkd = kd.LayerKD(method, student, teacher, layers=layers)
     xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
     method.bind(xs, xt, y)
-    teacher(xt)
-    student(xs)
-    result = layerkd()
+    with layerkd.teacher_taps.capture() as t:
+        teacher(xt)
+    with layerkd.student_taps.capture() as s:
+        student(xs)
+    total, terms = layerkd(s, t)
     layerkd.remove()
-    return result
+    return total, dict(zip(layers, terms.unbind()))
 
 
 def test_jacobian_matches_a_direct_computation():
