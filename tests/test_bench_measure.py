@@ -6,13 +6,17 @@ from bench.measure import peak_extra_bytes
 
 FLOATS = 1 << 20  # 4 MiB of float32
 BYTES = 4 * FLOATS
+# What a build's allocator or the profiler itself may add to a session (alignment, small
+# bookkeeping tensors): far below the 4 MiB an inherited earlier session would add.
+SLACK = 64 * 2 ** 10
 
 
 def test_cpu_peak_ignores_earlier_profiler_sessions():
     kept = []
     cpu = torch.device("cpu")
-    assert [peak_extra_bytes(lambda: kept.append(torch.ones(FLOATS)), cpu) for _ in range(3)] == [BYTES] * 3
-    assert BYTES <= peak_extra_bytes(lambda: torch.ones(FLOATS).sum(), cpu) < BYTES + 1024
+    peaks = [peak_extra_bytes(lambda: kept.append(torch.ones(FLOATS)), cpu) for _ in range(3)]
+    peaks.append(peak_extra_bytes(lambda: torch.ones(FLOATS).sum(), cpu))
+    assert all(BYTES <= p < BYTES + SLACK for p in peaks), peaks
 
 
 def test_table_reports_speedups_and_workspace_without_the_returned_gradients():

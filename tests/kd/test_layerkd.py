@@ -59,7 +59,7 @@ def test_teacher_keeps_only_the_summary(method, shape, dtype):
     with torch.no_grad(), layerkd.teacher_taps.capture() as captured:
         teacher(torch.randn(2, 3, 8, 8))
     kept = captured.values()
-    assert len(kept) == len(CONVS)
+    assert len(kept) == len(CONVS) > 0
     assert all(t.dtype == dtype and t.shape == shape for t in kept)
 
 
@@ -140,6 +140,7 @@ def test_features_are_kept_only_inside_a_capture():
 _PEAK_SCRIPT = textwrap.dedent("""
     import torch
     import hyperkd.kd as kd
+    from hyperkd.train.loop import reset_peak_memory
     from torch import nn
 
     def rss(key):
@@ -156,7 +157,8 @@ _PEAK_SCRIPT = textwrap.dedent("""
         with torch.no_grad():
             with taps.capture():
                 teacher(x[:1])  # warm-up: one-off allocations are not part of the peak
-            open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS (VmHWM)
+            if not reset_peak_memory(torch.device("cpu")):  # VmHWM, where the system allows
+                raise SystemExit("peak not reset")
             before = rss("VmRSS")
             with taps.capture():
                 teacher(x)
@@ -173,8 +175,10 @@ def test_teacher_peak_memory_with_summaries_is_well_below_raw_features():
     # glibc's moving threshold, whether earlier runs' freed blocks were still resident changed
     # the measured peaks by 15 MB from run to run.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)}
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, env=env)
+    if out.returncode and "peak not reset" in out.stderr:
+        pytest.skip("the RSS high-water mark cannot be reset here (/proc/self/clear_refs)")
+    assert out.returncode == 0, out.stderr
     peak = {keep: int(value) for keep, value in (line.split() for line in out.stdout.splitlines())}
     assert peak["raw"] > 24 * 4.5 * 2 ** 20 * 0.9
     assert peak["ab"] < peak["raw"] / 3

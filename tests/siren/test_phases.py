@@ -217,6 +217,7 @@ def test_joint_baseline_keeps_the_decoded_nets_batchnorm_statistics(loaders, tmp
     reconstruct(rep, net, loaders, tmp_path, epochs=1, lr=1e-3, kernel_batch=32, kd_weight=1e-2,
                 fmd_weight=1e-2)
     after = _bn_state(rep)
+    assert before.keys() == after.keys() and before
     for name in before:
         assert torch.equal(before[name], after[name]), name
 
