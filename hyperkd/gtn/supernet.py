@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from hyperkd.models.init import torchvision_init
 from hyperkd.models.nas import (PRESETS, NasNet, Spec, SupernetConfig, ClassifierHead, LayerNet, check_spec,
-                                conv_layer, make_op, spec_name)
+                                conv_layer, init_weights, make_op,
+                                spec_name)
 
 
 class ChoiceLayer(nn.Module):
@@ -41,7 +41,7 @@ class Supernet(LayerNet):
                                       for i, shape in enumerate(config.layer_shapes())))
         self.head = ClassifierHead(config.layer_shapes()[-1][1], config.scaled(config.mix), num_classes)
         self.probs = [None] * len(self.layers)
-        torchvision_init(self)
+        init_weights(self)
 
     def candidates(self) -> List[Tuple[str, ...]]:
         return [tuple(layer.candidates) for layer in self.layers]

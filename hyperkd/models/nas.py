@@ -121,6 +121,16 @@ class ResBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+def init_weights(net: nn.Module) -> None:
+    """torchvision's initialisation, then each ResBlock's last BN scale at zero so that every block
+    starts as its shortcut (Goyal et al. 2017): a path of up to 18 blocks then starts with logits
+    of the scale of a shallow net's (our choice; the supplementary gives no initialisation)."""
+    torchvision_init(net)
+    for module in net.modules():
+        if isinstance(module, ResBlock):
+            nn.init.zeros_(module.bn2.weight)
+
+
 class Zero(nn.Module):
     """The literal zero operation: y = 0 with the input's shape."""
 
@@ -182,7 +192,7 @@ class NasNet(LayerNet):
         self.layers = nn.Sequential(*(make_op(op, *shape, config.zero)
                                       for op, shape in zip(spec, config.layer_shapes())))
         self.head = ClassifierHead(config.layer_shapes()[-1][1], config.scaled(config.mix), num_classes)
-        torchvision_init(self)
+        init_weights(self)
 
 
 def check_spec(spec, config: SupernetConfig) -> Spec:

@@ -1,0 +1,200 @@
+"""Teacher training with grafted student branches: ``vanilla`` (CE only), ``sftn`` (one fixed student
+as every branch, Park et al. 2021) and ``gtn`` (a path of the supernet sampled per batch), all with
+the same optimizer, schedule and epochs (the GTN supplementary's rule for a fair comparison).
+
+``best.pt`` holds the teacher alone under ``model`` (what ``hyperkd.models.create(...,
+checkpoint=)`` loads for the KD stage); the branches and adapters are under ``stateful`` in
+``best.pt`` and ``last.pt``. ``metrics.jsonl`` adds, per epoch, each branch's CE, KL and train
+accuracy on the sampled paths and its validation accuracy on paths drawn per batch from a fixed
+seed (the supplementary's Figure 1); ``accuracy.png`` plots them.
+"""
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from hyperkd import data, models
+from hyperkd.gtn.graft import KL_DIRECTIONS, BRANCHES, graft, graft_loss
+from hyperkd.gtn.supernet import Supernet
+from hyperkd.models.nas import NAS_STUDENTS, PRESETS
+from hyperkd.train import distributed
+from hyperkd.train.loop import Trainer
+from hyperkd.train.optim import lr_schedule, sgd
+from hyperkd.train.run_identity import teacher_identity
+from hyperkd.train.step import StepOutput
+from hyperkd.train.teacher import check_teacher, resolve_device, teacher_settings
+
+METHODS = ("vanilla", "sftn", "gtn")
+# Seed of the paths drawn when the branches are evaluated, so that every epoch sees the same ones.
+EVAL_PATH_SEED = 0
+
+
+@dataclass
+class GraftConfig:
+    """How the branches are grafted and weighted. ``alpha``/``tau``: the KL weight and temperature
+    (3 and 1, the supplementary's CIFAR-100 values); ``preset``: the supernet's widths;
+    ``sftn_student``: the fixed student of ``sftn`` (a name of ``NAS_STUDENTS``);
+    ``freeze_teacher_epochs``: epochs at the start with the teacher frozen (eval mode, no
+    gradients) while the branches warm up; ``milestones``: fractions of the run where a multistep
+    schedule divides the lr by 10 (the supplementary's 150/180/210 of 240 are 0.625, 0.75, 0.875)."""
+
+    method: str = "gtn"
+    alpha: float = 3.0
+    tau: float = 1.0
+    kl_direction: str = "teacher_student"
+    preset: str = "small"
+    shared: bool = True
+    per_branch_paths: bool = False
+    sftn_student: str = "s_nas_s"
+    freeze_teacher_epochs: int = 0
+    milestones: Sequence[float] = field(default=(0.5, 0.75))
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.kl_direction not in KL_DIRECTIONS:
+            raise ValueError(f"kl_direction: expected one of {KL_DIRECTIONS}, got {self.kl_direction!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.sftn_student not in NAS_STUDENTS:
+            raise ValueError(f"sftn_student: expected one of {', '.join(NAS_STUDENTS)}, got {self.sftn_student!r}")
+        if not self.alpha >= 0 or not self.tau > 0:
+            raise ValueError(f"alpha/tau: expected alpha >= 0 and tau > 0, got {self.alpha!r}, {self.tau!r}")
+        if isinstance(self.freeze_teacher_epochs, bool) or not isinstance(self.freeze_teacher_epochs, int) \
+                or self.freeze_teacher_epochs < 0:
+            raise ValueError(f"freeze_teacher_epochs: expected an integer >= 0, got {self.freeze_teacher_epochs!r}")
+        if not all(0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones: expected fractions of the run in (0, 1), got {self.milestones!r}")
+
+
+class GraftTrainer(Trainer):
+    """The Trainer, with the branches in train mode while the teacher trains and their validation
+    accuracy added to each epoch's record (its time as ``branch_eval_s``, part of
+    ``epoch_time_s``)."""
+
+    branches: Optional[torch.nn.Module] = None
+    stages: Optional[torch.nn.Module] = None
+
+    def train_epoch(self, epoch: int) -> dict:
+        if self.branches is None:  # vanilla
+            return super().train_epoch(epoch)
+        self.branches.train()
+        record = super().train_epoch(epoch)
+        began = time.perf_counter()
+        record.update(self.branch_accuracy(self.val_loader))
+        record["branch_eval_s"] = time.perf_counter() - began
+        return record
+
+    @torch.no_grad()
+    def branch_accuracy(self, loader) -> dict:
+        """Each branch's top-1 accuracy, paths drawn per batch from :data:`EVAL_PATH_SEED`."""
+        self.model.eval()
+        self.branches.eval()
+        rng = random.Random(EVAL_PATH_SEED)
+        correct, total = [0] * BRANCHES, 0
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            self.branches.sample(rng)
+            _, stage_outputs = self.stages(x)
+            for b, z in enumerate(self.branches(stage_outputs)):
+                correct[b] += int((z.argmax(1) == y).sum())
+            total += len(y)
+        return {f"branch{b + 1}/val_acc": c / max(total, 1) for b, c in enumerate(correct)}
+
+
+def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftConfig, *, epochs: int,
+                          batch_size: int = 128, data_root=None, lr: float = 0.05, momentum: float = 0.9,
+                          weight_decay: float = 5e-4, schedule: str = "multistep", seed: int = 0,
+                          workers: int = 0, device: str = "auto", resume: bool = False,
+                          overwrite: bool = False, progress: bool = True) -> dict:
+    """Trains teacher ``model`` by ``graft_cfg.method``; returns the best epoch's {epoch, val_acc,
+    test_acc} (selected on the teacher's validation accuracy). Single process (no DDP)."""
+    graft_cfg.check()
+    settings = teacher_settings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, schedule=schedule, seed=seed)
+    check_teacher(model, dataset, device=device, **settings)
+    if distributed.active():
+        raise ValueError("--method: grafted teacher training runs in one process; start it without torchrun")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    dev = resolve_device(device)
+    train, val, test = data.loaders(dataset, batch_size, root=data_root, workers=workers, seed=seed)
+    classes = data.NUM_CLASSES[dataset]
+    teacher = models.create(model, num_classes=classes).to(dev)
+    params = list(teacher.parameters())
+    stages = branches = None
+    if graft_cfg.method != "vanilla":
+        example = next(iter(val))[0][:2].to(dev)
+        fixed = NAS_STUDENTS[graft_cfg.sftn_student] if graft_cfg.method == "sftn" else None
+        stages, branches = graft(teacher, Supernet(PRESETS[graft_cfg.preset], classes).to(dev), example,
+                                 shared=graft_cfg.shared, per_branch_paths=graft_cfg.per_branch_paths,
+                                 fixed=fixed)
+        branches.to(dev)
+        params += list(branches.parameters())
+    optimizer = sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    step = _train_step(teacher, stages, branches, graft_cfg)
+
+    def on_epoch(epoch):
+        frozen = epoch < graft_cfg.freeze_teacher_epochs
+        teacher.requires_grad_(not frozen)
+        return {"teacher_frozen": frozen}
+
+    identity = teacher_identity(model=model, data=dataset, **settings, **asdict(graft_cfg))
+    trainer = GraftTrainer(teacher, optimizer, step, train, val, test, out_dir=out, device=dev,
+                           scheduler=lr_schedule(optimizer, schedule, epochs, milestones=graft_cfg.milestones),
+                           stateful={"branches": branches} if branches is not None else {},
+                           on_epoch=on_epoch, progress=progress, identity=identity, overwrite=overwrite)
+    trainer.stages, trainer.branches = stages, branches
+    best = trainer.fit(epochs, resume=resume)
+    if distributed.is_main():
+        plot_accuracy(Path(out) / "metrics.jsonl", Path(out) / "accuracy.png")
+    return best
+
+
+def _train_step(teacher, stages, branches, cfg: GraftConfig):
+    """The step: the teacher's CE, plus the branches' CE and α·KL on this batch's paths."""
+    def step(x, y, epoch):
+        if epoch < cfg.freeze_teacher_epochs and teacher.training:
+            teacher.eval()  # frozen: its batch-norm statistics stay as loaded
+        if branches is None:
+            z_t = teacher(x)
+            return StepOutput.of(z_t, {"ce": torch.nn.functional.cross_entropy(z_t, y)})
+        branches.sample()
+        z_t, stage_outputs = stages(x)
+        terms, logs = graft_loss(z_t, branches(stage_outputs), y, alpha=cfg.alpha, tau=cfg.tau,
+                                 kl_direction=cfg.kl_direction)
+        return StepOutput.of(z_t, terms, logs)
+    return step
+
+
+def plot_accuracy(metrics: Path, png: Path) -> None:
+    """Teacher and branch accuracies per epoch (train: dashed, validation: solid)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    epochs = [r["epoch"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = [("teacher", "val_acc", "train_acc")] + [
+        (f"branch {b}", f"branch{b}/val_acc", f"branch{b}/train_acc") for b in range(1, BRANCHES + 1)]
+    for label, val_key, train_key in curves:
+        if val_key not in records[0]:
+            continue
+        line, = ax.plot(epochs, [r[val_key] for r in records], label=f"{label} (val)")
+        ax.plot(epochs, [r.get(train_key) for r in records], "--", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
