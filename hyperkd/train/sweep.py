@@ -26,10 +26,9 @@ import torch
 
 from hyperkd import data, models
 from hyperkd.commands.eval import evaluate
-from hyperkd.kd import parse_method
 from hyperkd.train.loop import NonFiniteLossError
 from hyperkd.train.run_identity import check_same_run, stored_identity, student_identity
-from hyperkd.train.student import StudentConfig, train_student
+from hyperkd.train.student import StudentConfig, parse_term, train_student
 
 BASELINE = "none"
 # A run's record once it ended: finished, or stopped by a NaN/inf loss.
@@ -38,7 +37,8 @@ RECORDS = ("summary.json", "diverged.json")
 
 def parse_methods(text: str) -> List[str]:
     """``at0,at1:p=2,ab`` → ["at0", "at1:p=2", "ab"]. A comma followed by ``key=value`` continues
-    the previous method's parameters (``ft:rate=2,p=1``). Each name is validated; the baseline
+    the previous method's parameters (``ft:rate=2,p=1``). Each entry is a ``--kd`` term, so it may
+    carry its own weight and tap (``at0@0.03``, ``ab/bn``) and is validated as one; the baseline
     is added first when missing."""
     specs: List[str] = []
     for token in filter(None, (t.strip() for t in text.split(","))):
@@ -49,7 +49,7 @@ def parse_methods(text: str) -> List[str]:
     if not specs:
         raise ValueError(f"methods: expected a comma-separated list such as at0,ab, got {text!r}")
     for spec in specs:
-        parse_method(spec)
+        parse_term(spec)
     if BASELINE not in specs:
         specs.insert(0, BASELINE)
     if len(set(specs)) != len(specs):
