@@ -10,6 +10,7 @@ HELP = "run the fused-op benchmarks (fused vs eager vs torch.compile) and print 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = {"attention_transfer": "bench/bench_attention_transfer.py", "kd": "bench/bench_kd.py",
           "makd": "bench/bench_affinity.py",
+          "jsd_map": "bench/bench_jsd_map.py",
           "siren": "bench/bench_siren.py", "peers": "bench/bench_peers.py"}
 # glibc returns freed blocks above its trim threshold to the OS, so each step's freshly allocated
 # gradients are page-faulted in again: on the 2-core CI machines that cost more than the kernels
