@@ -34,6 +34,12 @@ def regressor(student_shape, teacher_shape) -> nn.Module:
     return nn.Linear(student_shape[1], teacher_shape[1])
 
 
+def as_feature_map(f: torch.Tensor) -> torch.Tensor:
+    """A B×D feature (penultimate) as the B×D×1×1 map that feature-map methods take: the SP and
+    RKD Grams of the two are equal, and the AT map of a 1×1 map is constant."""
+    return f[:, :, None, None] if f.dim() == 2 else f
+
+
 def _adaptable(s, t) -> bool:
     """Whether a regressor can map a feature of shape ``s`` to one of shape ``t``."""
     return len(s) == len(t) and len(s) in (2, 4) and s[2:] == t[2:]
@@ -72,7 +78,9 @@ class LayerKD(nn.Module):
         self.schedule = schedule if schedule is not None else Uniform()
         self.debug, self.adapter = debug, adapter
         self.student_taps = FeatureTaps(student, student_points, "student")
-        self.teacher_taps = FeatureTaps(teacher, teacher_points, "teacher", keep=self.method.summarise,
+        self._as_input = as_feature_map if self.method.feature_rank == 4 else (lambda f: f)
+        self.teacher_taps = FeatureTaps(teacher, teacher_points, "teacher",
+                                        keep=lambda g, m: self.method.summarise(self._as_input(g), m),
                                         keep_graph=self.method.summary_needs_graph)
         self.regressors: Optional[nn.ModuleList] = None
         self._bound = False
@@ -125,6 +133,7 @@ class LayerKD(nn.Module):
             self.bind_shapes([f.shape for f in student], _shapes(teacher_feats, summaries))
         if self.regressors is not None:
             student = [r(f) for r, f in zip(self.regressors, student)]
+        student = [self._as_input(f) for f in student]
         lambdas = [weight * lam for lam in self.lambdas(epoch, epochs)]
         total, terms = self.method.weighted(student, summaries, lambdas)
         if self.debug:
