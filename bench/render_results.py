@@ -11,7 +11,6 @@ the README's headline table (per op family, the fused op against eager and torch
 """
 import argparse
 import re
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
