@@ -74,8 +74,9 @@ class LayerLR:
         self._interval: Dict[str, List[float]] = {}
 
     def param_groups(self, student: nn.Module, layers: Sequence[str], lr: float) -> List[dict]:
-        """One group per crucial layer (its module's parameters, named by the layer) and a shared
-        group with every other parameter, all at ``lr`` = η₀."""
+        """A shared group with every parameter outside the crucial layers (first, so the loop's
+        logged ``lr`` is the shared one), then one group per crucial layer (its module's
+        parameters, named by the layer), all at ``lr`` = η₀."""
         if not lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
         modules = dict(student.named_modules())
@@ -89,7 +90,7 @@ class LayerLR:
         taken = {id(p) for j in self.layers for p in modules[j].parameters()}
         groups = [{"params": list(modules[j].parameters()), "name": j, "lr": lr} for j in self.layers]
         shared = [p for p in student.parameters() if id(p) not in taken]
-        return groups + [{"params": shared, "name": SHARED, "lr": lr}]
+        return [{"params": shared, "name": SHARED, "lr": lr}] + groups
 
     def observe(self, divergences: Mapping[str, torch.Tensor]) -> None:
         """Adds one step's per-layer divergences (detached scalars; summed on their device)."""

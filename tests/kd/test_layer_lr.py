@@ -51,8 +51,8 @@ def lrs(optimizer):
 
 def test_groups_one_per_crucial_layer_and_a_shared_one():
     layer_lr, optimizer, _ = setup()
-    assert [g["name"] for g in optimizer.param_groups] == ["0", "2", SHARED]
-    assert [len(g["params"]) for g in optimizer.param_groups[:2]] == [2, 2]  # weight and bias
+    assert [g["name"] for g in optimizer.param_groups] == [SHARED, "0", "2"]
+    assert [len(g["params"]) for g in optimizer.param_groups[1:]] == [2, 2]  # weight and bias
     assert len({id(p) for g in optimizer.param_groups for p in g["params"]}) == \
         sum(len(g["params"]) for g in optimizer.param_groups)
 
@@ -70,7 +70,7 @@ def test_rule_matches_hand_computed_values_and_composes_with_multistep():
     record = run_epoch(layer_lr, optimizer, scheduler, 3)
     assert record["layer_lr"] == pytest.approx(AFTER_3)
     assert lrs(optimizer) == pytest.approx({j: 0.1 * r for j, r in AFTER_3.items()} | {SHARED: 0.01})
-    assert scheduler.base_lrs == pytest.approx([AFTER_3["0"], AFTER_3["2"], 0.1])
+    assert scheduler.base_lrs == pytest.approx([0.1, AFTER_3["0"], AFTER_3["2"]])
 
 
 def test_cosine_schedule_multiplies_the_new_rates():
