@@ -24,6 +24,9 @@ def add_arguments(parser):
                         help="continue the run in OUT from last.pt (a larger --epochs extends it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an OUT that holds a run (its log and checkpoints are deleted)")
+    from hyperkd.gtn.train import add_graft_arguments
+
+    add_graft_arguments(parser)
 
 
 def run(args) -> int:
@@ -35,6 +38,10 @@ def run(args) -> int:
     settings = teacher_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay,
                                 schedule=args.schedule, seed=args.seed)
+    if args.method is not None:  # SFTN / GTN branches, or vanilla on the same code path
+        from hyperkd.gtn.train import run_grafted
+
+        return run_grafted(args, settings)
     # Everything is checked before config.yaml is written: a refused command changes nothing.
     check_teacher(args.model, args.data, device=args.device, **settings)
     check_out_dir(args.out, teacher_identity(model=args.model, data=args.data, **settings),

@@ -142,7 +142,7 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
         teacher.requires_grad_(not frozen)
         return {"teacher_frozen": frozen}
 
-    identity = teacher_identity(model=model, data=dataset, **settings, **asdict(graft_cfg))
+    identity = grafted_identity(model, dataset, settings, graft_cfg)
     trainer = GraftTrainer(teacher, optimizer, step, train, val, test, out_dir=out, device=dev,
                            scheduler=lr_schedule(optimizer, schedule, epochs, milestones=graft_cfg.milestones),
                            stateful={"branches": branches} if branches is not None else {},
@@ -152,6 +152,56 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
     if distributed.is_main():
         plot_accuracy(Path(out) / "metrics.jsonl", Path(out) / "accuracy.png")
     return best
+
+
+def grafted_identity(model: str, dataset: str, settings: dict, graft_cfg: GraftConfig) -> dict:
+    """The run identity of a grafted teacher: the canonical teacher's settings and the graft's."""
+    return teacher_identity(model=model, data=dataset, **settings, **asdict(graft_cfg))
+
+
+def add_graft_arguments(parser) -> None:
+    """``hyperkd teacher``'s flags for grafted training (``--method`` and its options)."""
+    group = parser.add_argument_group("grafted student branches (SFTN / GTN)")
+    group.add_argument("--method", choices=METHODS, default=None,
+                       help="vanilla (CE only), sftn (one fixed student as every branch) or gtn (a supernet "
+                            "path per batch); unset: the canonical teacher recipe")
+    group.add_argument("--alpha", type=float, default=3.0, help="weight of each branch's KL term")
+    group.add_argument("--tau", type=float, default=1.0, help="softmax temperature of the KL terms")
+    group.add_argument("--kl-direction", choices=KL_DIRECTIONS, default="teacher_student",
+                       help="KL(teacher || branch) or the reverse")
+    group.add_argument("--preset", choices=tuple(PRESETS), default="small", help="supernet widths")
+    group.add_argument("--separate-branches", action="store_true",
+                       help="one supernet per branch instead of one shared by the three")
+    group.add_argument("--per-branch-paths", action="store_true",
+                       help="each branch samples its own path (default: one path per batch for all)")
+    group.add_argument("--sftn-student", choices=tuple(NAS_STUDENTS), default="s_nas_s",
+                       help="the fixed student of --method sftn")
+    group.add_argument("--freeze-teacher-epochs", type=int, default=0,
+                       help="epochs at the start with the teacher frozen while the branches warm up")
+    group.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
+                       help="fractions of the run where --schedule multistep divides the lr by 10")
+
+
+def run_grafted(args, settings: dict) -> int:
+    """``hyperkd teacher --method ...``: checks everything, writes config.yaml, trains."""
+    from hyperkd.config import save_config
+    from hyperkd.train.run_identity import check_out_dir
+
+    cfg = GraftConfig(method=args.method, alpha=args.alpha, tau=args.tau, kl_direction=args.kl_direction,
+                      preset=args.preset, shared=not args.separate_branches,
+                      per_branch_paths=args.per_branch_paths, sftn_student=args.sftn_student,
+                      freeze_teacher_epochs=args.freeze_teacher_epochs, milestones=tuple(args.milestones))
+    cfg.check()
+    check_teacher(args.model, args.data, device=args.device, **settings)
+    check_out_dir(args.out, grafted_identity(args.model, args.data, settings, cfg),
+                  resume=args.resume, overwrite=args.overwrite)
+    save_config(args, args.out)
+    best = train_grafted_teacher(args.model, args.data, args.out, cfg, data_root=args.data_root,
+                                 workers=args.workers, device=args.device, resume=args.resume,
+                                 overwrite=args.overwrite, **settings)
+    print(f"best epoch {best['epoch']}: val {best['val_acc']:.4f}, test {best['test_acc']:.4f} "
+          f"-> {args.out / 'best.pt'}")
+    return 0
 
 
 def _train_step(teacher, stages, branches, cfg: GraftConfig):

@@ -46,6 +46,15 @@ def test_dkd_defaults_and_warmup():
     torch.testing.assert_close(total, 0.25 * raw.sum())
 
 
+def test_dkd_through_the_input_binding_hook_warns_once_without_warmup():
+    method = make_method("dkd")
+    s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.randint(0, 5, (3,))
+    method.bind(s, t, y)
+    with pytest.warns(UserWarning, match="not warmed up"):
+        total, raw = method.weighted([s], [t], None)
+    torch.testing.assert_close(total, raw.sum())
+
+
 def test_dkd_needs_labels_and_equal_shapes():
     method = make_method("dkd")
     with pytest.raises(ValueError, match="bind_batch"):

@@ -34,3 +34,12 @@ def test_vanilla_has_no_branches_and_bad_method_is_named(tmp_path, tiny_digits):
     assert "branches" not in record and "branch1/val_acc" not in record and "ce" in record
     with pytest.raises(ValueError, match="method: expected one of"):
         train_grafted_teacher("resnet20", "digits", tmp_path / "x", GraftConfig(method="kd"), epochs=1)
+
+
+def test_teacher_command_names_a_bad_graft_setting(tmp_path, capsys):
+    from hyperkd.cli import main
+
+    code = main(["teacher", "--model", "resnet20", "--epochs", "1", "--out", str(tmp_path / "t"),
+                 "--method", "gtn", "--tau", "0"])
+    assert code == 2 and "alpha >= 0 and tau > 0" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # refused before anything was written
