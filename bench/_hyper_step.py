@@ -3,9 +3,14 @@ update) in three implementations, the primary network's own step as the baseline
 entry point that reports its time and peak memory.
 
 - ``fused``: ``hyperkd.hyper.hypernetize`` + ``HyperOptimizer(fused=True)`` (the fused generation
-  op writes each kernel in place; W is updated inside backward from (dθ, z)).
-- ``fused_bf16``: the same with W and its optimizer state stored in bf16 (stochastic rounding):
-  issue 4's GPU configuration.
+  op writes each kernel in place; W is updated from (dθ, z) and, in the same pass over W, the next
+  step's W·z is generated: one pass over W per step besides backward's).
+- ``fused_unchained``: the same with ``chain=False``: the next step generates from W again (the
+  fused step as it was before the chained generation).
+- ``fused_bf16``, ``fused_bf16_unchained``: the same with W and its optimizer state stored in bf16
+  (stochastic rounding): the GPU configuration.
+  The fused rows let the model draw γ ~ U[0, 1] itself (``model(x)``), so the next γ is known at
+  the optimizer step; the others draw it in the loop and pass it.
 - ``eager``: the same maths in plain PyTorch: an ``nn.Linear(d, P)`` output layer whose bias is
   θ0, θ = Linear(z), ``split`` into the layers, ``torch.func.functional_call``, a torch optimizer
   over every parameter (so W's P×d gradient exists).
@@ -111,8 +116,11 @@ class Primary(nn.Module):
 
 
 TORCH_STEPPED = {"eager": EagerHyper, "hyperlight": HyperlightHyper, "primary": Primary}
-# Fused implementations: W's storage dtype and its optimizer state's.
-FUSED = {"fused": (torch.float32, torch.float32), "fused_bf16": (torch.bfloat16, torch.bfloat16)}
+# Fused implementations: W's storage dtype, its optimizer state's, and whether the step chains the
+# next generation into its pass over W.
+FUSED = {"fused": (torch.float32, torch.float32, True), "fused_unchained": (torch.float32, torch.float32, False),
+         "fused_bf16": (torch.bfloat16, torch.bfloat16, True),
+         "fused_bf16_unchained": (torch.bfloat16, torch.bfloat16, False)}
 IMPLS = tuple(FUSED) + tuple(TORCH_STEPPED)
 
 
@@ -136,9 +144,10 @@ def build(network: str, impl: str, hidden, optimizer: str, device: torch.device 
     momentum = 0.9 if optimizer == "sgd_momentum" else 0.0
     algorithm = "sgd" if optimizer.startswith("sgd") else optimizer
     if impl in FUSED:
-        weight_dtype, state_dtype = FUSED[impl]
+        weight_dtype, state_dtype, chain = FUSED[impl]
         model = hypernetize(primary, hidden=hidden, weight_dtype=weight_dtype)
-        opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True, state_dtype=state_dtype)
+        opt = HyperOptimizer(model, algorithm, lr=1e-3, momentum=momentum, fused=True, state_dtype=state_dtype,
+                             chain=chain)
     else:
         # Built on the device, so that no host copy of W (12.76 GiB for RepVGG-A2) is made; .to()
         # moves what a peer library creates on the host regardless.
@@ -153,7 +162,7 @@ def build(network: str, impl: str, hidden, optimizer: str, device: torch.device 
 
     def step():
         opt.zero_grad()
-        gamma = torch.rand(1, 1, device=device)
+        gamma = None if impl in FUSED else torch.rand(1, 1, device=device)  # fused: drawn by the model
         F.cross_entropy(model(x, gamma), y).backward()
         opt.step()
 
@@ -171,17 +180,33 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def w_bytes_per_step(model, impl: str, optimizer: str):
+    """The W-bound bytes one step of a fused row moves (see ``hyper_bandwidth.training_step_bytes``),
+    or None for the other rows."""
+    if impl not in FUSED:
+        return None
+    from bench.hyper_bandwidth import STATE_SLOTS, training_step_bytes
+
+    fs = model.hypernet.fused_step
+    (P, d), state = model.hypernet.W.shape, fs.state[0]
+    return training_step_bytes(P, d, 1, model.hypernet.W.element_size(), STATE_SLOTS[optimizer],
+                               state.element_size(), chained=fs.chain)
+
+
 def main(argv):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    _, _, step = build(args.network, args.impl, tuple(int(h) for h in args.hidden.split(",")), args.optimizer,
-                       device)
+    model, _, step = build(args.network, args.impl, tuple(int(h) for h in args.hidden.split(",")),
+                           args.optimizer, device)
     step()  # warm-up: allocates the optimizer state (and compiles the Triton kernels on CUDA)
     times = [timed(step, device) for _ in range(args.steps)]
     peak = "peak_rss_bytes" if device.type == "cpu" else "peak_cuda_allocated_bytes"
+    chained = getattr(getattr(model, "hypernet", None), "fused_step", None)
     print(json.dumps({"network": args.network, "impl": args.impl, "hidden": args.hidden,
                       "optimizer": args.optimizer, "device": device.type, "step_s": statistics.median(times),
-                      "step_times_s": times, peak: peak_memory_bytes(device)}))
+                      "step_times_s": times, peak: peak_memory_bytes(device),
+                      "w_bytes_per_step": w_bytes_per_step(model, args.impl, args.optimizer),
+                      "chained_steps": None if chained is None else chained.chained}))
 
 
 if __name__ == "__main__":

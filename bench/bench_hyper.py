@@ -33,14 +33,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _hyper_step import DEVICES, IMPLS, build, create_network, resolve_device  # noqa: E402
-from bench.measure import append_rows, stamp  # noqa: E402
+from bench.measure import append_rows, machine_rates, stamp  # noqa: E402
 
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
 # Issue 4's GPU target: fused step + bf16 W and state under a T4's 15 GiB, against eager (> 2×W).
 GPU_ROWS = [f"{net}:{impl}:16,64,128:sgd_momentum" for net in ("vgg19_bn", "repvgg_a2")
-            for impl in ("fused_bf16", "eager")]
+            for impl in ("fused_bf16", "fused_bf16_unchained", "eager")]
+# One pass over W per step: the chained fused step beside the unchained one (and hyperlight where it
+# is installed), VGG-11-bn, batch 16, one fresh process per row, in this order:
+#   PYTHONPATH=. python bench/bench_hyper.py --out FILE $(python -c "from bench.bench_hyper import CHAIN_ROWS; print(*CHAIN_ROWS)")
+CHAIN_ROWS = [f"vgg11_bn:{impl}:16,64,128:{optimizer}" for optimizer in OPTIMIZERS
+              for impl in ("fused_unchained", "fused", "fused_bf16_unchained", "fused_bf16")]
 STEPS = 3  # timed steps per fresh process, after one warm-up step; the median is reported
 
 
@@ -82,7 +87,7 @@ def _zoo_or_skip(network):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))
-@pytest.mark.parametrize("impl", ["fused", "eager", "hyperlight", "primary"])
+@pytest.mark.parametrize("impl", ["fused", "fused_unchained", "eager", "hyperlight", "primary"])
 @pytest.mark.parametrize("network", NETWORKS)
 def test_step(benchmark, network, impl, hidden, optimizer):
     _zoo_or_skip(network)
@@ -123,9 +128,15 @@ def parse_rows(argv):
 def main(argv) -> None:
     args, rows = parse_rows(argv)
     device = resolve_device(args.device)  # before any subprocess: no CUDA, no run
+    copy_gbps = machine_rates(device)["copy_gbps"]  # what the W-bound rows are held against
+    print(json.dumps({"copy_gbps": copy_gbps}), flush=True)
     for _ in range(args.rounds):
         for row in rows:
             measured = fresh_process(*row, device=args.device)
+            if measured.get("w_bytes_per_step"):
+                gbps = measured["w_bytes_per_step"] / measured["step_s"] / 1e9
+                measured.update(copy_gbps=copy_gbps, w_gbps=round(gbps, 1),
+                                w_fraction_of_copy=round(gbps / copy_gbps, 2))
             _record(measured, args.out, device)
             print(json.dumps(measured), flush=True)
 

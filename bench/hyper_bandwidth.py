@@ -52,6 +52,21 @@ def step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_size: int)
     return 2 * P * d * (w_size + slots * state_size) + (B * P + B * d) * FP32
 
 
+def training_step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_size: int, chained: bool) -> int:
+    """The W-bound traffic of one fused training step: generation, its backward and the W step.
+    Unchained, generation reads W (``generation_bytes``); chained, the step also reads the next
+    codes and writes the next W·z (B·d + B·P), and generation reads that instead of W (the carried
+    B·P and θ0, the B·P weights written). Per-program partial sums of dz are left out (they are
+    B·d per BLOCK of rows, a few MiB at most)."""
+    if chained:
+        generate = (2 * B * P + P) * FP32
+        step = step_bytes(P, d, B, w_size, slots, state_size) + (B * d + B * P) * FP32
+    else:
+        generate = generation_bytes(P, d, B, w_size)
+        step = step_bytes(P, d, B, w_size, slots, state_size)
+    return generate + backward_bytes(P, d, B, w_size, 0) + step
+
+
 def cuda_seconds(fn, repeats: int) -> float:
     """Median CUDA-event time of one call of ``fn``, after two warm-up calls."""
     for _ in range(2):

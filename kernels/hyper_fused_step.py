@@ -1,6 +1,7 @@
 """Triton kernel of the fused output-layer optimizer step: W's gradient dθᵀ·z is formed one
 BLOCK_P×d tile at a time, in registers, and SGD(+momentum), Adam or AdamW is applied in place.
-W and the state may be bf16, written back with stochastic rounding (E[round(x)] = x)."""
+W and the state may be bf16, written back with stochastic rounding (E[round(x)] = x). Given the next
+step's codes z_next, the same pass generates W_{t+1}·z_next from the tile as stored."""
 import torch
 import triton
 import triton.language as tl
@@ -11,18 +12,22 @@ BLOCK_P = 32
 
 @triton.jit
 def _store(ptr, offs, x, mask, seed, BF16: tl.constexpr):
+    """Stores ``x`` and returns the value stored (in fp32)."""
     if BF16:
         # Add 16 random low bits, then truncate: rounds up with probability = discarded fraction.
         noise = tl.randint(seed, offs).to(tl.uint32, bitcast=True) & 0xFFFF
         bits = (x.to(tl.uint32, bitcast=True) + noise) & 0xFFFF0000
-        tl.store(ptr + offs, bits.to(tl.float32, bitcast=True).to(tl.bfloat16), mask=mask)
+        x = bits.to(tl.float32, bitcast=True)
+        tl.store(ptr + offs, x.to(tl.bfloat16), mask=mask)
     else:
         tl.store(ptr + offs, x, mask=mask)
+    return x
 
 
 @triton.jit
-def _fused_step_kernel(W, S1, S2, dtheta, z, B, P, D, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt,
-                       seed, ALGO: tl.constexpr, MOMENTUM: tl.constexpr, W_BF16: tl.constexpr,
+def _fused_step_kernel(W, S1, S2, dtheta, z, z_next, next_out, B, B_next, P, D, lr, beta1, beta2, eps,
+                       weight_decay, bc1, bc2_sqrt, seed, ALGO: tl.constexpr, MOMENTUM: tl.constexpr,
+                       W_BF16: tl.constexpr,
                        S_BF16: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     # int64: P·d passes 2^31 for the large networks (VGG-19-bn: 2.6·10^9 elements).
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -53,17 +58,24 @@ def _fused_step_kernel(W, S1, S2, dtheta, z, B, P, D, lr, beta1, beta2, eps, wei
         _store(S1, offs, m, mask, seed + 1, S_BF16)
         _store(S2, offs, v, mask, seed + 2, S_BF16)
         w -= (lr / bc1) * m / (tl.sqrt(v) / bc2_sqrt + eps)
-    _store(W, offs, w, mask, seed, W_BF16)
+    w = tl.where(mask, _store(W, offs, w, mask, seed, W_BF16), 0.0)
+    for s in range(B_next):
+        zs = tl.load(z_next + s * D + k, mask=k < D, other=0.0)
+        tl.store(next_out + s * P + p, tl.sum(w * zs[None, :], axis=1), mask=p < P)
 
 
 def hyper_fused_step_(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay, step,
-                      seed):
-    """In-place update of W (and its state) from the factors (dθ, z) of its gradient."""
+                      seed, z_next=None):
+    """In-place update of W (and its state) from the factors (dθ, z) of its gradient; returns
+    W_{t+1}·z_next (B_next×P), or an empty tensor without ``z_next``."""
     P, D = W.shape
     momentum = algorithm == SGD and beta1 != 0.0
+    nxt = z.new_empty(0) if z_next is None else torch.empty(z_next.shape[0], P, dtype=z.dtype, device=z.device)
     _fused_step_kernel[(triton.cdiv(P, BLOCK_P),)](
-        W, state1 if state1.numel() else W, state2 if state2.numel() else W, dtheta, z, z.shape[0], P, D,
+        W, state1 if state1.numel() else W, state2 if state2.numel() else W, dtheta, z,
+        z if z_next is None else z_next, nxt, z.shape[0], 0 if z_next is None else z_next.shape[0], P, D,
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
         1.0 - float(beta1) ** step, (1.0 - float(beta2) ** step) ** 0.5, int(seed) & 0x7FFFFFFF,
         ALGO=algorithm, MOMENTUM=momentum, W_BF16=W.dtype == torch.bfloat16,
         S_BF16=state1.dtype == torch.bfloat16, BLOCK_P=BLOCK_P, BLOCK_D=triton.next_power_of_2(D))
+    return nxt

@@ -58,19 +58,24 @@ def _rows(table, block_layer, block_first, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def _generate_kernel(table, block_layer, block_first, W, z, theta0, B, D,
-                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def _generate_kernel(table, block_layer, block_first, W, z, theta0, carried, B, D, P,
+                     CARRIED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     row, local, mask, addr = _rows(table, block_layer, block_first, BLOCK_P)
     out = tl.load(row).to(tl.pointer_type(tl.float32))
     p = tl.load(row + 1) + local
     numel = tl.load(row + 2)
-    k = tl.arange(0, BLOCK_D)
-    w = tl.load(W + p[:, None] * D + k[None, :], mask=mask[:, None] & (k < D)[None, :], other=0.0)
-    w = w.to(tl.float32)
     base = tl.load(theta0 + p, mask=mask, other=0.0)
-    for s in range(B):
-        zs = tl.load(z + s * D + k, mask=k < D, other=0.0)
-        tl.store(out + s * numel + addr, tl.sum(w * zs[None, :], axis=1) + base, mask=mask)
+    if CARRIED:
+        # W·z was generated ahead by the previous step's fused update: W is not read.
+        for s in range(B):
+            tl.store(out + s * numel + addr, tl.load(carried + s * P + p, mask=mask, other=0.0) + base, mask=mask)
+    else:
+        k = tl.arange(0, BLOCK_D)
+        w = tl.load(W + p[:, None] * D + k[None, :], mask=mask[:, None] & (k < D)[None, :], other=0.0)
+        w = w.to(tl.float32)
+        for s in range(B):
+            zs = tl.load(z + s * D + k, mask=k < D, other=0.0)
+            tl.store(out + s * numel + addr, tl.sum(w * zs[None, :], axis=1) + base, mask=mask)
 
 
 @triton.jit
@@ -118,13 +123,16 @@ def empty_outputs(z, ndims, sizes, channels_last):
     return out
 
 
-def hyper_generate(W, z, theta0, ndims, sizes, channels_last):
-    """θ = W·z + θ0 for every row of z, written per layer in its final layout."""
+def hyper_generate(W, z, theta0, ndims, sizes, channels_last, carried=None):
+    """θ = W·z + θ0 (or carried + θ0, carried = W·z generated ahead) for every row of z, written
+    per layer in its final layout."""
     out = empty_outputs(z, ndims, sizes, channels_last)
     numels = _numels(sizes)
     layer, first, grid = block_schedule(numels, W.device)
     _generate_kernel[(grid,)](layer_table(out, ndims, _layer_offsets(numels)), layer, first, W, z, theta0,
-                              z.shape[0], W.shape[1], BLOCK_P=BLOCK_P, BLOCK_D=triton.next_power_of_2(W.shape[1]))
+                              theta0 if carried is None else carried, z.shape[0], W.shape[1], W.shape[0],
+                              CARRIED=carried is not None, BLOCK_P=BLOCK_P,
+                              BLOCK_D=triton.next_power_of_2(W.shape[1]))
     return out
 
 

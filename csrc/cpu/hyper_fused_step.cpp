@@ -2,15 +2,20 @@
 // rank-B_γ product dθᵀ·z (LayerKD-HN Eq. 2); each task forms it for a few rows of W at a time and
 // applies SGD(+momentum), Adam or AdamW in place, so no P×d gradient is ever allocated. W and the
 // optimizer state may be bf16, written back with stochastic rounding so that small updates are
-// not lost on average.
+// not lost on average. Given the next step's codes z_next, the same pass over W also generates the
+// next step's W_{t+1}·z_next from each freshly written row (one pass over W per training step
+// instead of two: the update's and the next generation's).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
+
+#include "hyper_dot.h"
 
 namespace hyperkd {
 namespace {
@@ -47,6 +52,9 @@ struct StepArgs {
   int64_t P, d, B;
   const float* dtheta;
   const float* z;
+  int64_t B_next;       // codes in z_next (0: no generation)
+  const float* z_next;  // B_next×d
+  float* next;          // B_next×P: W_{t+1}·z_next
   float lr, beta1, beta2, eps, wd, bc1, bc2_sqrt;
   uint64_t seed;
 };
@@ -86,6 +94,8 @@ void update_rows(const StepArgs& a, w_t* w, s_t* m, s_t* v, int64_t begin, int64
       }
       store(w, i, wi, seed_w);
     }
+    // From the row as stored (bf16 after its rounding), exactly as the generation op reads it.
+    for (int64_t s = 0; s < a.B_next; ++s) a.next[s * a.P + p] = generation_dot(w + row, a.z_next + s * a.d, a.d);
   }
 }
 
@@ -109,9 +119,10 @@ void dispatch_storage(const at::Tensor& W, const at::Tensor& state, Body&& body)
   else with_state(static_cast<float*>(W.data_ptr()));
 }
 
-void hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2, const at::Tensor& dtheta,
-                          const at::Tensor& z, int64_t algorithm, double lr, double beta1, double beta2,
-                          double eps, double weight_decay, int64_t step, int64_t seed) {
+at::Tensor hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2, const at::Tensor& dtheta,
+                                const at::Tensor& z, int64_t algorithm, double lr, double beta1, double beta2,
+                                double eps, double weight_decay, int64_t step, int64_t seed,
+                                const std::optional<at::Tensor>& z_next) {
   TORCH_CHECK(W.dim() == 2, "W: expected a P×d matrix");
   const int64_t P = W.size(0), d = W.size(1), B = z.size(0);
   TORCH_CHECK(algorithm >= kSGD && algorithm <= kAdamW, "algorithm: expected 0 (SGD), 1 (Adam) or 2 (AdamW)");
@@ -128,7 +139,15 @@ void hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2,
     check_storage(state2, "state2", P * d);
     TORCH_CHECK(state2.scalar_type() == state1.scalar_type(), "state2: expected state1's dtype");
   }
+  const bool generate = z_next.has_value() && z_next->defined();
+  if (generate)
+    TORCH_CHECK(z_next->dim() == 2 && z_next->size(1) == d && z_next->scalar_type() == at::kFloat &&
+                    z_next->is_contiguous(),
+                "z_next: expected a contiguous float32 B_next×", d, " matrix");
+  at::Tensor next = generate ? at::empty({z_next->size(0), P}, z.options()) : at::empty({0}, z.options());
   const StepArgs args{P, d, B, dtheta.data_ptr<float>(), z.data_ptr<float>(),
+                      generate ? z_next->size(0) : 0, generate ? z_next->data_ptr<float>() : nullptr,
+                      generate ? next.data_ptr<float>() : nullptr,
                       static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
                       static_cast<float>(eps), static_cast<float>(weight_decay),
                       1.0f - static_cast<float>(std::pow(beta1, step)),
@@ -144,6 +163,7 @@ void hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2,
       else update_rows<kSGD, false>(args, w, m, v, begin, end);
     });
   });
+  return next;
 }
 
 }  // namespace
@@ -151,7 +171,7 @@ void hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2,
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("hyper_fused_step_(Tensor(a!) W, Tensor(b!) state1, Tensor(c!) state2, Tensor dtheta, Tensor z, "
         "int algorithm, float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
-        "int seed) -> ()");
+        "int seed, Tensor? z_next=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

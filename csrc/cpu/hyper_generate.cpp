@@ -1,5 +1,6 @@
 // Fused MIP weight generation on the CPU (LayerKD-HN Eq. 2–3): θ = W·z + θ0 for B_γ codes z (θ0 is
-// the output layer's bias, the base weights),
+// the output layer's bias, the base weights), or θ = carried + θ0 when the fused step of the
+// previous training step already generated carried = W·z while it updated W,
 // read W once and write every layer's kernel straight into its final (contiguous or
 // channels_last) layout. Backward makes one pass over W for dz, and packs dθ (B_γ×P, the factor
 // of W's rank-B_γ gradient dθᵀ·z). It returns no Σ_γ dθ (θ0's gradient): for one γ that
@@ -11,7 +12,10 @@
 #include <torch/library.h>
 
 #include <array>
+#include <optional>
 #include <vector>
+
+#include "hyper_dot.h"
 
 namespace hyperkd {
 namespace {
@@ -34,21 +38,6 @@ struct LayerGeometry {
     return a;
   }
 };
-
-// Σ_k w[k]·z[k] with kLanes independent partial sums: a single running sum is a serial chain
-// the compiler may not reorder, so it would not vectorise.
-constexpr int64_t kLanes = 8;
-template <typename scalar_t, typename acc_t>
-inline acc_t dot(const scalar_t* w, const acc_t* z, int64_t d) {
-  acc_t lanes[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= d; k += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(w[k + j]) * z[k + j];
-  acc_t acc = 0;
-  for (; k < d; ++k) acc += static_cast<acc_t>(w[k]) * z[k];
-  for (int64_t j = 0; j < kLanes; ++j) acc += lanes[j];
-  return acc;
-}
 
 std::vector<LayerGeometry> geometry(at::IntArrayRef ndims, at::IntArrayRef sizes,
                                     at::IntArrayRef channels_last) {
@@ -102,12 +91,18 @@ void check_generation_inputs(const at::Tensor& W, const at::Tensor& z) {
 }
 
 std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor& z, const at::Tensor& theta0, at::IntArrayRef ndims,
-                                           at::IntArrayRef sizes, at::IntArrayRef channels_last) {
+                                           at::IntArrayRef sizes, at::IntArrayRef channels_last,
+                                           const std::optional<at::Tensor>& carried) {
   check_generation_inputs(W, z);
   const auto geo = geometry(ndims, sizes, channels_last);
   const int64_t P = W.size(0), d = W.size(1), B = z.size(0), L = geo.size();
   TORCH_CHECK(geo.back().offset + geo.back().numel == P, "sizes: the tensors hold ",
               geo.back().offset + geo.back().numel, " values but W has ", P, " rows");
+  const bool has_carried = carried.has_value() && carried->defined();
+  if (has_carried)
+    TORCH_CHECK(carried->dim() == 2 && carried->size(0) == B && carried->size(1) == P &&
+                    carried->is_contiguous() && carried->scalar_type() == z.scalar_type(),
+                "carried: expected a contiguous ", z.scalar_type(), " ", B, "×", P, " matrix (W·z)");
   TORCH_CHECK(theta0.dim() == 1 && theta0.size(0) == P && theta0.is_contiguous() &&
                   theta0.scalar_type() == z.scalar_type(),
               "theta0: expected a contiguous P-vector of z's dtype");
@@ -120,6 +115,7 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
     const scalar_t* w = W.data_ptr<scalar_t>();
     const acc_t* zz = z.data_ptr<acc_t>();
     const acc_t* t0 = theta0.data_ptr<acc_t>();
+    const acc_t* ca = has_carried ? carried->data_ptr<acc_t>() : nullptr;
     for (int64_t l = 0; l < L; ++l) {
       const auto& g = geo[l];
       acc_t* o = out[l].data_ptr<acc_t>();
@@ -128,7 +124,11 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
           const scalar_t* row = w + (g.offset + p) * d;
           const acc_t base = t0[g.offset + p];
           const int64_t a = g.address(p);
-          for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = dot(row, zz + s * d, d) + base;
+          if (ca) {
+            for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = ca[s * P + g.offset + p] + base;
+          } else {
+            for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = generation_dot(row, zz + s * d, d) + base;
+          }
         }
       });
     }
@@ -200,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_generate_backward_cpu(
 
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("hyper_generate(Tensor W, Tensor z, Tensor theta0, int[] ndims, int[] sizes, "
-        "int[] channels_last) -> Tensor[]");
+        "int[] channels_last, Tensor? carried=None) -> Tensor[]");
   m.def("hyper_generate_backward(Tensor[] grads, Tensor W, Tensor z, int[] ndims, int[] sizes, "
         "int[] channels_last) -> (Tensor dz, Tensor dtheta)");
 }

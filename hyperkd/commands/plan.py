@@ -21,7 +21,8 @@ NARROW_HIDDEN = (16, 16, 16)
 BF16 = torch.bfloat16
 DTYPES = {"fp32": torch.float32, "bf16": BF16}  # the spellings of train's --state-dtype/--weight-dtype
 ROWS = (("W", "W"), ("W_grad", "W gradient"), ("optimizer_state", "optimizer state"),
-        ("activations", "activations"), ("teacher", "teacher"), ("other", "other"), ("total", "total"))
+        ("carried", "carried W·z"), ("activations", "activations"), ("teacher", "teacher"), ("other", "other"),
+        ("total", "total"))
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def _print_table(totals: dict, s: Setup, optimizer: str, kd) -> None:
     slots = OPTIMIZERS[optimizer]
     notes = {
         "W": f"output layer, P×d ({_dtype(s.weight_dtype)})",
-        "W_grad": "the B_γ×P factor dθ only (fused step)" if s.fused else "P×d (fp32)",
+        "W_grad": "the B_γ×P factor dθ and the step's copy (fused step)" if s.fused else "P×d (fp32)",
+        "carried": "next step's generation, made in the update's pass over W" if s.fused else "none (unfused)",
         "optimizer_state": f"{slots} × P×d ({_dtype(s.state_dtype)})" if slots else "none (plain SGD)",
         "activations": f"student's leaf-module outputs at batch {s.batch_size} (fp32)",
         "teacher": f"parameters + conv outputs tapped for {kd}" if kd else "no KD",

@@ -16,6 +16,23 @@ def encode_gamma(gamma: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
+def rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator that draws γ on ``device`` (torch's default one there)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def draw_gamma(k: int, device) -> torch.Tensor:
+    """γ ~ U[0, 1]^k as a 1×k tensor, from the default generator of ``device``."""
+    return torch.rand(1, k, device=device)
+
+
 def as_gamma_batch(gamma, k: int, *, training: bool, device=None) -> torch.Tensor:
     """γ as a B_γ×k tensor (a Python float becomes fp64, so no precision is lost before the
     hypernetwork casts it to its own dtype).
@@ -24,7 +41,7 @@ def as_gamma_batch(gamma, k: int, *, training: bool, device=None) -> torch.Tenso
     while training and uses 0.5 in eval.
     """
     if gamma is None:
-        gamma = torch.rand(1, k, device=device) if training else torch.full((1, k), 0.5, device=device)
+        gamma = draw_gamma(k, device) if training else torch.full((1, k), 0.5, device=device)
     elif isinstance(gamma, numbers.Real) and not isinstance(gamma, bool):
         if k != 1:
             raise ValueError(f"gamma: a single number needs gamma_dim=1, but gamma_dim={k}; pass a "

@@ -91,11 +91,15 @@ class HyperNet(nn.Module):
                 z = F.leaky_relu(layer(z), self.negative_slope)
         return z
 
-    def forward(self, gamma: torch.Tensor) -> list:
-        """Eq. 2–3 for every γ row: the generated tensors, each B_γ×(*shape) in its final layout."""
+    def forward(self, gamma: torch.Tensor, key=None) -> list:
+        """Eq. 2–3 for every γ row: the generated tensors, each B_γ×(*shape) in its final layout.
+
+        ``key`` names how γ was chosen (see :meth:`HyperNetized.next_gamma`): the fused step uses
+        the generation it carried over from its last update when that was made for this key.
+        """
         z = self.code(gamma)
         if self._fused_step is not None and torch.is_grad_enabled():
-            return self._fused_step.generate(self, z)
+            return self._fused_step.generate(self, z, key)
         return list(torch.ops.hyperkd.hyper_generate(self.W, z, self.theta0, *self._geometry))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

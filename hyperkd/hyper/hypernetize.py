@@ -6,12 +6,13 @@ them keeps working). With ``init_theta0="model"`` their storage becomes θ0's, w
 same values at that point: the primary then holds no second P-sized copy.
 """
 import copy
+import numbers
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from hyperkd.hyper.gamma import as_gamma_batch
+from hyperkd.hyper.gamma import as_gamma_batch, draw_gamma, rng_state, set_rng_state
 from hyperkd.hyper.hypernet import HyperNet, theta0_kaiming
 from hyperkd.hyper.layout import LayoutPlan, find_modules
 
@@ -30,6 +31,9 @@ class HyperNetized(nn.Module):
         super().__init__()
         plan.check(primary)
         self.primary, self.plan, self.hypernet = primary, plan, hypernet
+        # How the last γ with gradients was chosen, and a draw of the next one made ahead (see
+        # next_gamma): what lets the fused step generate the next step's weights early.
+        self._last_choice, self._drawn_ahead = None, None
         # The primary's own copies of the generated tensors are overridden on every call.
         params = dict(primary.named_parameters())
         for name in plan.names:
@@ -37,9 +41,52 @@ class HyperNetized(nn.Module):
 
     def generate(self, gamma=None) -> list:
         """The generated tensors for γ, each B_γ×(*shape)."""
-        g = as_gamma_batch(gamma, self.hypernet.gamma_dim, training=self.training,
-                           device=self.hypernet.theta0.device)
-        return self.hypernet(g)
+        device, k = self.hypernet.theta0.device, self.hypernet.gamma_dim
+        key = None
+        if gamma is None and self.training:
+            g, key = self._draw(device, k)
+        else:
+            g = as_gamma_batch(gamma, k, training=self.training, device=device)
+            if isinstance(gamma, numbers.Real) and not isinstance(gamma, bool):
+                key = float(gamma)
+        if torch.is_grad_enabled():
+            self._last_choice = "draw" if key is not None and gamma is None else key
+        return self.hypernet(g, key=key)
+
+    def _draw(self, device, k):
+        """(γ ~ U[0, 1]^k, its key): the draw made ahead by :meth:`next_gamma` when the generator is
+        where that draw started (nothing has drawn since), so the generator ends where a fresh draw
+        leaves it; else a fresh draw, with a key no carried generation has."""
+        ahead, self._drawn_ahead = self._drawn_ahead, None
+        if ahead is not None:
+            before, gamma, after = ahead
+            if torch.equal(rng_state(device), before):
+                set_rng_state(device, after)
+                return gamma, gamma
+        gamma = draw_gamma(k, device)
+        return gamma, object()
+
+    @torch.no_grad()
+    def next_gamma(self):
+        """(γ, key) of the next training forward, known ahead, or None.
+
+        A fixed number is used again (key: the number). A γ drawn at random is drawn now from the
+        same generator, which is then put back: the next forward takes this draw (key: the drawn
+        tensor) only if the generator is still where it was, i.e. it draws the very same γ it would
+        have drawn, so the random sequence is that of a run that never looked ahead. The fused step
+        asks for it to generate the next step's weights while it updates W.
+        """
+        choice, device, k = self._last_choice, self.hypernet.theta0.device, self.hypernet.gamma_dim
+        if choice == "draw":
+            before = rng_state(device)
+            gamma = draw_gamma(k, device)
+            after = rng_state(device)
+            set_rng_state(device, before)
+            self._drawn_ahead = (before, gamma, after)
+            return gamma, gamma
+        if isinstance(choice, float):
+            return as_gamma_batch(choice, k, training=True, device=device), choice
+        return None
 
     def forward(self, x, gamma=None):
         self.plan.check(self.primary)

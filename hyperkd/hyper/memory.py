@@ -1,10 +1,11 @@
 """Memory footprint of a hypernetised training step, before building it.
 
-The output layer W (P×d) dominates (LayerKD-HN §3.2): W itself, its gradient (P×d unfused; only
-the B_γ×P factor dθ when fused, which for one γ is also θ0's gradient) and the optimizer state
-(1 or 2 P×d tensors), next to the primary network's activations, the small parameters (MLP, θ0,
-non-generated layers) and, with
-KD, the frozen teacher. Sizes are strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
+The output layer W (P×d) dominates (LayerKD-HN §3.2): W itself, its gradient (P×d unfused; when
+fused only the B_γ×P factor dθ, which for one γ is also θ0's gradient, and the fused step's copy
+of it, kept from backward to the optimizer step) and the optimizer state (1 or 2 P×d tensors),
+next to the fused step's carried generation of the next step's W·z (B_γ×P), the primary
+network's activations, the small parameters (MLP, θ0, non-generated layers) and, with KD, the
+frozen teacher. Sizes are strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
 """
 import copy
 import re
@@ -66,7 +67,7 @@ def teacher_bytes(model: nn.Module, modules, batch_size: int, input_shape=(3, 32
 def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sgd",
                     dtype: torch.dtype = torch.float32, fused: bool = True, batch_size: int = 16, *,
                     state_dtype: torch.dtype = None, gammas: int = 1, input_shape=(3, 32, 32),
-                    types=(nn.Conv2d,), teacher: bool = False) -> dict:
+                    types=(nn.Conv2d,), teacher: bool = False, chain: bool = True) -> dict:
     """Bytes of one training step's tensors, by kind.
 
     ``model``: a plain primary network (all modules of ``types`` hypernetised) or a
@@ -74,9 +75,13 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     ``dtype``: W's storage (fp32 or bf16); ``state_dtype`` the optimizer state's (default: fp32).
     ``teacher``: whether KD runs a frozen teacher of the same architecture, tapped at every
     hypernetised module (see :func:`teacher_bytes`).
-    Returns ``W``, ``W_grad``, ``optimizer_state``, ``activations``, ``teacher`` (0 without KD),
-    ``other`` (hidden MLP, θ0, non-generated parameters, with gradients and state) and ``total``.
-    Fused, for one γ θ0's gradient is dθ (a view of it), counted in ``W_grad``.
+    ``chain``: the fused step generates the next step's weights in its pass over W (see
+    :class:`hyperkd.hyper.HyperOptimizer`).
+    Returns ``W``, ``W_grad``, ``optimizer_state``, ``carried`` (the B_γ×P generation the fused step
+    carries to the next step; 0 unfused or unchained), ``activations``, ``teacher`` (0 without
+    KD), ``other`` (hidden MLP, θ0, non-generated parameters, with gradients and state) and
+    ``total``. Fused, ``W_grad`` is dθ (for one γ θ0's gradient is a view of it) and the fused
+    step's copy of it.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -104,13 +109,14 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     grads = small - (P if fused and gammas == 1 else 0)
     other = (small * (1 + OPTIMIZERS[optimizer]) + grads) * _bytes(torch.float32)
     W = P * d * _bytes(dtype)
-    W_grad = gammas * P * _bytes(torch.float32) if fused else P * d * _bytes(torch.float32)
+    W_grad = 2 * gammas * P * _bytes(torch.float32) if fused else P * d * _bytes(torch.float32)
     state = OPTIMIZERS[optimizer] * P * d * _bytes(state_dtype)
+    carried = gammas * P * _bytes(torch.float32) if fused and chain else 0
     activations = activation_bytes(primary, batch_size, input_shape)
     tapped = list(dict.fromkeys(e.module_path for e in plan.entries))
     kd = teacher_bytes(primary, tapped, batch_size, input_shape) if teacher else 0
-    out = {"W": W, "W_grad": W_grad, "optimizer_state": state, "activations": activations, "teacher": kd,
-           "other": other}
+    out = {"W": W, "W_grad": W_grad, "optimizer_state": state, "carried": carried, "activations": activations,
+           "teacher": kd, "other": other}
     out["total"] = sum(out.values())
     return out
 

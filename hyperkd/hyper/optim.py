@@ -1,31 +1,44 @@
 """The optimizer of a hypernetised model, with the fused output-layer step (the memory win).
 
 W's gradient is the rank-B_γ product dθᵀ·z (LayerKD-HN Eq. 2). With ``fused=True`` the backward
-pass of the generation op applies W's update in place from those factors
-(``hyperkd::hyper_fused_step_``) and never allocates the P×d gradient; everything else (hidden
-MLP, θ0, BatchNorm, classifier) is stepped by an ordinary torch optimizer. ``fused=False`` is
-the opt-out: W becomes an ordinary parameter of that torch optimizer. θ0 (the output layer's
-bias) gets Σ_γ dθ as its gradient, which for one γ is dθ itself (a view, see ``gamma_sum``).
+pass of the generation op hands the factors (dθ, z) to the fused step instead of forming the P×d
+gradient, and :meth:`HyperOptimizer.step` applies W's update in place from them
+(``hyperkd::hyper_fused_step_``); everything else (hidden MLP, θ0, BatchNorm, classifier) is
+stepped by an ordinary torch optimizer. ``fused=False`` is the opt-out: W becomes an ordinary
+parameter of that torch optimizer. θ0 (the output layer's bias) gets Σ_γ dθ as its gradient, which
+for one γ is dθ itself (a view, see ``gamma_sum``).
 
-The fused step cannot support what needs W's gradient after backward has finished:
-gradient accumulation over several backward calls, global gradient-norm clipping, and a second
-backward through the same graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
+**One pass over W per step** (``chain=True``, the default). W is read by the generation of step
+t + 1 and read and written by the update of step t. When the next step's γ is known at
+:meth:`HyperOptimizer.step` (see :meth:`HyperNetized.next_gamma`), the next codes
+z_{t+1} = MLP_{t+1}(γ_{t+1}) are computed right after the torch optimizer has stepped the MLP, and
+the update writes W_{t+1}·z_{t+1} from each row it has just written: the *carried* generation
+(B_γ×P). The next forward adds θ0 to it instead of reading W again. The update cannot run inside
+step t's backward for this: z_{t+1} depends on the MLP after step t's update, which runs after
+backward. The carried generation is used only when it is
+exactly what a plain generation would give: the same γ (its key), and W and the MLP unchanged
+since (their storage and version counters); anything else (evaluation at another γ, a changed γ
+schedule, a loaded checkpoint, a skipped step, the first step) regenerates with a plain pass, so
+the mathematics and, on the CPU, the bits are those of the unchained step.
+
+The fused step cannot support what needs W's gradient as a tensor: gradient accumulation over
+several backward calls, global gradient-norm clipping, and a second backward through the same
+graph. Each raises a RuntimeError naming ``fused=False`` as the way out.
 
 Under DDP (torch.distributed initialised, world size > 1) W is no DDP parameter (it needs no
 gradient), so the fused step itself applies the rank-mean of dW that DDP gives every other
-parameter, exchanging only the factors (see :func:`rank_mean_factors`). With fp16 loss scaling
-(``scaler``) dθ arrives multiplied by the loss scale: the step divides it out and skips W's update
-when dθ holds an inf/NaN, as ``GradScaler.step`` skips the torch optimizer's. θ0's gradient is
-Σ_γ dθ, so a skipped W update always comes with a skipped torch step; only an inf confined to a
-non-generated parameter's gradient (seen after W was updated) skips the torch step alone.
+parameter, exchanging only the factors in backward (see :func:`rank_mean_factors`). With fp16 loss
+scaling (``scaler``) dθ arrives multiplied by the loss scale: backward divides it out, and a dθ
+holding an inf/NaN leaves no factors, so W is not updated, as ``GradScaler.step`` skips the torch
+optimizer's step (θ0's gradient, Σ_γ dθ, holds the inf too, so it skips :meth:`step` whole).
 """
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from hyperkd.hyper.hypernetize import HyperNetized
 from hyperkd import runtime
+from hyperkd.hyper.hypernetize import HyperNetized
 from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD, gamma_sum, generation_backward
 
 ALGORITHMS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
@@ -34,13 +47,14 @@ _OPT_OUT = "construct HyperOptimizer(..., fused=False) to keep W's full gradient
 
 
 class _FusedGeneration(torch.autograd.Function):
-    """Generation whose backward steps W in place instead of returning its gradient."""
+    """Generation whose backward hands W's gradient factors to the fused step instead of
+    returning W's gradient. ``carried``: W·z generated ahead by the previous step's update."""
 
     @staticmethod
-    def forward(ctx, step, W, z, theta0, geometry):
+    def forward(ctx, step, W, z, theta0, geometry, carried):
         ctx.step, ctx.W, ctx.geometry, ctx.used = step, W, geometry, False
         ctx.save_for_backward(z)
-        return tuple(torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry))
+        return tuple(torch.ops.hyperkd.hyper_generate(W, z, theta0, *geometry, carried))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -50,8 +64,8 @@ class _FusedGeneration(torch.autograd.Function):
         ctx.used = True
         (z,) = ctx.saved_tensors
         dz, dtheta = generation_backward(grads, ctx.W, z.detach(), ctx.geometry)
-        ctx.step.apply(dtheta, z.detach())
-        return None, None, dz, gamma_sum(dtheta), None
+        ctx.step.take_factors(dtheta, z.detach())
+        return None, None, dz, gamma_sum(dtheta), None, None
 
 
 def _same_on_every_rank(t: torch.Tensor) -> bool:
@@ -88,44 +102,102 @@ def rank_mean_factors(dtheta: torch.Tensor, z: torch.Tensor):
     return stacked[:, :P] / world, stacked[:, P:].contiguous()
 
 
+class _Carried:
+    """W_{t+1}·z_{t+1} generated by the update of step t, for the γ named by ``key``, valid while
+    W and the MLP are the ones it was generated with (``versions``)."""
+
+    def __init__(self, key, values, versions):
+        self.key, self.values, self.versions = key, values, versions
+
+
+def _same_key(a, b) -> bool:
+    """Whether two γ keys (see :meth:`HyperNetized.next_gamma`) name the same γ: the same drawn
+    tensor, or the same fixed number."""
+    if a is None or b is None:
+        return False
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return a == b
+
+
 class FusedOutputStep:
     """W's optimizer state and its in-place update from the factors (dθ, z), averaged over the
-    DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one.
+    DDP ranks and unscaled by ``scaler`` (a torch.amp.GradScaler) when there is one; with
+    ``chain``, the update also generates the next step's W·z (see the module docstring).
 
-    ``apply`` must leave dθ as it is: it is θ0's gradient.
+    ``take_factors`` (backward) keeps its own copy of dθ: dθ itself is θ0's gradient for one γ,
+    which ``GradScaler.unscale_`` or gradient clipping may change in place before :meth:`step`.
     """
 
-    def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None):
+    def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None, chain=True):
         self.W, self.algorithm, self.hyper, self.lr_source = W, algorithm, hyper, lr_source
-        self.scaler = scaler
+        self.scaler, self.chain = scaler, chain
         slots = 0 if algorithm == SGD and hyper["beta1"] == 0.0 else (1 if algorithm == SGD else 2)
         empty = W.new_empty(0, dtype=torch.float32)
         self.state = [torch.zeros(W.shape, dtype=state_dtype, device=W.device) if i < slots else empty
                       for i in range(2)]
         self.step_count, self.pending, self.seed_shared = 0, False, False
+        self.factors, self.carried = None, None
+        self.chained = 0  # generations that used the carried W·z (a diagnostic: is the chain engaged?)
         self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
-    def generate(self, hypernet, z):
-        return list(_FusedGeneration.apply(self, self.W, z, hypernet.theta0, hypernet._geometry))
+    def generate(self, hypernet, z, key=None):
+        """The generated tensors for codes z (with autograd), from the carried W·z when it was
+        generated for ``key`` by the last update and nothing has changed since."""
+        carried, self.carried = self.carried, None  # used once, or dropped: the chain moves on
+        values = None
+        if carried is not None and _same_key(carried.key, key) and carried.versions == self._versions(hypernet):
+            values = carried.values
+            self.chained += 1
+        return list(_FusedGeneration.apply(self, self.W, z, hypernet.theta0, hypernet._geometry, values))
 
-    def apply(self, dtheta, z):
-        """W's update from this backward's factors: dθ (B_γ×P, times the loss scale) and z (B_γ×d)."""
+    def take_factors(self, dtheta, z):
+        """Keeps this backward's factors for :meth:`step`: dθ (B_γ×P, times the loss scale), z (B_γ×d)."""
         if self.pending:
             raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
-                               f"accumulation) cannot be fused, W was already updated; {_OPT_OUT}")
+                               f"accumulation) cannot be fused, W's factors are already taken; {_OPT_OUT}")
         self.pending = True
+        owned = False
         if runtime.active():
             self._share_seed()
             dtheta, z = rank_mean_factors(dtheta, z)
+            owned = True
         if self.scaler is not None and self.scaler.is_enabled():
             dtheta = dtheta * (1.0 / self.scaler.get_scale())  # as GradScaler.unscale_; exact for 2^k
+            owned = True
             if not torch.isfinite(dtheta).all():
-                return  # a step GradScaler skips: no update and, as for torch's optimizers, no step count
+                return  # a step GradScaler skips: no factors, so no update and no step count
+        self.factors = (dtheta if owned else dtheta.clone(), z)
+
+    def step(self, model) -> None:
+        """W's update from the factors of the last backward (none after a skipped step), generating
+        the next step's W·z on the way when ``model`` knows the next γ (``chain``)."""
+        factors, self.factors = self.factors, None
+        if factors is None:
+            return
+        dtheta, z = factors
         self.step_count += 1
+        z_next, key = None, None
+        ahead = model.next_gamma() if self.chain else None
+        if ahead is not None:
+            gamma, key = ahead
+            with torch.no_grad():
+                z_next = model.hypernet.code(gamma)  # the MLP as the torch optimizer has just stepped it
         h = self.hyper
-        torch.ops.hyperkd.hyper_fused_step_(self.W, self.state[0], self.state[1], dtheta, z, self.algorithm,
-                                            self.lr_source(), h["beta1"], h["beta2"], h["eps"],
-                                            h["weight_decay"], self.step_count, self.seed + self.step_count)
+        values = torch.ops.hyperkd.hyper_fused_step_(
+            self.W, self.state[0], self.state[1], dtheta, z, self.algorithm, self.lr_source(), h["beta1"],
+            h["beta2"], h["eps"], h["weight_decay"], self.step_count, self.seed + self.step_count, z_next)
+        if z_next is not None:
+            self.carried = _Carried(key, values, self._versions(model.hypernet))
+
+    def reset(self) -> None:
+        """Forgets the factors of a backward that will not be stepped and the carried generation."""
+        self.factors, self.carried, self.pending = None, None, False
+
+    def _versions(self, hypernet) -> tuple:
+        """What the carried generation depends on besides γ: W's and the MLP's storage and version
+        counters (in-place updates, load_state_dict's copies and .to() all change one of them)."""
+        return tuple((p.data_ptr(), p._version) for p in (self.W, *hypernet.hidden.parameters()))
 
     def _share_seed(self) -> None:
         """Rank 0's stochastic-rounding seed on every rank, once: the ranks must round W and its
@@ -140,7 +212,9 @@ class FusedOutputStep:
 class HyperOptimizer:
     """SGD (with momentum), Adam or AdamW over a :class:`HyperNetized` model.
 
-    ``fused=True`` steps W inside backward (see the module docstring); W's learning rate follows
+    ``fused=True`` steps W from its gradient's factors (see the module docstring), and with
+    ``chain=True`` (the default) generates the next step's weights in the same pass over W; W's
+    learning rate follows
     ``param_groups[0]["lr"]`` of the torch optimizer, so schedulers built on :attr:`inner` drive
     both. ``state_dtype=torch.bfloat16`` stores W's momentum/moments in bf16 with stochastic
     rounding; a model built with ``weight_dtype=torch.bfloat16`` needs ``fused=True``.
@@ -151,14 +225,16 @@ class HyperOptimizer:
 
     ``scaler``: the ``torch.amp.GradScaler`` that scales the loss, when training with fp16 loss
     scaling. Step through it as usual (``scaler.step(opt); scaler.update()``); the fused step
-    needs it because it updates W inside backward, before ``scaler.step`` runs. Unfused, W's
-    gradient is unscaled by ``scaler.step`` like any other and the argument changes nothing.
+    needs it because W's factors are taken in backward, where it divides the scale out (W has no
+    ``.grad`` for ``scaler.step`` to unscale). Unfused, W's gradient is unscaled by
+    ``scaler.step`` like any other and the argument changes nothing. The optimizer is then the
+    scaler's one owner on the hypernetwork's side: a training loop takes it from :attr:`scaler`.
     """
 
     def __init__(self, model: HyperNetized, algorithm: str = "sgd", lr: float = 1e-3, *, momentum: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  state_dtype: torch.dtype = torch.float32, fused: bool = True,
-                 scaler: Optional[torch.amp.GradScaler] = None):
+                 scaler: Optional[torch.amp.GradScaler] = None, chain: bool = True):
         if not isinstance(model, HyperNetized):
             raise TypeError(f"model: expected a HyperNetized model, got {type(model).__name__}")
         if algorithm not in ALGORITHMS:
@@ -191,7 +267,8 @@ class HyperOptimizer:
             hyper = dict(beta1=float(beta1), beta2=float(betas[1]), eps=float(eps),
                          weight_decay=float(weight_decay))
             hypernet.attach_fused_step(FusedOutputStep(W, ALGORITHMS[algorithm], hyper, state_dtype,
-                                                       lambda: self.inner.param_groups[0]["lr"], scaler))
+                                                       lambda: self.inner.param_groups[0]["lr"], scaler,
+                                                       chain=chain))
 
     @property
     def param_groups(self):
@@ -199,25 +276,26 @@ class HyperOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clears the gradients and starts a new step: also after a step that ``GradScaler.step``
-        skipped (inf/NaN gradients), where :meth:`step` never ran."""
+        skipped (inf/NaN gradients), where :meth:`step` never ran (W's factors are dropped too)."""
         self.inner.zero_grad(set_to_none=set_to_none)
-        self._end_fused_step()
+        if self.fused:
+            fs = self.model.hypernet.fused_step
+            fs.factors, fs.pending = None, False
 
     def step(self) -> None:
-        """Steps everything but W (W was stepped in backward when fused)."""
+        """Steps everything with the torch optimizer, then W from its factors when fused (after the
+        MLP, so that the next step's codes can be generated in the same pass over W)."""
         self.inner.step()
-        self._end_fused_step()
-
-    def _end_fused_step(self) -> None:
-        """The next backward may update W again (before this, it would be gradient accumulation)."""
         if self.fused:
-            self.model.hypernet.fused_step.pending = False
+            fs = self.model.hypernet.fused_step
+            fs.step(self.model)
+            fs.pending = False
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Global gradient-norm clipping over all trainable parameters (needs ``fused=False``)."""
         if self.fused:
-            raise RuntimeError("fused step: global gradient clipping needs W's gradient norm before W "
-                               f"is updated, but the fused step updates W inside backward; {_OPT_OUT}")
+            raise RuntimeError("fused step: global gradient clipping needs W's gradient norm, but the "
+                               f"fused step never forms W's gradient; {_OPT_OUT}")
         return torch.nn.utils.clip_grad_norm_([p for g in self.inner.param_groups for p in g["params"]],
                                               max_norm)
 
@@ -229,9 +307,16 @@ class HyperOptimizer:
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        saved = [len(g["params"]) for g in state["inner"]["param_groups"]]
+        here = [len(g["params"]) for g in self.inner.param_groups]
+        if saved[:1] and here[:1] and saved[0] == here[0] + 1:
+            raise ValueError("state: this optimizer state was saved while the hypernetwork had a separate "
+                             "output bias b beside θ0 (one parameter more); the model's weights load (b is "
+                             "folded into θ0) but this state cannot: resume with a fresh optimizer")
         self.inner.load_state_dict(state["inner"])
         if self.fused:
             fs = self.model.hypernet.fused_step
             for dst, src in zip(fs.state, state["fused"]["state"]):
                 dst.copy_(src)
             fs.step_count, fs.seed = state["fused"]["step"], state["fused"]["seed"]
+            fs.reset()  # a resumed run regenerates its first step's weights

@@ -31,7 +31,7 @@ def test_device_option_and_the_default_gpu_rows():
     assert _hyper_step.parse_args(["resnet20", "eager", "16,16,16", "sgd"]).device == "cpu"
     args, rows = bench_hyper.parse_rows(["--device", "cuda", "--out", "f.json"])
     assert rows == [[net, impl, "16,64,128", "sgd_momentum"] for net in ("vgg19_bn", "repvgg_a2")
-                    for impl in ("fused_bf16", "eager")]
+                    for impl in ("fused_bf16", "fused_bf16_unchained", "eager")]
     with pytest.raises(SystemExit):
         bench_hyper.parse_rows(["--out", "f.json"])  # only CUDA has default rows
     with pytest.raises(SystemExit):
@@ -48,6 +48,8 @@ def test_fused_bf16_builds_bf16_w_and_state_and_steps():
     assert W.dtype == torch.bfloat16 and W.grad is None
     assert fused.state[0].dtype == torch.bfloat16  # the momentum buffer
     assert fused.step_count == 1 and not torch.equal(W, before)
+    step()
+    assert fused.chained == 1  # the model draws γ, so the second step used the first's generation
 
 
 def test_byte_counts_are_the_bytes_of_what_each_op_reads_and_writes():

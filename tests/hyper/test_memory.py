@@ -23,7 +23,9 @@ def test_output_layer_gradient_and_state_sizes():
     fused = memory_estimate(net, hidden=(16, 16, 16), optimizer="sgd_momentum", dtype=torch.bfloat16,
                             state_dtype=torch.bfloat16, fused=True, gammas=2)
     assert fused["W"] == P * 16 * 2
-    assert fused["W_grad"] == 2 * P * 4  # only the factor dθ
+    assert fused["W_grad"] == 2 * 2 * P * 4  # only the factor dθ and the fused step's copy of it
+    assert fused["carried"] == 2 * P * 4  # the next step's W·z for both γ
+    assert eager["carried"] == 0
     assert fused["optimizer_state"] == P * 16 * 2
     assert fused["total"] == sum(v for k, v in fused.items() if k != "total")
 
@@ -37,7 +39,9 @@ def test_fused_theta0_gradient_shares_dtheta_for_one_gamma(gammas, fewer_gradien
         fused = memory_estimate(net, optimizer=optimizer, fused=True, gammas=gammas)
         eager = memory_estimate(net, optimizer=optimizer, fused=False, gammas=gammas)
         assert eager["other"] - fused["other"] == fewer_gradients * P * 4
-        assert fused["W_grad"] == gammas * P * 4
+        assert fused["W_grad"] == 2 * gammas * P * 4
+        unchained = memory_estimate(net, optimizer=optimizer, fused=True, gammas=gammas, chain=False)
+        assert fused["total"] - unchained["total"] == fused["carried"] == gammas * P * 4
 
 
 def test_activations_count_every_leaf_output_and_scale_with_batch():
