@@ -18,7 +18,9 @@ _interpreter_passed = 0
 
 
 def _interpreter_test_skipped_here(item) -> bool:
-    return "interpret" in item.keywords and not INTERPRET
+    """Interpreter tests skip on a GPU host, except those taking ``triton_device``: they run
+    their kernels on the GPU there."""
+    return "interpret" in item.keywords and not INTERPRET and "triton_device" not in item.fixturenames
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,6 +51,12 @@ def pytest_terminal_summary(terminalreporter):
     # .ci/run requires every collected interpreter test to pass: a skip is as red as a failure.
     terminalreporter.write_line(f"hyperkd: {_interpreter_passed} of {_interpreter_collected} "
                                 "interpreter tests passed")
+
+
+@pytest.fixture
+def triton_device():
+    """Where Triton kernels run: on CPU tensors under the interpreter, else on the GPU."""
+    return torch.device("cpu" if INTERPRET else "cuda")
 
 
 @pytest.fixture(autouse=True)

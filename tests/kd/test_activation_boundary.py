@@ -38,13 +38,15 @@ def test_cpu_batch_one_and_two(batch):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_matches_reference(dtype):
+def test_triton_matches_reference(dtype, triton_device):
     student, teacher = feature_pair([(2, 5, 3, 7), (2, 3, 4, 4)], dtype, channels_last_layer=1,
                                     requires_grad=False)
     masks = activation_boundary_teacher_summary(teacher)
     ref_terms, ref_grads, weights = _reference(student, teacher, 0.5)
     lam = weights.float()
-    terms, losses, grads = triton_ab.ab_loss(student, masks, lam, 0.5, True)
+    s, m = [x.to(triton_device) for x in student], [x.to(triton_device) for x in masks]
+    *out, grads = triton_ab.ab_loss(s, m, lam.to(triton_device), 0.5, True)
+    terms, losses, grads = *(x.cpu() for x in out), [g.cpu() for g in grads]
     assert losses.dtype == loss_dtype(dtype)
     assert_close(losses, ref_terms, loss_dtype(dtype))
     assert_close(terms, lam * losses, torch.float32)

@@ -37,15 +37,17 @@ def test_cpu_matches_reference(method, dtype):
 @pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("method", ["cwd", "fitnets"])
-def test_triton_matches_reference(method, dtype):
+def test_triton_matches_reference(method, dtype, triton_device):
     student, teacher = feature_pair([(2, 5, 3, 7), (2, 3, 4, 4)], dtype, channels_last_layer=1,
                                     requires_grad=False)
     ref_terms, ref_grads, weights = _reference(student, teacher, method)
     lam = weights.float()
+    s, t = [x.to(triton_device) for x in student], [x.to(triton_device) for x in teacher]
     if method == "cwd":
-        terms, losses, grads = triton_cw.cwd_loss(student, teacher, lam, TAU, True)
+        *out, grads = triton_cw.cwd_loss(s, t, lam.to(triton_device), TAU, True)
     else:
-        terms, losses, grads = triton_cw.fitnets_loss(student, teacher, lam, True)
+        *out, grads = triton_cw.fitnets_loss(s, t, lam.to(triton_device), True)
+    terms, losses, grads = *(x.cpu() for x in out), [g.cpu() for g in grads]
     assert losses.dtype == loss_dtype(dtype)
     assert_close(losses, ref_terms, loss_dtype(dtype))
     assert_close(terms, lam * losses, torch.float32)

@@ -52,10 +52,12 @@ def test_batch_of_two(method):
 @pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("method", ["sp", "rkd-da"])
-def test_cuda_path_matches_reference(method, dtype):
+def test_cuda_path_matches_reference(method, dtype, triton_device):
     student, teacher = feature_pair([(4, 3, 3, 5), (4, 2, 2, 2)], dtype, channels_last_layer=1,
                                     requires_grad=False)
     ref_terms, ref_grads, weights = _reference(student, teacher, method)
+    student, teacher = [s.to(triton_device) for s in student], [t.to(triton_device) for t in teacher]
+    weights = weights.to(triton_device)
     if method == "sp":
         summaries = [torch.nn.functional.normalize(g, dim=1, eps=1e-12) for g in rel.triton_rel.gram(teacher)]
         terms, grams = rel._sp_loss_cuda(student, summaries)
@@ -65,10 +67,10 @@ def test_cuda_path_matches_reference(method, dtype):
         terms, grams = rel._rkd_loss_cuda(student, summaries, 0.5, 0.5)
         grads = rel._rkd_loss_backward_cuda(weights.float(), student, summaries, grams, 0.5, 0.5)
     assert terms.dtype == loss_dtype(dtype)
-    assert_close(terms, ref_terms, loss_dtype(dtype))
+    assert_close(terms.cpu(), ref_terms, loss_dtype(dtype))
     for g, s, r in zip(grads, student, ref_grads):
         assert g.dtype == dtype and g.stride() == s.stride()
-        assert_close(g, r, dtype)
+        assert_close(g.cpu(), r, dtype)
 
 
 # Batch sizes off the Gram kernel's 3×4 tiles and the backward's 6-row blocks; widths off its

@@ -93,8 +93,10 @@ def test_cpp_gradcheck_fp64(kind, p, reduction):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind,p", KIND_P)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_interpreter_matches_reference(kind, p, reduction, dtype):
+def test_triton_interpreter_matches_reference(kind, p, reduction, dtype, triton_device):
     student, teacher = make_pairs([(3, 7, 7), (5, 4, 6)], batch=2, dtype=dtype)
+    student = [s.detach().to(triton_device).requires_grad_() for s in student]
+    teacher = [t.to(triton_device) for t in teacher]
     check_backend(triton_loss_and_grads, student, teacher, kind, p, reduction, lambdas=[0.5, 2.0])
 
 

@@ -68,9 +68,10 @@ def check(values, grads, index, tensors, activation, grad_out, eps=None):
     dtype (or of ``eps``: TF32 products on a GPU)."""
     dtype, width = tensors[0].dtype, tensors[-2].shape[1]
     ref, ref_grads = reference_values_and_grads(index, tensors, activation, grad_out)
+    assert values.dtype == dtype
     assert_within_rounding(values, ref, dtype, width, "values", eps)
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
-        assert got.shape == want.shape, name
+        assert got.shape == want.shape and got.dtype == dtype, name
         assert_within_rounding(got, want, dtype, width, name, eps)
 
 
@@ -82,14 +83,14 @@ CASES = [(37, 16, 3, 9, "sin"), (37, 16, 3, 9, "relu"), (5, 12, 0, 1, "sin"), (7
          (1, 8, 1, 25, "sin"), (300, 150, 1, 9, "sin"), (40, 300, 1, 9, "relu")]
 
 
-def check_pre_activations(saved, index, tensors, activation):
+def check_pre_activations(saved, index, tensors, activation, eps=None):
     """The stored buffer is z₀..z_NH of the reference, layer by layer."""
     width = tensors[-2].shape[1]
     with torch.no_grad():
         zs = pre_activations(index, *[t.double() for t in tensors[:5]], ACT[activation])
     assert saved.shape == (len(zs), len(index), width)
     for layer, (got, want) in enumerate(zip(saved, zs)):
-        assert_within_rounding(got, want, tensors[0].dtype, width, f"pre-activations {layer}")
+        assert_within_rounding(got, want, tensors[0].dtype, width, f"pre-activations {layer}", eps)
 
 
 @pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
@@ -142,18 +143,22 @@ def test_cpp_sine_backward_beyond_the_fast_reduction_range(hidden):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
 @pytest.mark.parametrize("n,width,hidden,out,activation",
                          [(37, 16, 2, 9, "sin"), (20, 12, 1, 9, "relu"), (9, 16, 0, 9, "sin")])
-def test_triton_matches_reference(n, width, hidden, out, activation, save):
-    index, tensors = make_inputs(n, width, hidden, out, activation=activation)
-    plain = [t.detach() for t in tensors]
-    y, saved = triton_decode.siren_decode(index, *plain, ACT[activation], save)
+def test_triton_matches_reference(n, width, hidden, out, activation, save, dtype, triton_device):
+    index, tensors = make_inputs(n, width, hidden, out, dtype=dtype, activation=activation)
+    plain = [t.detach().to(triton_device) for t in tensors]
+    y, saved = triton_decode.siren_decode(index.to(triton_device), *plain, ACT[activation], save)
+    # On a GPU tl.dot multiplies fp32 in TF32, whose eps (2^-10) is fp16's.
+    eps = 2.0 ** -10 if triton_device.type == "cuda" else None
     if save:
-        check_pre_activations(saved, index, plain, activation)
-    grad_out = torch.randn(y.shape)
-    grads = triton_decode.siren_decode_backward(grad_out, index, *plain, ACT[activation], saved)
-    check(y, grads, index, tensors, activation, grad_out)
+        check_pre_activations(saved.cpu(), index, tensors, activation, eps)
+    grad_out = torch.randn(y.shape, dtype=dtype)
+    grads = triton_decode.siren_decode_backward(grad_out.to(triton_device), index.to(triton_device),
+                                                *plain, ACT[activation], saved)
+    check(y.cpu(), [g.cpu() for g in grads], index, tensors, activation, grad_out, eps)
 
 
 @pytest.mark.interpret
