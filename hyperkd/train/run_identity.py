@@ -122,9 +122,13 @@ def check_out_dir(out: Path, identity: Optional[dict] = None, *, resume: bool = 
         raise ValueError(f"--out: {out} already holds {state}; continue it with --resume, {afresh}"
                          f"or choose another --out")
     if identity is not None and (out / "last.pt").exists():
-        check_same_run(stored_identity(out, "last.pt"), identity, out, ignore=("epochs",),
+        stored = stored_identity(out, "last.pt")
+        check_same_run(stored, identity, out, ignore=("epochs",),
                        remedy="resume only with the run's own flags (--epochs may grow), or choose "
                               "another --out")
+        if identity.get("epochs", 0) < stored.get("epochs", 0):
+            raise ValueError(f"--epochs: the run in {out} is planned for {stored['epochs']} epochs; a resume "
+                             f"may extend it, not shorten it (got {identity['epochs']})")
 
 
 def _check_writable(out: Path) -> None:

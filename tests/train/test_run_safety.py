@@ -67,6 +67,8 @@ def test_resume_refuses_another_runs_checkpoint_naming_the_flag(tmp_path):
         trainer(tmp_path, identity={**IDENTITY, "hidden": [4, 16]}).fit(2, resume=True)
     with pytest.raises(ValueError, match="--resume and --overwrite|excludes --resume"):
         check_out_dir(tmp_path, IDENTITY, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match=r"^--epochs: .* planned for 2 epochs; a resume may extend it, not shorten"):
+        trainer(tmp_path, identity={**IDENTITY, "epochs": 1}).fit(1, resume=True)
 
 
 @pytest.mark.parametrize("change", [dict(kd="ab"), dict(model="resnet32"), dict(hidden=(4, 16)),
