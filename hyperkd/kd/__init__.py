@@ -5,6 +5,7 @@ from hyperkd.kd import dkd as _dkd  # noqa: F401  (registers dkd)
 from hyperkd.kd import jsd as _jsd  # noqa: F401  (registers jsd:map=...)
 from hyperkd.kd.base import LayerwiseMethod
 from hyperkd.kd.factor_transfer import FactorTransfer, Paraphraser, Translator, pretrain_paraphrasers
+from hyperkd.kd.gnorp import GNoRP, parse_weight
 from hyperkd.kd.jacobian import JacobianMatching
 from hyperkd.kd.layerkd import LayerKD
 from hyperkd.kd.layerwise import layerwise_loss, layerwise_terms
@@ -13,7 +14,8 @@ from hyperkd.kd.registry import describe, make_method, methods, parse_method
 from hyperkd.kd.schedules import GaussianSpike, Schedule, Uniform
 from hyperkd.kd.taps import FeatureTaps, modules_of_type
 
-__all__ = ["FactorTransfer", "FeatureTaps", "GaussianSpike", "JacobianMatching", "ModularAffinityKD", "Paraphraser",
+__all__ = ["FactorTransfer", "FeatureTaps", "GNoRP", "GaussianSpike", "JacobianMatching", "ModularAffinityKD",
+           "Paraphraser",
            "Translator", "describe", "pretrain_paraphrasers", "LayerKD", "LayerwiseMethod", "Schedule", "Uniform",
            "layerwise_loss", "layerwise_terms", "make_method", "methods", "modules_of_type",
-           "parse_method"]
+           "parse_method", "parse_weight"]
