@@ -1,6 +1,7 @@
 """pytest-benchmark set-up: device selection, the stamp (machine, versions, commit, date) and the
-machine's rates before and after the run in the JSON, and, with ``--results FILE``, the run's rows
-appended to that suite's JSON-lines file (``hyperkd bench`` passes ``bench/results/<suite>.jsonl``)."""
+machine's rates before and after the run in the JSON, and, with ``--results FILE``, each case's row
+appended to that suite's JSON-lines file as it finishes (``hyperkd bench`` passes
+``bench/results/<suite>.jsonl``)."""
 import os
 
 import pytest
@@ -28,14 +29,27 @@ def full(request):
 
 
 def pytest_sessionstart(session):
-    session.config.machine_rates_before = machine_rates(DEVICE)
+    session.config.run_stamp = {**stamp(DEVICE), "machine_rates": {"before": machine_rates(DEVICE)}}
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["hyperkd"] = {**stamp(DEVICE), "machine_rates": {
-        "before": config.machine_rates_before, "after": machine_rates(DEVICE)}}
-    if config.getoption("--results"):
-        append_rows(config.getoption("--results"), rows_from_benchmark_json(output_json))
+    rates = config.run_stamp["machine_rates"]
+    output_json["hyperkd"] = {**config.run_stamp, "machine_rates": {**rates, "after": machine_rates(DEVICE)}}
+
+
+@pytest.fixture(autouse=True)
+def results_row(request):
+    """With ``--results``, appends each case's row as soon as the case has run, stamped with the
+    run's stamp, so a run that is stopped (or killed for memory) keeps what it measured."""
+    path = request.config.getoption("--results")
+    bench = request.getfixturevalue("benchmark") if path and "benchmark" in request.fixturenames else None
+    yield
+    if bench is None or bench.stats is None:  # skipped, or failed before it was timed
+        return
+    stats = bench.stats.stats
+    measured = {"extra_info": bench.extra_info,
+                "stats": {"median": stats.median, "iqr": stats.iqr, "rounds": stats.rounds}}
+    append_rows(path, rows_from_benchmark_json({"hyperkd": request.config.run_stamp, "benchmarks": [measured]}))
 
 
 @pytest.fixture(autouse=True)
