@@ -8,6 +8,7 @@ from torch import nn
 
 from hyperkd.train.layer_lr import SHARED, LayerLR, ema_inverse, relative
 from hyperkd.train.optim import lr_schedule, sgd
+from tests.train.conftest import tiny_digits  # noqa: F401  (the fixture: a few dozen digits)
 
 # Per epoch, per step: the divergences of layers "0" and "2".
 DIVERGENCES = [
@@ -125,3 +126,32 @@ def test_bad_options_are_named(options, message):
 def test_unknown_layer_is_named():
     with pytest.raises(ValueError, match="'9' is not a module"):
         LayerLR().param_groups(net(), ["0", "9"], lr=0.1)
+
+
+def test_driver_updates_the_crucial_rates_from_the_logged_divergences(tiny_digits, tmp_path):
+    import json
+
+    from hyperkd import models
+    from hyperkd.train.layer_lr_run import train_with_layer_lr
+
+    torch.manual_seed(0)
+    torch.save({"model": models.create("resnet18_x0_25", num_classes=10).state_dict()}, tmp_path / "t.pt")
+    train_with_layer_lr(tmp_path / "run", teacher_checkpoint=tmp_path / "t.pt", teacher_model="resnet18_x0_25",
+                        model="resnet10_x0_25", kd="jsd:map=attention", lr_mode="layerwise", every=1,
+                        epochs=2, lr=0.05, batch_size=48)
+    first, second = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    layers = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+    assert set(second["layer_divergence"]) == set(layers)
+    for j in layers:
+        # The epoch-0 mean of the logged per-layer term, and the rule with m starting at it.
+        assert second["layer_divergence"][j] == pytest.approx(first[f"kd/jsd/{j}"], rel=1e-5)
+        expected = 0.9 * 0.05 + 0.1 * 0.05 / (first[f"kd/jsd/{j}"] + 1e-8)
+        assert second["layer_lr"][j] == pytest.approx(expected, rel=1e-4)
+    assert second["lr"] == pytest.approx(0.005)  # the shared group, after the milestone at epoch 1
+
+
+def test_driver_rejects_an_unknown_lr_mode(tmp_path):
+    from hyperkd.train.layer_lr_run import train_with_layer_lr
+
+    with pytest.raises(ValueError, match="lr_mode: expected one of none, constant, layerwise"):
+        train_with_layer_lr(tmp_path, teacher_checkpoint=tmp_path / "t.pt", lr_mode="cyclic")
