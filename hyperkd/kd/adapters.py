@@ -12,8 +12,8 @@ from hyperkd.ops import attention_transfer as at_ops
 from hyperkd.ops import channelwise as cw_ops
 from hyperkd.ops import relational as rel_ops
 from hyperkd.ops._checks import accumulation_dtype
-from hyperkd.reference.fsp import fsp_losses
-from hyperkd.reference.logit import logit_kd_loss
+from hyperkd.kd.fsp import fsp_losses
+from hyperkd.kd.logit import logit_kd_loss
 
 
 def _positive(x):

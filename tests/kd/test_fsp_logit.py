@@ -99,3 +99,17 @@ def test_logit_kd_rejects_feature_maps():
     f = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"logit:T=4: layer 0 expects B×K logits"):
         kd.layerwise_loss("logit", [f], [f])
+
+
+def test_production_fsp_and_logit_losses_match_their_oracles():
+    from hyperkd.kd.fsp import fsp_losses
+    from hyperkd.kd.logit import logit_kd_loss
+    from hyperkd.reference import fsp as fsp_ref
+    from hyperkd.reference import logit as logit_ref
+
+    torch.manual_seed(0)
+    s = [torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 6, 4, 4, dtype=torch.float64)]
+    t = [torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 6, 4, 4, dtype=torch.float64)]
+    torch.testing.assert_close(fsp_losses([tuple(s)], [tuple(t)]), fsp_ref.fsp_losses([tuple(s)], [tuple(t)]))
+    zs, zt = torch.randn(5, 10, dtype=torch.float64), torch.randn(5, 10, dtype=torch.float64)
+    torch.testing.assert_close(logit_kd_loss(zs, zt, 3.0), logit_ref.logit_kd_loss(zs, zt, 3.0))
