@@ -153,3 +153,29 @@ def test_fused_step_under_ddp_matches_unfused_ddp_and_one_process(tmp_path):
     assert ranks[0]["bf16"]["hypernet.W"].dtype == torch.bfloat16
     for name, value in ranks[0]["bf16"].items():
         assert torch.equal(ranks[1]["bf16"][name], value), name
+
+
+def test_shard_splits_a_seeded_shuffle_between_the_ranks(monkeypatch):
+    """shuffle=True: a DistributedSampler gives rank r every world_size-th index of one seeded
+    permutation (seed + epoch), so the ranks' shards are disjoint and cover the data, the same on
+    every call with the same seed and another after set_epoch."""
+    from torch.utils.data import DistributedSampler
+
+    from hyperkd import runtime
+
+    loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=3)
+    monkeypatch.setattr(runtime, "active", lambda: True)
+    monkeypatch.setattr(runtime, "world_size", lambda: 2)
+
+    def order(rank, epoch, seed=3):
+        monkeypatch.setattr(runtime, "rank", lambda: rank)
+        sharded = distributed.shard(loader, shuffle=True, seed=seed)
+        assert isinstance(sharded.sampler, DistributedSampler) and sharded.batch_size == 3
+        sharded.sampler.set_epoch(epoch)
+        return [int(v) for (x,) in sharded for v in x]
+
+    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert permutation != sorted(permutation)
+    assert [order(0, 0), order(1, 0)] == [permutation[0::2], permutation[1::2]]
+    assert order(0, 0) == permutation[0::2]
+    assert order(0, 1) != permutation[0::2]
