@@ -45,7 +45,8 @@ def train_with_layer_lr(out: Path, *, teacher_checkpoint: Path, teacher_model: s
                         overwrite: bool = False) -> dict:
     """Trains ``model`` from ``teacher_checkpoint`` with ``kd`` (``"none"`` for CE alone) at the
     crucial layers; writes metrics.jsonl (with ``layer_lr`` and ``layer_divergence`` per epoch in
-    ``"layerwise"`` mode), summary.json and the checkpoints; returns the best epoch's record."""
+    ``"layerwise"`` mode, also plotted to ``layer_lr.png``), summary.json and the checkpoints;
+    returns the best epoch's record."""
     if lr_mode not in LR_MODES:
         raise ValueError(f"lr_mode: expected one of {', '.join(LR_MODES)}, got {lr_mode!r}")
     torch.manual_seed(seed)
@@ -85,6 +86,36 @@ def train_with_layer_lr(out: Path, *, teacher_checkpoint: Path, teacher_model: s
                       scheduler=scheduler, predict=step.predict, on_epoch=on_epoch, progress=progress,
                       stateful={"layer_lr": layer_lr} if layer_lr is not None else {}, overwrite=overwrite)
     try:
-        return trainer.fit(epochs)
+        best = trainer.fit(epochs)
     finally:
         step.remove()
+    if layer_lr is not None:
+        plot_layer_rates(out / "metrics.jsonl", out / "layer_lr.png")
+    return best
+
+
+def plot_layer_rates(metrics: Path, path: Path) -> Path:
+    """Per crucial layer over epochs: its rate (``layer_lr``) and its mean map divergence
+    (``layer_divergence``, of the epoch before), from a run's metrics.jsonl, as one PNG."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ("layer_lr", "layer_divergence"), ("learning rate", "JSD (epoch before)")):
+        series = [(r["epoch"], r[key]) for r in records if r.get(key)]
+        for layer in dict.fromkeys(k for _, values in series for k in values):
+            ax.plot([e for e, v in series], [v[layer] for _, v in series], marker="o", markersize=3, label=layer)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

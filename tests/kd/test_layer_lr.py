@@ -148,6 +148,7 @@ def test_driver_updates_the_crucial_rates_from_the_logged_divergences(tiny_digit
         expected = 0.9 * 0.05 + 0.1 * 0.05 / (first[f"kd/jsd/{j}"] + 1e-8)
         assert second["layer_lr"][j] == pytest.approx(expected, rel=1e-4)
     assert second["lr"] == pytest.approx(0.005)  # the shared group, after the milestone at epoch 1
+    assert (tmp_path / "run" / "layer_lr.png").stat().st_size > 0
 
 
 def test_driver_rejects_an_unknown_lr_mode(tmp_path):
