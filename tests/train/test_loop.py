@@ -87,7 +87,7 @@ def test_model_selection_records_test_accuracy_only_on_improvement(tmp_path):
 
 def test_nan_loss_stops_and_names_the_term(tmp_path):
     trainer = make_trainer(tmp_path)
-    trainer.loss_fn = lambda x, y: (trainer.model(x), {"kd/layer3": torch.tensor(float("nan"))})
+    trainer.train_step = lambda x, y, epoch: StepOutput.of(trainer.model(x), {"kd/layer3": torch.tensor(float("nan"))})
     with pytest.raises(NonFiniteLossError, match="'kd/layer3' is nan at epoch 0, step 0"):
         trainer.fit(1)
 
@@ -105,8 +105,8 @@ def test_logged_values_are_checked_and_averaged_but_not_minimised(tmp_path):
     trainer.fit(1)
     record = trainer.metrics.records()[0]
     assert record["kd/conv1"] == pytest.approx(2.0) and record["loss"] == pytest.approx(record["ce"])
-    trainer.loss_fn = lambda x, y: (model(x), {"ce": torch.tensor(1.0, requires_grad=True)},
-                                    {"kd/conv2": torch.tensor(float("inf"))})
+    trainer.train_step = lambda x, y, epoch: StepOutput.of(model(x), {"ce": torch.tensor(1.0, requires_grad=True)},
+                                                           {"kd/conv2": torch.tensor(float("inf"))})
     with pytest.raises(NonFiniteLossError, match="'kd/conv2' is inf"):
         trainer.fit(2, resume=True)
 
