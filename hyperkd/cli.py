@@ -12,14 +12,17 @@ import sys
 from hyperkd.config import add_config_argument, apply_config, config_path
 
 DESCRIPTION = "hypernetworks trained with fused layer-wise knowledge distillation"
-COMMANDS = ("demo", "train", "sweep", "plan", "teacher", "eval", "models", "bench", "siren")
+COMMANDS = ("demo", "train", "sweep", "plan", "teacher", "eval", "models", "bench", "siren", "gtn-eval",
+            "makd-search")
 # Commands whose flags may also come from a YAML --config file.
 CONFIGURABLE = ("train", "sweep", "teacher", "siren")
 # What to do after Ctrl-C, per command that can continue where it stopped.
 CONTINUE = {"train": "continue with --resume", "teacher": "continue with --resume",
             "siren": "continue with --resume",
             "sweep": "run the same command again to continue (finished runs are skipped)",
-            "demo": "run the same command again to continue (finished stages are skipped)"}
+            "demo": "run the same command again to continue (finished stages are skipped)",
+            "gtn-eval": "run the same command again to continue (finished runs are skipped)",
+            "makd-search": "run the same command again to continue (finished variants are skipped)"}
 # What a user's input can make go wrong: bad values, files, folders, a diverging loss.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, argparse.ArgumentTypeError)
 
@@ -52,7 +55,7 @@ def build_parser(command=None):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
     for name in COMMANDS:
-        module = importlib.import_module(f"hyperkd.commands.{name}")
+        module = importlib.import_module(f"hyperkd.commands.{name.replace('-', '_')}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP,
                              formatter_class=DefaultsHelpFormatter)
         if name == command:
@@ -72,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if command is None:
         return parser.parse_args(argv)
     rest = argv[argv.index(command) + 1:]
-    module = importlib.import_module(f"hyperkd.commands.{command}")
+    module = importlib.import_module(f"hyperkd.commands.{command.replace('-', '_')}")
     if getattr(module, "lists_only", None) is not None and module.lists_only(rest):
         for action in commands[command]._actions:  # e.g. `train --kd list` needs no --model or --out
             action.required = False
