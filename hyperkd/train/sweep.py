@@ -207,13 +207,19 @@ def validation_curves(out: Path, results: Dict[str, List[dict]]) -> Dict[str, Li
     ``metrics.jsonl``); no curve for a method none of whose runs finished."""
     curves = {}
     for method, runs in results.items():
-        per_seed = []
-        for run in _finished(runs):
-            lines = (run_dir(out, method, run["seed"]) / "metrics.jsonl").read_text().splitlines()
-            per_seed.append([json.loads(line)["val_acc"] for line in lines if line.strip()])
+        per_seed = seed_curves(out, method, runs)
         if per_seed:
             length = min(len(c) for c in per_seed)
             curves[method] = [statistics.fmean(c[e] for c in per_seed) for e in range(length)]
+    return curves
+
+
+def seed_curves(out: Path, method: str, runs: List[dict]) -> List[List[float]]:
+    """Validation accuracy per epoch of each finished run of ``method`` (from ``metrics.jsonl``)."""
+    curves = []
+    for run in _finished(runs):
+        lines = (run_dir(out, method, run["seed"]) / "metrics.jsonl").read_text().splitlines()
+        curves.append([json.loads(line)["val_acc"] for line in lines if line.strip()])
     return curves
 
 
