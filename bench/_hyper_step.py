@@ -19,7 +19,9 @@ entry point that reports its time and peak memory.
 - ``primary``: the network alone, no hypernetwork: the footprint the hypernetwork adds to.
 
 Usage: python bench/_hyper_step.py NETWORK IMPL HIDDEN OPTIMIZER [STEPS] [--device cpu|cuda]  → one
-JSON line with the median step time after one warm-up step and the peak memory: the process's
+JSON line with the median step time after one warm-up step (wall, and ``step_cpu_s``: the
+process's CPU seconds, all threads, which other processes on a shared machine disturb less, though
+thread spin-waits count) and the peak memory: the process's
 peak RSS on the CPU (``peak_rss_bytes``), ``torch.cuda.max_memory_allocated()`` since the process
 started on CUDA (``peak_cuda_allocated_bytes``: W, its state and gradient, activations).
 """
@@ -28,6 +30,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -199,12 +202,17 @@ def main(argv):
     model, _, step = build(args.network, args.impl, tuple(int(h) for h in args.hidden.split(",")),
                            args.optimizer, device)
     step()  # warm-up: allocates the optimizer state (and compiles the Triton kernels on CUDA)
-    times = [timed(step, device) for _ in range(args.steps)]
+    times, cpu_times = [], []
+    for _ in range(args.steps):
+        cpu0 = time.process_time()
+        times.append(timed(step, device))
+        cpu_times.append(time.process_time() - cpu0)
     peak = "peak_rss_bytes" if device.type == "cpu" else "peak_cuda_allocated_bytes"
     chained = getattr(getattr(model, "hypernet", None), "fused_step", None)
     print(json.dumps({"network": args.network, "impl": args.impl, "hidden": args.hidden,
                       "optimizer": args.optimizer, "device": device.type, "step_s": statistics.median(times),
-                      "step_times_s": times, peak: peak_memory_bytes(device),
+                      "step_times_s": times, "step_cpu_s": statistics.median(cpu_times),
+                      peak: peak_memory_bytes(device),
                       "w_bytes_per_step": w_bytes_per_step(model, args.impl, args.optimizer),
                       "chained_steps": None if chained is None else chained.chained}))
 
