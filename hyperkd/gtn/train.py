@@ -8,6 +8,7 @@ checkpoint=)`` loads for the KD stage); the branches and adapters are under ``st
 accuracy on the sampled paths and its validation accuracy on paths drawn per batch from a fixed
 seed (the supplementary's Figure 1); ``accuracy.png`` plots them.
 """
+import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -221,13 +222,13 @@ def _train_step(teacher, stages, branches, cfg: GraftConfig):
 
 
 def plot_accuracy(metrics: Path, png: Path) -> None:
-    """Teacher and branch accuracies per epoch (train: dashed, validation: solid)."""
-    import json
-
+    """Teacher and branch accuracies per epoch (validation: solid, train: dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hyperkd.train.sweep import finish_accuracy_plot
 
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not records:
@@ -239,12 +240,6 @@ def plot_accuracy(metrics: Path, png: Path) -> None:
     for label, val_key, train_key in curves:
         if val_key not in records[0]:
             continue
-        line, = ax.plot(epochs, [r[val_key] for r in records], label=f"{label} (val)")
-        ax.plot(epochs, [r.get(train_key) for r in records], "--", color=line.get_color(), alpha=0.6)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("top-1 accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+        line, = ax.plot(epochs, [100 * r[val_key] for r in records], label=f"{label} (val)")
+        ax.plot(epochs, [100 * r[train_key] for r in records], "--", color=line.get_color(), alpha=0.6)
+    finish_accuracy_plot(fig, ax, png, None, "teacher and grafted branches", "top-1 accuracy (%)")
