@@ -282,3 +282,28 @@ def test_resume_regenerates_and_continues_bit_for_bit():
     for name, p in resumed.named_parameters():
         if name not in generated:
             assert torch.equal(p, params[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_chained_steps_match_the_unchained_sequence(weight_dtype):
+    # Triton: the update's generation and the generation op sum in their own orders, so the runs
+    # agree to fp32 rounding; with bf16 W such a difference can tip a stochastic rounding to the
+    # other neighbour, so bf16's tolerance.
+    base = hypernetize(NETS["vgg"]().cuda(), hidden=(8, 16), weight_dtype=weight_dtype)
+    runs = []
+    for chain in (True, False):
+        model = copy.deepcopy(base)
+        torch.manual_seed(0)
+        opt = HyperOptimizer(model, "sgd", lr=1e-2, momentum=0.9, chain=chain,
+                             state_dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+        torch.manual_seed(6)
+        losses = train(model, opt, [(x.cuda(), y.cuda()) for x, y in data(steps=6)])
+        runs.append((model, opt, losses))
+    (chained, chained_opt, chained_losses), (plain, _, plain_losses) = runs
+    assert chained_opt.model.hypernet.fused_step.chained == 5
+    dtype = weight_dtype  # the tolerance of W's storage
+    assert_close(chained_losses.cpu(), plain_losses.cpu(), dtype, scale=6)
+    plain_params = dict(plain.named_parameters())
+    for name, p in chained.named_parameters():
+        assert_close(p.float().cpu(), plain_params[name].float().cpu(), dtype, scale=6, msg=name)
