@@ -32,30 +32,16 @@ def add_arguments(parser) -> None:
 def evaluate(model, loader, device, progress: bool = True) -> Dict[str, float]:
     """Top-k accuracies in percent over ``loader`` and the number of images seen. Off a terminal
     the progress bar is drawn only at its start and end (one line in a log)."""
-    import torch
     from tqdm import tqdm
 
-    model.eval().to(device)
-    correct = dict.fromkeys(TOP_K, 0)
-    seen = 0
+    from hyperkd.runtime import topk_correct
+
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress,
                mininterval=0.1 if sys.stderr.isatty() else float("inf"))
-    with torch.no_grad():
-        for images, labels in bar:
-            seen += _count_hits(model(images.to(device, non_blocking=True)),
-                                labels.to(device, non_blocking=True), correct)
+    correct, seen = topk_correct(model.eval().to(device), bar, device, TOP_K)
     if seen == 0:
         raise ValueError("the evaluated split is empty")
-    return {**{f"top{k}": 100.0 * correct[k] / seen for k in TOP_K}, "images": seen}
-
-
-def _count_hits(logits, labels, correct: dict) -> int:
-    """Adds each top-k's hits of one batch to ``correct``; returns the batch's size."""
-    ranked = logits.topk(min(max(TOP_K), logits.shape[1]), dim=1).indices
-    hits = ranked == labels.unsqueeze(1)
-    for k in TOP_K:
-        correct[k] += hits[:, :k].any(dim=1).sum().item()
-    return labels.numel()
+    return {**{f"top{k}": 100.0 * c / seen for k, c in zip(TOP_K, correct)}, "images": seen}
 
 
 def load_model(name: str, checkpoint, num_classes: int, gamma: float):

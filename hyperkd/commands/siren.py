@@ -117,15 +117,9 @@ def _predictor(phases, original, source: Path, options: dict):
 
 
 def evaluate(net, loader, device) -> float:
-    import torch
+    from hyperkd.runtime import accuracy
 
-    net = net.to(device).eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
-            total += len(y)
-    return correct / max(total, 1)
+    return accuracy(net.to(device).eval(), loader, device)
 
 
 def analyse(original, rep, loader, out: Path) -> int:

@@ -11,6 +11,8 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from hyperkd import runtime
+
 from hyperkd.siren.phases import distance, interpolate
 
 
@@ -27,14 +29,9 @@ def s_ratios(net: nn.Module) -> List[tuple]:
             if isinstance(m, nn.Conv2d) and min(m.weight.shape[0], m.weight[0].numel()) > 1]
 
 
-@torch.no_grad()
 def accuracy(net: nn.Module, loader) -> float:
-    net.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((net(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    """Top-1 accuracy of ``net`` (evaluated where its weights live)."""
+    return runtime.accuracy(net.eval(), loader, next(net.parameters()).device)
 
 
 def interpolation_curve(original: nn.Module, reconstructed: nn.Module, loader,

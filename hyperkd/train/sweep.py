@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from hyperkd import data, models
-from hyperkd.commands.eval import evaluate
+from hyperkd.runtime import accuracy
 from hyperkd.train.loop import NonFiniteLossError
 from hyperkd.train.run_identity import check_same_run, stored_identity, student_identity
 from hyperkd.train.student import StudentConfig, parse_term, train_student
@@ -122,9 +122,9 @@ def divergence(stop: NonFiniteLossError) -> dict:
 
 def teacher_accuracy(cfg: StudentConfig, device: torch.device) -> float:
     """The teacher checkpoint's top-1 test accuracy on the sweep's data set."""
-    net = models.create(cfg.model, num_classes=data.NUM_CLASSES[cfg.data], checkpoint=cfg.teacher)
+    net = models.create(cfg.teacher_arch, num_classes=data.NUM_CLASSES[cfg.data], checkpoint=cfg.teacher)
     _, _, test = data.loaders(cfg.data, 256, root=cfg.data_root, augment=False)
-    return evaluate(net, test, device, progress=False)["top1"] / 100
+    return accuracy(net.to(device).eval(), test, device)
 
 
 def _mean_std(values: Sequence[float]) -> tuple:

@@ -6,27 +6,12 @@ import torch
 from torch import nn
 
 from hyperkd import data, models
+from hyperkd.runtime import resolve_device  # noqa: F401  (the commands import it from here too)
 from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
 from hyperkd.train.step import StepOutput
 from hyperkd.train.optim import SCHEDULES, lr_schedule, sgd
 from hyperkd.train.run_identity import teacher_identity
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: this rank's GPU under torchrun, the GPU when there is one, else the CPU."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", torch.cuda.current_device() if distributed.active() else 0)
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device: {name!r} is not a torch device (expected auto, cpu or "
-                         f"cuda[:N])") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {name!r} requested but CUDA is not available")
-    return device
 
 
 def check_seed(seed) -> None:
