@@ -85,14 +85,18 @@ class TeacherStages(nn.Module):
         return x, kept
 
     @torch.no_grad()
-    def _find_cuts(self, resolutions, example) -> List[int]:
-        """Index of the last module whose output has each resolution (raises if one is missing)."""
+    def _probe(self, example: torch.Tensor, keep: Sequence[int]) -> List[torch.Tensor]:
+        """The kept outputs on ``example`` in eval mode (running statistics untouched)."""
         mode = self.teacher.training
         self.teacher.eval()
         try:
-            _, outputs = self._run(example, keep=range(len(self._sequence)))
+            return self._run(example, keep)[1]
         finally:
             self.teacher.train(mode)
+
+    def _find_cuts(self, resolutions, example) -> List[int]:
+        """Index of the last module whose output has each resolution (raises if one is missing)."""
+        outputs = self._probe(example, keep=range(len(self._sequence)))
         sizes = [tuple(h.shape[-2:]) if h.dim() == 4 else None for h in outputs]
         cuts = []
         for r in resolutions:
@@ -108,14 +112,7 @@ class TeacherStages(nn.Module):
 
     def widths(self, example: torch.Tensor) -> List[int]:
         """Channel counts of the stage outputs."""
-        with torch.no_grad():
-            mode = self.teacher.training
-            self.teacher.eval()
-            try:
-                _, kept = self._run(example, keep=self.cuts)
-            finally:
-                self.teacher.train(mode)
-        return [h.shape[1] for h in kept]
+        return [h.shape[1] for h in self._probe(example, keep=self.cuts)]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         return self._run(x, keep=self.cuts)

@@ -89,3 +89,10 @@ def test_nas_students_by_name():
     assert isinstance(net, NasNet) and net(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     with pytest.raises(ValueError, match="unknown supernet preset 'huge'"):
         models.create("nas_huge:k3d2-k3d2-k3d2-k3d2-k3d2-k3d2")
+
+
+def test_path_distribution_weights_are_followed():
+    net = Supernet(SMALL, num_classes=3)
+    net.probs = [[1.0 if op == names[-1] else 0.0 for op in names] for names in net.candidates()]
+    rng = random.Random(0)
+    assert {net.sample(rng) for _ in range(5)} == {tuple(names[-1] for names in net.candidates())}
