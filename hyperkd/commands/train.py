@@ -30,6 +30,17 @@ def _hidden_flag(text: str) -> tuple:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _kd_weight_flag(text: str):
+    """A number β, or a weighting rule (``gnorp:r=3.5``) kept as its text and parsed by the run."""
+    from hyperkd.kd.gnorp import parse_weight
+
+    try:
+        weight = parse_weight(text)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return weight if isinstance(weight, float) else text
+
+
 def add_student_arguments(parser, *, single_run: bool = True) -> None:
     """The flags of one student run, shared with ``hyperkd sweep``, which sets the method and the
     seed itself and resumes on its own (``single_run=False``)."""
@@ -84,7 +95,9 @@ def add_student_arguments(parser, *, single_run: bool = True) -> None:
     parser.add_argument("--weight-decay", type=float, default=default["weight_decay"])
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=default["lr_schedule"])
     parser.add_argument("--lambda0", type=float, default=default["lambda0"], help="weight of the cross-entropy term (A.4)")
-    parser.add_argument("--kd-weight", type=float, default=default["kd_weight"], help="factor β on the KD sum Σ λ_m L_m")
+    parser.add_argument("--kd-weight", type=_kd_weight_flag, default=default["kd_weight"],
+                        help="factor β on the KD sum Σ λ_m L_m, or gnorp:r=R for GNoRP's automatic λ "
+                             "(the KD gradient at the features held at R times the main loss's)")
     parser.add_argument("--ft-epochs", type=int, default=default["ft_epochs"], help="FT paraphraser pretraining epochs")
     parser.add_argument("--fused-step", action="store_true", help="update W in place inside backward")
     parser.add_argument("--state-dtype", choices=sorted(DTYPES), default=default["state_dtype"],

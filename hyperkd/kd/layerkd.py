@@ -134,7 +134,11 @@ class LayerKD(nn.Module):
         if self.regressors is not None:
             student = [r(f) for r, f in zip(self.regressors, student)]
         student = [self._as_input(f) for f in student]
-        lambdas = [weight * lam for lam in self.lambdas(epoch, epochs)]
+        lambdas = self.lambdas(epoch, epochs)
+        if isinstance(weight, torch.Tensor):  # an adaptive weight (GNoRP's λ) stays on the device
+            lambdas = weight * torch.tensor(lambdas, dtype=weight.dtype, device=weight.device)
+        else:
+            lambdas = [weight * lam for lam in lambdas]
         total, terms = self.method.weighted(student, summaries, lambdas)
         if self.debug:
             check_finite_terms(terms, self.term_names())

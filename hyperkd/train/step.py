@@ -42,14 +42,20 @@ class StepOutput:
 
 @dataclass
 class KDTerm:
-    """One KD method of a step: its label in the log, its LayerKD and its weight β (a number, or a
-    weighting rule with a ``weight`` attribute, such as GNoRP)."""
+    """One KD method of a step: its label in the log, its LayerKD and its weight: a number (β·w_k),
+    or a weighting rule (a module with ``weight`` and ``update``, such as
+    :class:`~hyperkd.kd.gnorp.GNoRP`) whose λ is multiplied by ``scale`` (w_k)."""
     label: str
     layerkd: LayerKD
     weight: object = 1.0
+    scale: float = 1.0
+
+    @property
+    def adaptive(self) -> bool:
+        return isinstance(self.weight, nn.Module)
 
     def current_weight(self):
-        return getattr(self.weight, "weight", self.weight)
+        return self.weight.weight * self.scale if self.adaptive else self.weight
 
 
 class DistillStep(nn.Module):
@@ -74,13 +80,19 @@ class DistillStep(nn.Module):
         self.kd_terms = list(terms)
         # Registered so that regressors (adapters) and FT's translators move and checkpoint with it.
         self.layerkds = nn.ModuleList(t.layerkd for t in self.kd_terms)
+        self.weightings = nn.ModuleList(t.weight for t in self.kd_terms if t.adaptive)
         self.epochs, self.lambda0 = epochs, lambda0
         self.generate, self.gamma = generate, gamma
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
         self.memory_format = memory_format
         self.cross_entropy = nn.CrossEntropyLoss()
-        self._teacher_graph = any(t.layerkd.method.summary_needs_graph for t in self.kd_terms)
-        self._binds = [t.layerkd.method for t in self.kd_terms if hasattr(t.layerkd.method, "bind")]
+        methods = [t.layerkd.method for t in self.kd_terms]
+        self._teacher_graph = any(m.summary_needs_graph for m in methods)
+        # Methods that read more of the batch than the tapped features: the labels and epoch
+        # (``bind_batch``, e.g. DKD), or the inputs themselves (``bind``: JacobianKD, which also
+        # differentiates w.r.t. them, and the JSD derivative maps).
+        self._batch_binds = [m for m in methods if hasattr(m, "bind_batch")]
+        self._binds = [m for m in methods if hasattr(m, "bind") and not hasattr(m, "bind_batch")]
 
     def run_student(self, x: torch.Tensor, gamma=None) -> torch.Tensor:
         return self.student(x, self.gamma if gamma is None else gamma) if self.generate else self.student(x)
@@ -104,20 +116,29 @@ class DistillStep(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepOutput:
         x = x.to(memory_format=self.memory_format)
-        if self._binds:  # JacobianKD differentiates both nets w.r.t. the input
+        if self._teacher_graph:  # JacobianKD differentiates both nets w.r.t. the input
             x = x.requires_grad_()
-            for method in self._binds:
-                method.bind(x, x, y)
+        for method in self._binds:
+            method.bind(x, x, y)
+        for method in self._batch_binds:
+            method.bind_batch(y, epoch)
         with self.autocast:
             logits, captures = self.capture(x)
             ce = self.cross_entropy(logits.float(), y)
             if not self.kd_terms:
                 return StepOutput(logits, ce, OrderedDict(ce=ce.detach()))
-            loss = self.lambda0 * ce
+            main = self.lambda0 * ce
+            loss = main
             terms = OrderedDict(ce=ce.detach())
             for term, (student, teacher) in zip(self.kd_terms, captures):
-                total, per_layer = term.layerkd(student, teacher, epoch, self.epochs,
-                                                weight=term.current_weight())
+                weight = term.current_weight()
+                total, per_layer = term.layerkd(student, teacher, epoch, self.epochs, weight=weight)
+                if term.adaptive:
+                    # GNoRP steps λ on this batch's gradient norms at z (the tapped student
+                    # features); the student's own update then uses the updated λ.
+                    stats = term.weight.update(main, total / weight, student.values())
+                    total = total * (term.current_weight() / weight)
+                    terms.update((f"gnorp/{term.label}/{k}", v) for k, v in stats.items())
                 loss = loss + total
                 terms[f"kd/{term.label}"] = total.detach()
                 terms.update((f"kd/{term.label}/{name}", value)
@@ -145,11 +166,12 @@ class DistillStep(nn.Module):
             for m in nets:
                 m.eval()
             with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(self._teacher_graph):
-                x = example.to(memory_format=self.memory_format)
-                if self._binds:
-                    x = x.clone().requires_grad_()
-                    for method in self._binds:
-                        method.bind(x, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
+                x = example.to(memory_format=self.memory_format).clone().requires_grad_(self._teacher_graph)
+                labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+                for method in self._binds:
+                    method.bind(x, x, labels)
+                for method in self._batch_binds:
+                    method.bind_batch(labels, 0)
                 with self.autocast:
                     _, captures = self.capture(x)
                 for term, (student, teacher) in zip(self.kd_terms, captures):

@@ -19,6 +19,7 @@ from hyperkd import data, models
 from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.kd import FactorTransfer, GaussianSpike, LayerKD, Uniform, make_method
 from hyperkd.kd import pretrain_paraphrasers
+from hyperkd.kd.gnorp import parse_weight
 from hyperkd.kd.layerkd import ADAPTERS
 from hyperkd.kd.schedules import PrintedGaussianSpike
 from hyperkd.kd.taps import TAP_KINDS, TapPoint, tap_points
@@ -98,7 +99,7 @@ class StudentConfig:
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"
     lambda0: float = 0.1
-    kd_weight: float = 1.0
+    kd_weight: Union[float, str] = 1.0
     ft_epochs: int = 20
     fused_step: bool = False
     state_dtype: str = "fp32"
@@ -165,9 +166,11 @@ class StudentConfig:
         check_values(self)
         for pair in self.pairs:
             parse_pair(pair)
+        parse_weight(self.kd_weight)  # a number, or a rule such as gnorp:r=3.5 (named when wrong)
         if self.terms():
             if self.teacher is None:
-                raise ValueError(f"teacher: --kd {self.kd} needs a teacher checkpoint (or use --no-kd)")
+                raise ValueError(f"teacher: --kd {' --kd '.join(t.label for t in self.terms())} needs a "
+                                 f"teacher checkpoint (or use --no-kd)")
             if not Path(self.teacher).is_file():
                 raise FileNotFoundError(f"teacher: no checkpoint at {self.teacher}")
 
@@ -221,6 +224,13 @@ def _layer_kd(cfg: StudentConfig, term: TermSpec, student: nn.Module, teacher: n
     method.bind_network(teacher, teacher_points, _example(train_loader, next(teacher.parameters()).device))
     return LayerKD(method, student, teacher, student_points, teacher_layers=teacher_points,
                    schedule=SCHEDULES[cfg.schedule](), adapter=cfg.adapter, debug=cfg.debug)
+
+
+def _term_weight(kd_weight, scale: float):
+    """β·w_k for a fixed β; for a weighting rule (``gnorp:r=3.5``) the term's own GNoRP, whose λ
+    the step multiplies by w_k."""
+    weight = parse_weight(kd_weight)
+    return weight * scale if isinstance(weight, float) else weight
 
 
 def _optimizer(cfg: StudentConfig, student: nn.Module, scaler):
@@ -283,7 +293,7 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, overwr
         teacher = teacher.to(device, memory_format=fmt).eval().requires_grad_(False)
         for term in terms:
             layerkd = _layer_kd(cfg, term, tapped, teacher, train)
-            kd_terms.append(KDTerm(term.label, layerkd, cfg.kd_weight * term.weight))
+            kd_terms.append(KDTerm(term.label, layerkd, _term_weight(cfg.kd_weight, term.weight), term.weight))
             if isinstance(layerkd.method, FactorTransfer):
                 inner.add_param_group({"params": list(layerkd.method.parameters())})
                 stateful.update(ft_paraphrasers=layerkd.method.paraphrasers,
@@ -294,6 +304,9 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, overwr
                        generate=cfg.hyper == "mip", gamma=gamma, autocast=autocast, memory_format=fmt)
     step.bind_shapes(_example(train, device))
     regressors = [p for t in kd_terms for p in t.layerkd.parameters()]
+    if len(step.weightings):  # GNoRP's λ and its own Adam travel with the checkpoint
+        step.weightings.to(device)
+        stateful["kd_weights"] = step.weightings
     if regressors:
         step.layerkds.to(device)
         inner.add_param_group({"params": regressors})

@@ -158,3 +158,17 @@ def test_nan_stop_names_the_term_and_layer(tiny_digits, checkpoints, tmp_path):
                         kd="at0@1e39", hyper="none")
     with pytest.raises(FloatingPointError, match=r"loss term 'kd/at0' is (inf|nan) at epoch 0, step 0"):
         train_student(cfg, tmp_path, progress=False)
+
+
+def test_gnorp_weights_each_term_and_logs_its_lambda_and_ratio(tiny_digits, checkpoints, tmp_path):
+    record = _train(["--teacher", str(checkpoints["resnet20"]), "--model", "resnet20", "--hyper", "none",
+                     "--kd", "makd:aff=cs,norm=l2,loss=sl1", "--kd-weight", "gnorp:r=2"], tmp_path)
+    label = "makd:aff=cs,norm=l2,loss=sl1"
+    lam, ratio = record[f"gnorp/{label}/lambda"], record[f"gnorp/{label}/ratio"]
+    assert lam > 0 and ratio > 0
+    # The term is weighted by λ (Adam at lr 1e-3 moves ℓ by ~1e-3 a step, so the epoch's λ is
+    # nearly constant): kd = λ · L on the epoch means.
+    assert record[f"kd/{label}"] == pytest.approx(lam * record[f"kd/{label}/fc"], rel=1e-2)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["stateful"]["kd_weights"]
+    assert "0.log_weight" in state
+    assert record["loss"] == pytest.approx(0.1 * record["ce"] + record[f"kd/{label}"], rel=1e-6)
