@@ -25,6 +25,8 @@ from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import jsd_map as jsd_ops
 
 MAPS = ("attention", "jacobian", "hessian")
+PER = ("sample", "batch")
+RESPONSES = ("auto", "logit", "loss", "logits")
 DEFAULT_RESPONSE = {"jacobian": "logit", "hessian": "loss"}
 
 
@@ -39,6 +41,10 @@ class JSDMapKD(LayerwiseMethod):
             raise ValueError(f"map: expected one of {', '.join(MAPS)}, got {map!r}")
         if probes != int(probes) or probes < 1:
             raise ValueError(f"probes: expected a positive integer, got {probes!r}")
+        for name, value, valid in (("normalise", normalise, jsd_ops.NORMALISATIONS), ("per", per, PER),
+                                   ("response", response, RESPONSES)):
+            if value not in valid:
+                raise ValueError(f"{name}: expected one of {', '.join(valid)}, got {value!r}")
         self.map, self.p, self.normalise, self.per, self.probes = map, p, normalise, per, int(probes)
         self.response = DEFAULT_RESPONSE.get(map) if response == "auto" else response
         self.name = f"jsd:map={map}"
@@ -98,5 +104,4 @@ register("jsd", MethodEntry(
     {"p": (_positive, "> 0"), "probes": (lambda k: k >= 1 and k == int(k), "a positive integer")},
     "JSD of student/teacher attention, Jacobian or Hessian maps at the crucial layers "
     "(layer-wise learning rates, Eq. 8-10)",
-    choices={"map": MAPS, "normalise": jsd_ops.NORMALISATIONS, "response": ("auto", "logit", "loss", "logits"),
-             "per": ("sample", "batch")}))
+    choices={"map": MAPS, "normalise": jsd_ops.NORMALISATIONS, "response": RESPONSES, "per": PER}))

@@ -146,3 +146,14 @@ def test_jsd_method_needs_its_nets():
     from hyperkd.kd import make_method
     with pytest.raises(RuntimeError, match=r"call attach\(student, teacher, layers\)"):
         make_method("jsd:map=jacobian").weighted([], [], None)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("jsd:map=gradient", "map expects one of attention, jacobian, hessian"),
+    ("jsd:per=layer", "per expects one of sample, batch"),
+    ("jsd:probes=0", "probes must be a positive integer"),
+])
+def test_jsd_method_options_are_checked(spec, message):
+    from hyperkd.kd import make_method
+    with pytest.raises(ValueError, match=message):
+        make_method(spec)
