@@ -7,13 +7,11 @@ first ``warmup`` epochs, as in the authors' CIFAR recipe.
 Computed in log space: log p_t and log(1 − p_t) from log-sum-exps over all classes and over the
 non-target ones, so no probability is subtracted from 1 and no 0·log 0 appears.
 
-DKD needs each sample's label and the epoch, which the layer-wise interface does not carry: a
-training step calls :meth:`DecoupledKD.bind_batch` with both before the loss (``needs_batch``).
-A step that only offers the input-binding hook of JacobianKD and JSD (``bind(x_s, x_t, labels)``)
-gives the labels but no epoch; the KD weight is then not warmed up, and a warning says so once.
+DKD needs each sample's label, which the layer-wise interface does not carry: a training step
+calls :meth:`DecoupledKD.bind_batch` before the loss (``needs_batch``). The warm-up is a ramp on
+λ_m (:meth:`warmup_factor`), which :class:`~hyperkd.kd.layerkd.LayerKD` applies and logs with the
+schedule's λ_m.
 """
-import warnings
-
 import torch
 
 from hyperkd.kd.base import LayerwiseMethod
@@ -51,14 +49,10 @@ class DecoupledKD(LayerwiseMethod):
     def __init__(self, alpha: float, beta: float, T: float, warmup: float):
         self.alpha, self.beta, self.T, self.warmup = alpha, beta, T, warmup
         self.name = f"dkd:alpha={alpha:g},beta={beta:g},T={T:g},warmup={warmup:g}"
-        self._target, self._epoch, self._warned = None, None, False
+        self._target = None
 
-    def bind_batch(self, labels: torch.Tensor, epoch: int) -> None:
-        """This batch's labels and the (0-based) epoch, for the next loss."""
-        self._target, self._epoch = labels, epoch
-
-    def bind(self, student_inputs: torch.Tensor, teacher_inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """The labels from a step that binds inputs (see the module docstring); no epoch."""
+    def bind_batch(self, labels: torch.Tensor, epoch: int = 0) -> None:
+        """This batch's labels, for the next loss (the epoch enters through :meth:`warmup_factor`)."""
         self._target = labels
 
     def warmup_factor(self, epoch: int) -> float:
@@ -76,17 +70,6 @@ class DecoupledKD(LayerwiseMethod):
             tckd, nckd = dkd_terms(s, t, self._target, self.T)
             losses.append((self.alpha * tckd + self.beta * nckd).mean())
         return torch.stack(losses)
-
-    def weighted(self, student, summaries, lambdas):
-        """(warm-up factor × Σ_m λ_m L_m, the raw L_m); no factor when no epoch was bound."""
-        total, terms = super().weighted(student, summaries, lambdas)
-        if self._epoch is None:
-            if self.warmup > 0 and not self._warned:
-                warnings.warn(f"{self.name}: the training step passes no epoch (bind_batch), so the KD "
-                              f"weight is not warmed up")
-                self._warned = True
-            return total, terms
-        return total * self.warmup_factor(self._epoch), terms
 
 
 def _positive(x):

@@ -98,7 +98,11 @@ class LayerKD(nn.Module):
         return names
 
     def lambdas(self, epoch: int, epochs: int) -> List[float]:
-        return self.schedule.weights(epoch, epochs, self.method.term_count(len(self.layers)))
+        """λ_m at ``epoch``: the schedule's, times the method's own ramp where it has one (DKD's
+        linear warm-up, ``method.warmup_factor(epoch)``)."""
+        weights = self.schedule.weights(epoch, epochs, self.method.term_count(len(self.layers)))
+        ramp = getattr(self.method, "warmup_factor", None)
+        return [ramp(epoch) * w for w in weights] if ramp is not None else weights
 
     def bind_shapes(self, student_shapes, teacher_shapes) -> None:
         """Checks the paired shapes once, before training, and builds the regressors they need."""

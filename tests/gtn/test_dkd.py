@@ -4,6 +4,7 @@ import torch
 
 from hyperkd.kd import make_method
 from hyperkd.kd.dkd import DecoupledKD
+from hyperkd.kd.layerkd import LayerKD
 from hyperkd.reference.dkd import dkd_loss
 
 
@@ -41,18 +42,17 @@ def test_dkd_defaults_and_warmup():
     assert method.feature_rank == 2 and method.default_tap == "logits" and method.needs_batch
     assert [method.warmup_factor(e) for e in (0, 9, 19, 50)] == [0.05, 0.5, 1.0, 1.0]
     s, t, y = torch.randn(4, 6), torch.randn(4, 6), torch.randint(0, 6, (4,))
-    method.bind_batch(y, epoch=4)
+    method.bind_batch(y)
     total, raw = method.weighted([s], [t], None)
-    torch.testing.assert_close(total, 0.25 * raw.sum())
-
-
-def test_dkd_through_the_input_binding_hook_warns_once_without_warmup():
-    method = make_method("dkd")
-    s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.randint(0, 5, (3,))
-    method.bind(s, t, y)
-    with pytest.warns(UserWarning, match="not warmed up"):
-        total, raw = method.weighted([s], [t], None)
     torch.testing.assert_close(total, raw.sum())
+
+
+def test_dkd_warmup_ramps_the_logged_lambdas():
+    from torch import nn
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    layerkd = LayerKD("dkd:warmup=4", net, net)
+    assert layerkd.lambdas(0, 10) == [0.25] and layerkd.lambdas(1, 10) == [0.5] and layerkd.lambdas(7, 10) == [1.0]
 
 
 def test_dkd_needs_labels_and_equal_shapes():

@@ -1,5 +1,6 @@
-"""`hyperkd train` (Algorithm 1) end to end on a cut of digits: every registered KD method, exact
-resume with the fused step, evaluation of the hypernetised checkpoint, and argument errors."""
+"""`hyperkd train` (Algorithm 1) on a cut of digits: every registered KD method's step and how its
+loss is composed, a few methods end to end, exact resume with the fused step, evaluation of the
+hypernetised checkpoint, and argument errors."""
 import json
 import math
 
@@ -10,18 +11,22 @@ from hyperkd import kd, models
 from hyperkd.cli import main
 from hyperkd.commands.eval import load_model
 from hyperkd.train.loop import Trainer
-from hyperkd.train.student import StudentConfig, train_student
-from hyperkd.train.teacher import train_teacher
+from hyperkd.hyper import hypernetize
+from hyperkd.train.step import DistillStep, KDTerm
+from hyperkd.train.student import StudentConfig, _layer_kd, train_student
+from tests.tolerances import assert_close
+from tests.train.test_distill_step import assert_composed
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A resnet20 teacher trained one epoch on full digits (module-scoped: built once)."""
-    out = tmp_path_factory.mktemp("teacher")
-    train_teacher("resnet20", "digits", out, epochs=1, batch_size=128, lr=0.05, progress=False)
-    return out / "best.pt"
+    """An untrained resnet20 teacher checkpoint: KD needs its features, not its accuracy."""
+    path = tmp_path_factory.mktemp("teacher") / "best.pt"
+    torch.manual_seed(0)
+    torch.save({"model": models.create("resnet20", num_classes=10).state_dict()}, path)
+    return path
 
 
 def student(teacher, **overrides):
@@ -34,20 +39,61 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", sorted(kd.methods()))
-def test_every_registered_method_trains_with_finite_per_layer_terms(tiny_digits, teacher, tmp_path, method):
-    # Adam bounds every step whatever the method's scale (FSP's and FitNets' sums make plain SGD
-    # diverge within steps, which the NaN stop reports: see docs/training.md, "The loss").
+def _step(method, teacher, kd_weight=0.5, lambda0=0.1):
+    """One DistillStep of the hypernetised resnet20 for ``method``, built as train_student builds it."""
+    torch.manual_seed(0)
+    cfg = student(teacher, kd=method, kd_weight=kd_weight, lambda0=lambda0)
+    batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    net = hypernetize(models.create("resnet20", num_classes=10), hidden=(4, 4, 8))
+    t = models.create("resnet20", num_classes=10, checkpoint=teacher).eval().requires_grad_(False)
+    (spec,) = cfg.terms()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch), batch_size=8)
+    layerkd = _layer_kd(cfg, spec, net.primary, t, loader)
+    step = DistillStep(net, t, [KDTerm(spec.label, layerkd, kd_weight)], epochs=3, lambda0=lambda0, generate=True)
+    step.bind_shapes(batch[0][:2])
+    return step, layerkd, batch
+
+
+@pytest.mark.parametrize("method", sorted(set(kd.methods()) - {"none"}))
+def test_every_registered_method_composes_the_loss_of_a_step(teacher, method):
+    step, layerkd, (x, y) = _step(method, teacher)
+    out = step(x, y, epoch=1)
+    label = method
+    per_layer = torch.stack([v for k, v in out.terms.items() if k.startswith(f"kd/{label}/")])
+    lambdas = torch.tensor(layerkd.lambdas(1, 3), dtype=per_layer.dtype)
+    assert len(per_layer) == len(lambdas) == len(layerkd.term_names()) > 0
+    assert torch.isfinite(per_layer).all() and torch.isfinite(out.loss)
+    # kd = β Σ_m λ_m kd_m, loss = λ0 ce + kd (what the log records, step by step)
+    assert_close(out.terms[f"kd/{label}"], 0.5 * (lambdas * per_layer).sum(), torch.float32)
+    assert_close(out.loss.detach(), 0.1 * out.terms["ce"] + out.terms[f"kd/{label}"], torch.float32)
+    out.loss.backward()
+    assert step.student.hypernet.W.grad is not None and step.student.hypernet.W.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["at0", "ab", "fitnets"])
+def test_the_kd_weight_is_folded_into_the_fused_gradients(teacher, method):
+    grads = {}
+    for beta in (1.0, 0.25):
+        step, _, (x, y) = _step(method, teacher, kd_weight=beta, lambda0=0.0)
+        out = step(x, y, epoch=0)
+        out.loss.backward()
+        grads[beta] = (out.terms[f"kd/{method}"], step.student.hypernet.W.grad.clone())
+    assert_close(grads[0.25][0], 0.25 * grads[1.0][0], torch.float32)
+    assert_close(grads[0.25][1], 0.25 * grads[1.0][1], torch.float32)
+
+
+@pytest.mark.parametrize("method", ["none", "at0", "ab", "ft"])
+def test_methods_train_end_to_end_with_the_logged_loss_composed(tiny_digits, teacher, tmp_path, method):
+    # Adam bounds every step whatever the method's scale.
     best = train_student(student(teacher, kd=method, optimizer="adam", lr=1e-3), tmp_path, progress=False)
     (record,) = records(tmp_path)
     assert best["epoch"] == 0 and 0.0 <= best["test_acc"] <= 1.0
     assert math.isfinite(record["loss"]) and math.isfinite(record["ce"])
-    terms = {k: v for k, v in record.items() if k.startswith("kd/")}
     if method == "none":
-        assert not terms and "lambdas" not in record
+        assert not [k for k in record if k.startswith("kd/")] and "lambdas" not in record
+        assert record["loss"] == pytest.approx(record["ce"], rel=1e-9)
     else:
-        assert terms and all(math.isfinite(v) for v in terms.values())
-        assert len(record["lambdas"]) == len(terms)
+        assert_composed(record, 0.1, {method: 1.0 / 32})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["test_acc"] == best["test_acc"]
 
