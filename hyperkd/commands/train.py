@@ -49,7 +49,8 @@ def add_student_arguments(parser, *, single_run: bool = True) -> None:
     from hyperkd.data import DATASETS
     from hyperkd.kd.layerkd import ADAPTERS
     from hyperkd.train.optim import SCHEDULES as LR_SCHEDULES
-    from hyperkd.train.student import AMP, DTYPES, HYPER, OPTIMIZERS, SCHEDULES, TAPS, StudentConfig
+    from hyperkd.train.layer_lr import RULES as LAYER_LR_RULES
+    from hyperkd.train.student import AMP, DTYPES, HYPER, LAYER_LR, OPTIMIZERS, SCHEDULES, TAPS, StudentConfig
 
     default = {f.name: f.default for f in fields(StudentConfig)}  # the single source of the defaults
 
@@ -108,6 +109,13 @@ def add_student_arguments(parser, *, single_run: bool = True) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--workers", type=int, default=default["workers"])
     parser.add_argument("--device", default=default["device"], help="auto, cpu or cuda[:N]")
+    parser.add_argument("--layer-lr", choices=LAYER_LR, default=default["layer_lr"],
+                        help="jsd: each crucial layer's learning rate from the JSD of its maps (the --kd jsd:... "
+                             "term), updated every --layer-lr-every epochs; plain students")
+    parser.add_argument("--layer-lr-every", type=int, default=default["layer_lr_every"],
+                        help="epochs between updates of the layer-wise rates")
+    parser.add_argument("--layer-lr-rule", choices=sorted(LAYER_LR_RULES), default=default["layer_lr_rule"],
+                        help="how a layer's mean divergence sets its rate (docs/layerwise-lr.md)")
     parser.add_argument("--grad-norm", action="store_true", help="log the gradient norm per epoch")
     parser.add_argument("--debug", action="store_true", help="name the first layer whose KD term is NaN/inf")
 

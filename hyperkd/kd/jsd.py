@@ -34,6 +34,8 @@ class JSDMapKD(LayerwiseMethod):
     """Σ_m λ_m mean_i JSD(P_s,m,i ‖ P_t,m,i) over the crucial layers (see the module docstring)."""
 
     native_reduction = "mean"
+    #: The crucial layers of the pair (:func:`hyperkd.kd.crucial.crucial_layers`), found by the driver.
+    default_tap = "crucial"
 
     def __init__(self, map: str = "attention", p: float = 2.0, normalise: str = "abs",
                  response: str = "auto", per: str = "sample", probes: float = 1.0):

@@ -14,7 +14,7 @@ sum; ``kd/<term>/<layer>`` each raw L_m). Without KD terms the loss is CE alone 
 import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +81,8 @@ class DistillStep(nn.Module):
         # Registered so that regressors (adapters) and FT's translators move and checkpoint with it.
         self.layerkds = nn.ModuleList(t.layerkd for t in self.kd_terms)
         self.weightings = nn.ModuleList(t.weight for t in self.kd_terms if t.adaptive)
+        #: Callables given each step's detached terms (e.g. :meth:`hyperkd.train.layer_lr.LayerLR.observe`).
+        self.observers: List[Callable[[Mapping[str, torch.Tensor]], None]] = []
         self.epochs, self.lambda0 = epochs, lambda0
         self.generate, self.gamma = generate, gamma
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -143,6 +145,8 @@ class DistillStep(nn.Module):
                 terms[f"kd/{term.label}"] = total.detach()
                 terms.update((f"kd/{term.label}/{name}", value)
                              for name, value in zip(term.layerkd.term_names(), per_layer.unbind()))
+        for observe in self.observers:
+            observe(terms)
         return StepOutput(logits, loss, terms)
 
     def lambdas(self, epoch: int) -> Dict[str, list]:

@@ -19,6 +19,7 @@ from hyperkd import data, models
 from hyperkd.hyper import HyperOptimizer, hypernetize
 from hyperkd.kd import FactorTransfer, GaussianSpike, LayerKD, Uniform, make_method
 from hyperkd.kd import pretrain_paraphrasers
+from hyperkd.kd.crucial import crucial_layers
 from hyperkd.kd.gnorp import parse_weight
 from hyperkd.kd.layerkd import ADAPTERS
 from hyperkd.kd.schedules import PrintedGaussianSpike
@@ -27,6 +28,8 @@ from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
 from hyperkd.train.optim import SCHEDULES as LR_SCHEDULES
 from hyperkd.train.optim import lr_schedule
+from hyperkd.train.layer_lr import RULES as LAYER_LR_RULES
+from hyperkd.train.layer_lr import LayerLR
 from hyperkd.train.step import DistillStep, KDTerm
 from hyperkd.train.run_identity import student_identity
 from hyperkd.train.teacher import check_seed, resolve_device
@@ -35,7 +38,10 @@ SCHEDULES = {"uniform": Uniform, "spike": GaussianSpike, "spike-printed": Printe
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 HYPER = ("mip", "none")
-TAPS = ("auto",) + TAP_KINDS
+# "crucial": the layers where the channel count changes and the pair matches in shape (the
+# layer-wise learning-rate paper's tap; needs both nets, so it is resolved here).
+TAPS = ("auto",) + TAP_KINDS + ("crucial",)
+LAYER_LR = ("none", "jsd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -112,6 +118,9 @@ class StudentConfig:
     device: str = "auto"
     debug: bool = False
     grad_norm: bool = False
+    layer_lr: str = "none"
+    layer_lr_every: int = 25
+    layer_lr_rule: str = "ema_inverse"
 
     def terms(self) -> List[TermSpec]:
         """The KD terms; none for the baseline (``kd="none"``)."""
@@ -139,6 +148,16 @@ class StudentConfig:
         _choice("data", self.data, data.DATASETS)
         _choice("hyper", self.hyper, HYPER)
         _choice("tap", self.tap, TAPS)
+        _choice("layer_lr", self.layer_lr, LAYER_LR)
+        _choice("layer_lr_rule", self.layer_lr_rule, LAYER_LR_RULES)
+        if self.layer_lr != "none":
+            jsd = [t for t in self.terms() if make_method(t.method).name.startswith("jsd")]
+            if len(jsd) != 1 or self.hyper != "none":
+                raise ValueError("layer_lr: --layer-lr jsd sets the rates of a plain student's crucial layers "
+                                 "from one --kd jsd:... term; give exactly one and --hyper none")
+            if isinstance(self.layer_lr_every, bool) or not isinstance(self.layer_lr_every, int) \
+                    or self.layer_lr_every < 1:
+                raise ValueError(f"layer_lr_every: expected a positive number of epochs, got {self.layer_lr_every!r}")
         _choice("adapter", self.adapter, ADAPTERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -201,6 +220,9 @@ def _term_points(cfg: StudentConfig, term: TermSpec, method, student: nn.Module,
     """(student points, teacher points) of a KD term: explicit pairs for feature-map methods, else
     the term's tap, the config's, or the method's default."""
     tap = term.tap or (cfg.tap if cfg.tap != "auto" else getattr(method, "default_tap", "conv"))
+    if tap == "crucial":
+        pairs = crucial_layers(student, teacher, cfg.pairs)
+        return [TapPoint(s) for s, _ in pairs], [TapPoint(t) for _, t in pairs]
     if cfg.pairs and tap in ("conv", "bn"):
         pairs = [parse_pair(p) for p in cfg.pairs]
         return [TapPoint(s) for s, _ in pairs], [TapPoint(t) for _, t in pairs]
@@ -213,6 +235,8 @@ def _layer_kd(cfg: StudentConfig, term: TermSpec, student: nn.Module, teacher: n
     # batch sums, the terms' scales differ by orders of magnitude between methods and batch sizes.
     method = make_method(term.method, reduction="mean")
     student_points, teacher_points = _term_points(cfg, term, method, student, teacher)
+    if hasattr(method, "attach"):  # JSD's Jacobian/Hessian maps differentiate the layers' weights
+        method.attach(student, teacher, [p.name for p in student_points], [p.name for p in teacher_points])
     if isinstance(method, FactorTransfer):
         names = [p.name for p in teacher_points]
         device = next(teacher.parameters()).device
@@ -233,15 +257,32 @@ def _term_weight(kd_weight, scale: float):
     return weight * scale if isinstance(weight, float) else weight
 
 
-def _optimizer(cfg: StudentConfig, student: nn.Module, scaler):
+def _observe_layer_lr(step: DistillStep, layer_lr: LayerLR, optimizer, scheduler):
+    """Feeds each step's JSD terms of the crucial layers to ``layer_lr`` and returns the ``on_epoch``
+    that closes the previous epoch (its divergences and, every K epochs, the new rates)."""
+    (term,) = [t for t in step.kd_terms if t.layerkd.method.name.startswith("jsd")]
+    names = dict(zip(term.layerkd.layers, term.layerkd.term_names()))
+    step.observers.append(lambda terms: layer_lr.observe({j: terms[f"kd/{term.label}/{names[j]}"]
+                                                         for j in layer_lr.layers}))
+
+    def on_epoch(epoch: int) -> dict:
+        record = step.epoch_record(epoch)
+        if epoch > 0:  # runs after the previous epoch's scheduler step
+            record.update(layer_lr.end_epoch(epoch - 1, optimizer, scheduler))
+        return record
+    return on_epoch
+
+
+def _optimizer(cfg: StudentConfig, student, scaler):
     """The hypernetwork's optimizer (W stepped inside backward with ``fused_step``), or a torch
-    optimizer over a plain student's own weights; it returns (optimizer, its torch optimizer)."""
+    optimizer over a plain student's own weights (a module, or parameter groups); it returns
+    (optimizer, its torch optimizer)."""
     if cfg.hyper == "mip":
         optimizer = HyperOptimizer(student, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, fused=cfg.fused_step, scaler=scaler,
                                    state_dtype=DTYPES[cfg.state_dtype])
         return optimizer, optimizer.inner
-    params = student.parameters()
+    params = student.parameters() if isinstance(student, nn.Module) else student
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
@@ -285,7 +326,9 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, overwr
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     # Built before DDP wraps the model: with the fused step W needs no gradient, and DDP fixes at
     # construction which parameters it all-reduces (W's update is averaged from its factors).
-    optimizer, inner = _optimizer(cfg, student, scaler)
+    layer_lr = LayerLR(every=cfg.layer_lr_every, rule=cfg.layer_lr_rule) if cfg.layer_lr != "none" else None
+    # Per-layer rates need the crucial layers, found from the teacher: that optimizer comes later.
+    optimizer, inner = _optimizer(cfg, student, scaler) if layer_lr is None else (None, None)
     tapped = student.primary if cfg.hyper == "mip" else student
     teacher, kd_terms, stateful = None, [], {}
     if terms:
@@ -294,6 +337,10 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, overwr
         for term in terms:
             layerkd = _layer_kd(cfg, term, tapped, teacher, train)
             kd_terms.append(KDTerm(term.label, layerkd, _term_weight(cfg.kd_weight, term.weight), term.weight))
+            if layer_lr is not None and layerkd.method.name.startswith("jsd"):
+                optimizer = inner = _optimizer(cfg, layer_lr.param_groups(student, layerkd.layers, cfg.lr),
+                                               scaler)[0]
+                stateful["layer_lr"] = layer_lr
             if isinstance(layerkd.method, FactorTransfer):
                 inner.add_param_group({"params": list(layerkd.method.parameters())})
                 stateful.update(ft_paraphrasers=layerkd.method.paraphrasers,
@@ -314,9 +361,11 @@ def train_student(cfg: StudentConfig, out: Path, *, resume: bool = False, overwr
     if distributed.active():
         step.student = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
+    scheduler = lr_schedule(inner, cfg.lr_schedule, cfg.epochs)
+    on_epoch = step.epoch_record if layer_lr is None else _observe_layer_lr(step, layer_lr, inner, scheduler)
     trainer = Trainer(step.student, optimizer, step, train, val, test, out_dir=out, device=device,
-                      scheduler=lr_schedule(inner, cfg.lr_schedule, cfg.epochs), predict=step.predict,
-                      stateful=stateful, on_epoch=step.epoch_record, progress=progress,
+                      scheduler=scheduler, predict=step.predict,
+                      stateful=stateful, on_epoch=on_epoch, progress=progress,
                       grad_norm=cfg.grad_norm, scaler=scaler, identity=student_identity(cfg), overwrite=overwrite)
     try:
         return trainer.fit(cfg.epochs, resume=resume)

@@ -2,6 +2,7 @@
 and hypernetised students, penultimate/logit taps, several KD terms, how the loss is composed,
 one host copy per step, pinned losses of the default path, and the errors a user can cause."""
 import json
+import math
 import sys
 
 import pytest
@@ -172,3 +173,26 @@ def test_gnorp_weights_each_term_and_logs_its_lambda_and_ratio(tiny_digits, chec
     state = torch.load(tmp_path / "last.pt", weights_only=True)["stateful"]["kd_weights"]
     assert "0.log_weight" in state
     assert record["loss"] == pytest.approx(0.1 * record["ce"] + record[f"kd/{label}"], rel=1e-6)
+
+
+def test_layerwise_rates_from_the_jsd_of_attention_maps(tiny_digits, tmp_path):
+    torch.manual_seed(0)
+    teacher = tmp_path / "resnet18.pt"
+    torch.save({"model": models.create("resnet18_x0_25", num_classes=10).state_dict()}, teacher)
+    assert main(["train", "--teacher-model", "resnet18_x0_25", "--teacher", str(teacher), "--model", "resnet10_x0_25",
+                 "--hyper", "none", "--kd", "jsd:map=attention", "--layer-lr", "jsd", "--layer-lr-every", "1",
+                 "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--out", str(tmp_path / "run")]) == 0
+    first, second = records(tmp_path / "run")
+    assert "layer_lr" not in first  # epoch 0's divergences close when epoch 1 starts
+    divergence, rates = second["layer_divergence"], second["layer_lr"]
+    assert len(divergence) == len(rates) == 4  # stem and the first conv of stages 2-4
+    assert all(0 <= d <= math.log(2) for d in divergence.values())
+    assert all(r != 0.05 for r in rates.values())  # updated after every epoch
+    for layer, d in divergence.items():
+        assert d == pytest.approx(first[f"kd/jsd:map=attention/{layer}"], rel=1e-5)
+
+
+def test_layerwise_rates_need_one_jsd_term_and_a_plain_student(checkpoints, tmp_path):
+    cfg = StudentConfig(model="resnet20", teacher=checkpoints["resnet20"], kd="at0", layer_lr="jsd", epochs=1)
+    with pytest.raises(ValueError, match="layer_lr: --layer-lr jsd sets the rates"):
+        train_student(cfg, tmp_path, progress=False)
