@@ -21,7 +21,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "diverged.js
 NOT_IDENTITY = ("device", "workers", "data_root", "out", "resume", "overwrite", "progress", "debug",
                 "grad_norm", "channels_last")
 # Settings a run without KD never reads: a No-KD baseline stays valid when only these change.
-KD_ONLY = ("teacher", "teacher_model", "schedule", "kd_weight", "ft_epochs", "tap", "pairs", "adapter")
+KD_ONLY = ("teacher", "teacher_model", "schedule", "kd_weight", "lambda0", "ft_epochs", "tap", "pairs", "adapter")
 
 
 def plain(value):
