@@ -8,10 +8,11 @@ from typing import Dict, List, Sequence
 POOL = "random"  # label prefix of the pool's random students
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
     values = [100 * v for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+    if len(values) == 1:  # no spread to show: say so rather than print ± 0
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
 def summarise(rows: List[dict]) -> Dict[tuple, List[float]]:
@@ -41,7 +42,7 @@ def write_report(rows: List[dict], out: Path) -> None:
     lines = ["| student | " + " | ".join(f"{kd} / {t}" for kd, t in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for s in students:
-        lines.append(f"| {s} | " + " | ".join(_mean_std(cells[(s, t, kd)]) if (s, t, kd) in cells else "–"
+        lines.append(f"| {s} | " + " | ".join(mean_std(cells[(s, t, kd)]) if (s, t, kd) in cells else "–"
                                              for kd, t in columns) + " |")
     (out / "table.md").write_text("Test accuracy (%), mean ± std over seeds.\n\n" + "\n".join(lines) + "\n")
     plot(cells, students, columns, out / "gtn_eval.png")

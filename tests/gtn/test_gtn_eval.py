@@ -6,7 +6,7 @@ import torch
 
 from hyperkd import models
 from hyperkd.cli import main
-from hyperkd.gtn.report import summarise
+from hyperkd.gtn.report import mean_std, summarise
 
 
 def test_gtn_eval_runs_tabulates_and_resumes(tmp_path, tiny_digits, capsys):
@@ -19,7 +19,7 @@ def test_gtn_eval_runs_tabulates_and_resumes(tmp_path, tiny_digits, capsys):
     rows = list(csv.DictReader(open(tmp_path / "eval" / "runs.csv")))
     assert [(r["student"], r["teacher"], r["kd"], r["seed"]) for r in rows] == [("random1", "gtn", "dkd", "1")]
     table = (tmp_path / "eval" / "table.md").read_text()
-    assert "| pool mean |" in table and "dkd / gtn" in table and "±" in table
+    assert "| pool mean |" in table and "dkd / gtn" in table and "(1 seed)" in table
     assert (tmp_path / "eval" / "gtn_eval.png").stat().st_size > 0
     first = (tmp_path / "eval" / "runs" / "random1" / "gtn" / "dkd" / "seed1" / "last.pt").stat().st_mtime
     capsys.readouterr()
@@ -34,6 +34,7 @@ def test_pool_mean_is_over_seeds_of_the_random_students():
     cells = summarise(rows)
     assert cells[("pool mean", "gtn", "logit")] == [0.6, 0.7]
     assert cells[("s_nas_s_small", "gtn", "logit")] == [0.1]
+    assert mean_std(cells[("pool mean", "gtn", "logit")]) == "65.00 ± 7.07 (2 seeds)"
 
 
 def test_gtn_eval_names_bad_teachers(tmp_path, capsys):
