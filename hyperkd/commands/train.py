@@ -100,7 +100,7 @@ def add_student_arguments(parser, *, single_run: bool = True) -> None:
                         help="factor β on the KD sum Σ λ_m L_m, or gnorp:r=R for GNoRP's automatic λ "
                              "(the KD gradient at the features held at R times the main loss's)")
     parser.add_argument("--ft-epochs", type=int, default=default["ft_epochs"], help="FT paraphraser pretraining epochs")
-    parser.add_argument("--fused-step", action="store_true", help="update W in place inside backward")
+    parser.add_argument("--fused-step", action="store_true", help="step W in place from its gradient factors (no P×d gradient), in one pass with the next generation")
     parser.add_argument("--state-dtype", choices=sorted(DTYPES), default=default["state_dtype"],
                         help="storage of W's optimizer state (bf16: stochastic rounding)")
     parser.add_argument("--weight-dtype", choices=sorted(DTYPES), default=default["weight_dtype"],

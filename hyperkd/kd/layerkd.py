@@ -106,8 +106,9 @@ class LayerKD(nn.Module):
 
     def bind_shapes(self, student_shapes, teacher_shapes) -> None:
         """Checks the paired shapes once, before training, and builds the regressors they need."""
-        mismatched = [(m, s, t) for m, (s, t) in enumerate(zip(student_shapes, teacher_shapes))
-                      if tuple(s[1:]) != tuple(t[1:])]
+        # Affinity KD compares B×B matrices: any two widths pair (``any_feature_shapes``).
+        mismatched = [] if getattr(self.method, "any_feature_shapes", False) else \
+            [(m, s, t) for m, (s, t) in enumerate(zip(student_shapes, teacher_shapes)) if tuple(s[1:]) != tuple(t[1:])]
         if self.adapter == "none" and mismatched:
             m, s, t = mismatched[0]
             raise ValueError(f"layer {self.term_names()[m]!r}: student feature {tuple(s)} and teacher "

@@ -88,7 +88,7 @@ class Trainer:
     set λ schedules) and returns a dict merged into that epoch's metrics record.
 
     ``scaler``: a ``torch.amp.GradScaler`` for fp16 loss scaling; a fused :class:`HyperOptimizer`
-    must have been built with the same one (it unscales W's update inside backward).
+    must have been built with the same one (it unscales W's gradient factors itself).
 
     ``identity``: the run's settings as a plain dict (:mod:`hyperkd.train.run_identity`), stored
     in ``last.pt`` and ``summary.json``; a resume refuses a ``last.pt`` of other settings. ``fit``
@@ -117,7 +117,7 @@ class Trainer:
     def __post_init__(self):
         if (isinstance(self.optimizer, HyperOptimizer) and self.optimizer.fused
                 and self.optimizer.scaler is not self.scaler):
-            raise ValueError("scaler: a fused HyperOptimizer unscales W's update inside backward, so it "
+            raise ValueError("scaler: a fused HyperOptimizer unscales W's gradient factors itself, so it "
                              "needs the Trainer's scaler: build it with HyperOptimizer(..., scaler=scaler)")
         self.out_dir = Path(self.out_dir)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")

@@ -170,7 +170,7 @@ class StudentConfig:
             raise ValueError("hyper: --fused-step, --state-dtype and --weight-dtype act on the "
                              "hypernetwork's W; a plain student (--hyper none) has none")
         if self.weight_dtype != "fp32" and not self.fused_step:
-            raise ValueError("weight_dtype: a bf16 W is stepped inside backward; add --fused-step")
+            raise ValueError("weight_dtype: a bf16 W is stepped from its gradient factors by the fused step; add --fused-step")
         if self.gamma != "uniform":
             try:
                 gamma = float(self.gamma)
@@ -274,7 +274,7 @@ def _observe_layer_lr(step: DistillStep, layer_lr: LayerLR, optimizer, scheduler
 
 
 def _optimizer(cfg: StudentConfig, student, scaler):
-    """The hypernetwork's optimizer (W stepped inside backward with ``fused_step``), or a torch
+    """The hypernetwork's optimizer (with ``fused_step``, W stepped from its gradient factors, never holding its P×d gradient), or a torch
     optimizer over a plain student's own weights (a module, or parameter groups); it returns
     (optimizer, its torch optimizer)."""
     if cfg.hyper == "mip":
