@@ -130,7 +130,7 @@ def test_pinned_losses_of_the_default_path(tiny_digits, checkpoints, tmp_path, m
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(tap="convs"), r"tap: expected one of auto, conv, bn, penultimate, logits, got 'convs'"),
+    (dict(tap="convs"), r"tap: expected one of auto, conv, bn, penultimate, logits, crucial, got 'convs'"),
     (dict(pairs=("layer1.0.conv1",)), r"pair: expected student.module=teacher.module"),
     (dict(pairs=("layer1.9.conv1=layer1.0.conv1",)), r"student: CifarResNet has no module named 'layer1.9.conv1' to tap; close names: layer1.2.conv1"),
     (dict(kd="at0@-1"), r"kd: the weight after '@' in 'at0@-1' must be a number >= 0"),
