@@ -196,3 +196,18 @@ def test_layerwise_rates_need_one_jsd_term_and_a_plain_student(checkpoints, tmp_
     cfg = StudentConfig(model="resnet20", teacher=checkpoints["resnet20"], kd="at0", layer_lr="jsd", epochs=1)
     with pytest.raises(ValueError, match="layer_lr: --layer-lr jsd sets the rates"):
         train_student(cfg, tmp_path, progress=False)
+
+
+def test_training_flags_change_what_they_name(tiny_digits, checkpoints, tmp_path):
+    flags = ["--teacher", str(checkpoints["resnet20"]), "--model", "resnet20", "--hidden", "4,4,8", "--kd", "at0",
+             "--fused-step", "--channels-last", "--grad-norm", "--debug", "--schedule", "spike",
+             "--lr-schedule", "multistep", "--epochs", "2", "--batch-size", "32", "--lr", "0.05"]
+    assert main(["train", *flags, "--gamma", "0.5", "--out", str(tmp_path / "fixed")]) == 0
+    assert main(["train", *flags, "--out", str(tmp_path / "drawn")]) == 0
+    fixed, drawn = records(tmp_path / "fixed"), records(tmp_path / "drawn")
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in fixed)
+    first, last = (r["lambdas"]["at0"] for r in fixed)
+    assert max(first) / min(first) > 1.5 and first.index(max(first)) == 0  # the spike starts at layer 0
+    assert last.index(max(last)) == len(last) - 1  # and ends at the last layer
+    assert [r["lr"] for r in fixed] == pytest.approx([0.05, 0.005])  # multistep: ×0.1 after epoch 0
+    assert fixed[0]["loss"] != drawn[0]["loss"]  # a fixed γ trains other weights than drawn ones
