@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from hyperkd.train.loop import peak_memory_bytes
+from hyperkd.runtime import peak_memory_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.measure when run as a script
 from bench.measure import timed  # noqa: E402

@@ -54,7 +54,7 @@ def main() -> None:
         return run
 
     dkd = make_method("dkd")
-    dkd.bind_batch(y, epoch=30)
+    dkd.bind_batch(y)
     t_teacher, t_student = median_ms(teacher_forward, 5), median_ms(student_step, 5)
     t_dkd, t_logit = median_ms(loss_step(dkd), 50), median_ms(loss_step(make_method("logit")), 50)
     step = t_teacher + t_student + t_dkd

@@ -300,15 +300,7 @@ void affinity_backward(Aff aff, const T* P, const T* A, const T* n, const T* dA,
     }
     return;
   }
-  for (int64_t i = 0; i < B; ++i)  // L2: d_ij = sqrt(P_ii + P_jj − 2 P_ij)
-    for (int64_t j = 0; j < B; ++j) {
-      const T d = A[i * B + j];
-      if (d == 0) continue;
-      const T a = dA[i * B + j] / d;
-      dP[i * B + i] += a / 2;
-      dP[j * B + j] += a / 2;
-      dP[i * B + j] -= a;
-    }
+  distance_backward(A, dA, B, dP);  // L2: d_ij = sqrt(P_ii + P_jj − 2 P_ij)
 }
 
 // Ã = f(A) (Eq. 8–9); `scale` receives the divisor of each row (row norms) or of the matrix.

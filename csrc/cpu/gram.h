@@ -178,4 +178,19 @@ void gram_backward_layers(const std::vector<const T*>& Sm, const std::vector<con
   });
 }
 
+// Adds dL/dd (B×B, per ordered pair) into dG through the distances d_ij = sqrt(G_ii + G_jj − 2 G_ij)
+// of Gram G (RKD-D and the L2 affinity share it).
+template <typename T>
+void distance_backward(const T* d, const T* dd, int64_t B, T* dG) {
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t j = 0; j < B; ++j) {
+      const T n = d[i * B + j];
+      if (n == 0) continue;
+      const T a = dd[i * B + j] / n;
+      dG[i * B + i] += a / 2;
+      dG[j * B + j] += a / 2;
+      dG[i * B + j] -= a;
+    }
+}
+
 }  // namespace hyperkd

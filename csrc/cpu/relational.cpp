@@ -242,20 +242,6 @@ acc_t angle_loss(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int64_t B) 
   }, std::plus<acc_t>()) / acc_t(B * B * B);
 }
 
-// Adds dL/dd (B×B, per ordered pair) into dG through d_ij = sqrt(G_ii + G_jj − 2 G_ij).
-template <typename acc_t>
-void distance_backward(const std::vector<acc_t>& d, const acc_t* dd, int64_t B, acc_t* dG) {
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t j = 0; j < B; ++j) {
-      const acc_t n = d[i * B + j];
-      if (n == 0) continue;
-      const acc_t a = dd[i * B + j] / n;
-      dG[i * B + i] += a / 2;
-      dG[j * B + j] += a / 2;
-      dG[i * B + j] -= a;
-    }
-}
-
 // dL_D/dG (scaled by `scale`) added to dG.
 template <typename acc_t>
 void distance_loss_backward(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int64_t B, acc_t scale,
@@ -270,7 +256,7 @@ void distance_loss_backward(const Geometry<acc_t>& s, const Geometry<acc_t>& t, 
   }
   for (int64_t k = 0; k < B * B; ++k)
     dd[k] = (k / B == k % B) ? acc_t(0) : dd[k] / s.mean - wd / (s.mean * s.mean * P);
-  distance_backward(s.d, dd.data(), B, dG);
+  distance_backward(s.d.data(), dd.data(), B, dG);
 }
 
 // dL_A/dG (scaled by `scale`) added to dG; anchors are split among threads, each with its own
@@ -322,7 +308,7 @@ void angle_loss_backward(const Geometry<acc_t>& s, const Geometry<acc_t>& t, int
       dG[k] += dG_part[c][k];
       dd[k] += dd_part[c][k];
     }
-  distance_backward(s.d, dd.data(), B, dG);
+  distance_backward(s.d.data(), dd.data(), B, dG);
 }
 
 void check_rkd(at::TensorList student, double w_dist, double w_angle) {

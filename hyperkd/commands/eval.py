@@ -58,7 +58,7 @@ def load_model(name: str, checkpoint, num_classes: int, gamma: float):
 
 def run(args) -> int:
     from hyperkd import data
-    from hyperkd.train.teacher import resolve_device
+    from hyperkd.runtime import resolve_device
 
     device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoint, data.NUM_CLASSES[args.data], args.gamma)

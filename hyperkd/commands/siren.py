@@ -54,7 +54,8 @@ def run(args) -> int:
     from hyperkd.config import save_config
     from hyperkd.siren import Representation, phases
     from hyperkd.train.run_identity import check_out_dir
-    from hyperkd.train.teacher import check_seed, resolve_device
+    from hyperkd.runtime import resolve_device
+    from hyperkd.train.teacher import check_seed
 
     if args.phase == "decouple" and (args.teacher_checkpoint is None or args.source is None):
         raise ValueError("decouple: needs --teacher-checkpoint (the teacher to distil from) and "

@@ -28,7 +28,7 @@ def run(args) -> int:
     from hyperkd.config import save_config
     from hyperkd.train import sweep
     from hyperkd.train.run_identity import check_out_dir
-    from hyperkd.train.teacher import resolve_device
+    from hyperkd.runtime import resolve_device
 
     methods = sweep.parse_methods(args.methods)
     for seed in args.seeds:

@@ -26,7 +26,8 @@ from hyperkd.train.loop import Trainer
 from hyperkd.train.optim import lr_schedule, sgd
 from hyperkd.train.run_identity import teacher_identity
 from hyperkd.train.step import StepOutput
-from hyperkd.train.teacher import check_teacher, resolve_device, teacher_settings
+from hyperkd.runtime import resolve_device
+from hyperkd.train.teacher import check_teacher, teacher_settings
 
 METHODS = ("vanilla", "sftn", "gtn")
 # Seed of the paths drawn when the branches are evaluated, so that every epoch sees the same ones.

@@ -51,7 +51,7 @@ class DecoupledKD(LayerwiseMethod):
         self.name = f"dkd:alpha={alpha:g},beta={beta:g},T={T:g},warmup={warmup:g}"
         self._target = None
 
-    def bind_batch(self, labels: torch.Tensor, epoch: int = 0) -> None:
+    def bind_batch(self, labels: torch.Tensor) -> None:
         """This batch's labels, for the next loss (the epoch enters through :meth:`warmup_factor`)."""
         self._target = labels
 
@@ -61,7 +61,7 @@ class DecoupledKD(LayerwiseMethod):
 
     def layer_losses(self, student, summaries):
         if self._target is None:
-            raise ValueError(f"{self.name}: no labels bound; the step must call bind_batch(labels, epoch)")
+            raise ValueError(f"{self.name}: no labels bound; the step must call bind_batch(labels)")
         losses = []
         for m, (s, t) in enumerate(zip(student, summaries)):
             if s.dim() != 2 or s.shape != t.shape or len(s) != len(self._target):

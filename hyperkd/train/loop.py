@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hyperkd.hyper import HyperOptimizer
-from hyperkd.runtime import _proc_status_kib, accuracy, peak_memory_bytes, reset_peak_memory  # noqa: F401 (tests read them here)
+from hyperkd.runtime import accuracy, peak_memory_bytes, reset_peak_memory
 from hyperkd.train import distributed
 from hyperkd.train.checkpoint import (load_checkpoint, remove_stale_temp_files, restore_rng_state, rng_state,
                                      save_checkpoint)

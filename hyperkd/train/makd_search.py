@@ -30,7 +30,7 @@ from hyperkd.kd import layerwise_loss, make_method
 from hyperkd.kd.taps import FeatureTaps, classifier_name, tap_points
 from hyperkd.ops.affinity import AFFINITIES, LOSSES, NORMALISATIONS
 from hyperkd.train.optim import lr_schedule, sgd
-from hyperkd.train.teacher import resolve_device
+from hyperkd.runtime import resolve_device
 
 VARIANTS = tuple(itertools.product(AFFINITIES, NORMALISATIONS, LOSSES))
 FIELDS = ("aff", "norm", "loss", "lambda", "ce_grad_norm", "final_kd_loss", "val_accuracy")

@@ -90,7 +90,7 @@ class DistillStep(nn.Module):
         self.cross_entropy = nn.CrossEntropyLoss()
         methods = [t.layerkd.method for t in self.kd_terms]
         self._teacher_graph = any(m.summary_needs_graph for m in methods)
-        # Methods that read more of the batch than the tapped features: the labels and epoch
+        # Methods that read more of the batch than the tapped features: the labels
         # (``bind_batch``, e.g. DKD), or the inputs themselves (``bind``: JacobianKD, which also
         # differentiates w.r.t. them, and the JSD derivative maps).
         self._batch_binds = [m for m in methods if hasattr(m, "bind_batch")]
@@ -123,7 +123,7 @@ class DistillStep(nn.Module):
         for method in self._binds:
             method.bind(x, x, y)
         for method in self._batch_binds:
-            method.bind_batch(y, epoch)
+            method.bind_batch(y)
         with self.autocast:
             logits, captures = self.capture(x)
             ce = self.cross_entropy(logits.float(), y)
@@ -175,7 +175,7 @@ class DistillStep(nn.Module):
                 for method in self._binds:
                     method.bind(x, x, labels)
                 for method in self._batch_binds:
-                    method.bind_batch(labels, 0)
+                    method.bind_batch(labels)
                 with self.autocast:
                     _, captures = self.capture(x)
                 for term, (student, teacher) in zip(self.kd_terms, captures):

@@ -32,7 +32,8 @@ from hyperkd.train.layer_lr import RULES as LAYER_LR_RULES
 from hyperkd.train.layer_lr import LayerLR
 from hyperkd.train.step import DistillStep, KDTerm
 from hyperkd.train.run_identity import student_identity
-from hyperkd.train.teacher import check_seed, resolve_device
+from hyperkd.runtime import resolve_device
+from hyperkd.train.teacher import check_seed
 
 SCHEDULES = {"uniform": Uniform, "spike": GaussianSpike, "spike-printed": PrintedGaussianSpike}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hyperkd import data, models
-from hyperkd.runtime import resolve_device  # noqa: F401  (the commands import it from here too)
+from hyperkd.runtime import resolve_device
 from hyperkd.train import distributed
 from hyperkd.train.loop import Trainer
 from hyperkd.train.step import StepOutput

@@ -15,7 +15,7 @@ def test_dkd_matches_reference(scale):
     t = scale * torch.randn(5, 11, dtype=torch.float64)
     y = torch.randint(0, 11, (5,))
     method = make_method("dkd:alpha=0.5,beta=2,T=3")
-    method.bind_batch(y, epoch=100)
+    method.bind_batch(y)
     got = method.layer_losses([s], [t])[0]
     want = dkd_loss(s, t, y, alpha=0.5, beta=2.0, T=3.0)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -29,7 +29,7 @@ def test_dkd_fp32_matches_fp64_reference():
     torch.manual_seed(1)
     s, t, y = torch.randn(8, 100), torch.randn(8, 100), torch.randint(0, 100, (8,))
     method = make_method("dkd")
-    method.bind_batch(y, epoch=0)
+    method.bind_batch(y)
     # fp32 softmax over 100 classes: relative error ~1e-6 per term.
     torch.testing.assert_close(method.layer_losses([s], [t])[0].double(), dkd_loss(s.double(), t.double(), y),
                                rtol=1e-5, atol=1e-6)
@@ -59,7 +59,7 @@ def test_dkd_needs_labels_and_equal_shapes():
     method = make_method("dkd")
     with pytest.raises(ValueError, match="bind_batch"):
         method.layer_losses([torch.randn(2, 3)], [torch.randn(2, 3)])
-    method.bind_batch(torch.tensor([0, 1]), 0)
+    method.bind_batch(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="B×K logits"):
         method.layer_losses([torch.randn(2, 3)], [torch.randn(2, 4)])
     with pytest.raises(ValueError, match="beta must be >= 0"):

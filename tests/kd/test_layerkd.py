@@ -140,7 +140,7 @@ def test_features_are_kept_only_inside_a_capture():
 _PEAK_SCRIPT = textwrap.dedent("""
     import torch
     import hyperkd.kd as kd
-    from hyperkd.train.loop import reset_peak_memory
+    from hyperkd.runtime import reset_peak_memory
     from torch import nn
 
     def rss(key):

@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hyperkd.hyper import HyperOptimizer, hypernetize
-from hyperkd.train.loop import (NonFiniteLossError, Trainer, _proc_status_kib, peak_memory_bytes,
-                                reset_peak_memory)
+from hyperkd.runtime import _proc_status_kib, peak_memory_bytes, reset_peak_memory
+from hyperkd.train.loop import NonFiniteLossError, Trainer
 from hyperkd.train.step import StepOutput
 
 VOLATILE = ("epoch_time_s", "peak_memory_bytes")
