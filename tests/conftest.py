@@ -12,6 +12,8 @@ if not shutil.which("nvidia-smi"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import hyperkd.ops  # noqa: E402,F401  (registers torch.ops.hyperkd.*: `import hyperkd` alone is lazy)
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _interpreter_collected = 0
 _interpreter_passed = 0

@@ -11,15 +11,13 @@ suggestion, so no switch is proposed while a gentler set of switches would do.
 from dataclasses import dataclass, replace
 from functools import partial
 
-import torch
-
 from hyperkd.commands.train import hidden_widths
-from hyperkd.hyper.memory import OPTIMIZERS, format_size, memory_estimate, parse_size
 
 HELP = "estimate a hypernetised training run's memory and suggest the switches that fit a budget"
 NARROW_HIDDEN = (16, 16, 16)
-BF16 = torch.bfloat16
-DTYPES = {"fp32": torch.float32, "bf16": BF16}  # the spellings of train's --state-dtype/--weight-dtype
+# Storage dtypes by the spellings of train's --state-dtype/--weight-dtype; torch's dtypes are looked
+# up only when estimating, so that `hyperkd --help` imports no torch.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 ROWS = (("W", "W"), ("W_grad", "W gradient"), ("optimizer_state", "optimizer state"),
         ("carried", "carried W·z"), ("activations", "activations"), ("teacher", "teacher"), ("other", "other"),
         ("total", "total"))
@@ -31,12 +29,13 @@ class Setup:
     hidden: tuple
     batch_size: int
     fused: bool
-    weight_dtype: torch.dtype = torch.float32
-    state_dtype: torch.dtype = torch.float32
+    weight_dtype: str = "fp32"  # a key of DTYPES
+    state_dtype: str = "fp32"
 
 
 def add_arguments(parser) -> None:
     from hyperkd.data import DATASETS
+    from hyperkd.hyper.memory import OPTIMIZERS
 
     parser.add_argument("--model", required=True, help="a name from `hyperkd models`")
     parser.add_argument("--hidden", default="16,64,128", help="hypernetwork hidden widths (default: 16,64,128)")
@@ -59,6 +58,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from hyperkd.hyper.memory import format_size, parse_size
+
     model = _meta_model(args.model, args.data)
     kd = _kd_method(args.kd)
     for flag, value in (("--state-dtype", args.state_dtype), ("--weight-dtype", args.weight_dtype)):
@@ -66,7 +67,7 @@ def run(args) -> int:
             raise ValueError(f"{flag}: bf16 storage is stepped only by the fused step (stochastic "
                              "rounding); add --fused-step")
     base = Setup(_flag("--hidden", hidden_widths, args.hidden), _batch_size(args.batch_size), args.fused_step,
-                 weight_dtype=DTYPES[args.weight_dtype], state_dtype=DTYPES[args.state_dtype])
+                 weight_dtype=args.weight_dtype, state_dtype=args.state_dtype)
     budget = None if args.budget is None else _flag("--budget", parse_size, args.budget)
     estimate = partial(_estimate, model, args.optimizer, kd is not None)
     totals = estimate(base)
@@ -93,6 +94,8 @@ def _flag(flag: str, parse, value):
 
 def _meta_model(name: str, data: str):
     """The zoo model on the meta device: planning VGG-19-bn or RepVGG-A2 allocates nothing."""
+    import torch
+
     from hyperkd import models
     from hyperkd.data import NUM_CLASSES
 
@@ -115,17 +118,18 @@ def _batch_size(n: int) -> int:
 
 
 def _estimate(model, optimizer: str, teacher: bool, setup: Setup) -> dict:
-    return memory_estimate(model, hidden=setup.hidden, optimizer=optimizer, dtype=setup.weight_dtype,
-                           fused=setup.fused, batch_size=setup.batch_size, state_dtype=setup.state_dtype,
+    import torch
+
+    from hyperkd.hyper.memory import memory_estimate
+
+    return memory_estimate(model, hidden=setup.hidden, optimizer=optimizer,
+                           dtype=getattr(torch, DTYPES[setup.weight_dtype]), fused=setup.fused,
+                           batch_size=setup.batch_size, state_dtype=getattr(torch, DTYPES[setup.state_dtype]),
                            teacher=teacher)
 
 
 def _widths(hidden) -> str:
     return ",".join(map(str, hidden))
-
-
-def _dtype(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == BF16 else "fp32"
 
 
 def _describe(s: Setup, optimizer: str) -> str:
@@ -135,12 +139,14 @@ def _describe(s: Setup, optimizer: str) -> str:
 
 def _print_table(totals: dict, s: Setup, optimizer: str, kd) -> None:
     """One aligned row per component: name, size, what it holds."""
+    from hyperkd.hyper.memory import OPTIMIZERS, format_size
+
     slots = OPTIMIZERS[optimizer]
     notes = {
-        "W": f"output layer, P×d ({_dtype(s.weight_dtype)})",
+        "W": f"output layer, P×d ({s.weight_dtype})",
         "W_grad": "the B_γ×P factor dθ and the step's copy (fused step)" if s.fused else "P×d (fp32)",
         "carried": "next step's generation, made in the update's pass over W" if s.fused else "none (unfused)",
-        "optimizer_state": f"{slots} × P×d ({_dtype(s.state_dtype)})" if slots else "none (plain SGD)",
+        "optimizer_state": f"{slots} × P×d ({s.state_dtype})" if slots else "none (plain SGD)",
         "activations": f"student's leaf-module outputs at batch {s.batch_size} (fp32)",
         "teacher": f"parameters + conv outputs tapped for {kd}" if kd else "no KD",
         "other": "MLP, θ0, non-generated layers, with gradients and state",
@@ -158,10 +164,12 @@ def _switches(base: Setup, optimizer: str) -> list:
 
     bf16 storage needs the fused step (only it rounds stochastically), so it switches that on too.
     """
+    from hyperkd.hyper.memory import OPTIMIZERS
+
     switches = [partial(replace, fused=True)]
     if OPTIMIZERS[optimizer]:
-        switches.append(partial(replace, fused=True, state_dtype=BF16))
-    switches += [partial(replace, fused=True, weight_dtype=BF16), partial(replace, hidden=NARROW_HIDDEN)]
+        switches.append(partial(replace, fused=True, state_dtype="bf16"))
+    switches += [partial(replace, fused=True, weight_dtype="bf16"), partial(replace, hidden=NARROW_HIDDEN)]
     n = base.batch_size // 2
     while n >= 1:
         switches.append(partial(replace, batch_size=n))
@@ -198,6 +206,8 @@ def _changes(base: Setup, s: Setup) -> list:
 
 def _print_suggestion(base: Setup, switches: list, estimate, budget: int) -> None:
     """Tries the candidates in order, printing each, and stops at the first that fits."""
+    from hyperkd.hyper.memory import format_size
+
     print("switches, alone and stacked, least change to training first:")
     for setup in _candidates(base, switches):
         total = estimate(setup)["total"]
