@@ -46,7 +46,7 @@ GPU_ROWS = [f"{net}:{impl}:16,64,128:sgd_momentum" for net in ("vgg19_bn", "repv
 #   PYTHONPATH=. python bench/bench_hyper.py --out FILE $(python -c "from bench.bench_hyper import CHAIN_ROWS; print(*CHAIN_ROWS)")
 CHAIN_ROWS = [f"vgg11_bn:{impl}:16,64,128:{optimizer}" for optimizer in OPTIMIZERS
               for impl in ("fused_unchained", "fused", "fused_bf16_unchained", "fused_bf16")]
-STEPS = 3  # timed steps per fresh process, after one warm-up step; the median is reported
+STEPS = 5  # timed steps per fresh process, after one warm-up step; the median is reported
 
 
 def _version(package: str):

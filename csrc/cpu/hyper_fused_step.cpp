@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -59,43 +60,60 @@ struct StepArgs {
   uint64_t seed;
 };
 
-// Rows [begin, end) of W: form each row of dW = dθᵀ·z in a d-vector, then update in place.
+// Row p of W: form its row of dW = dθᵀ·z in g (a d-vector), then update it in place.
+template <int ALGO, bool MOMENTUM, typename w_t, typename s_t>
+inline void update_row(const StepArgs& a, w_t* w, s_t* m, s_t* v, int64_t p, float* g) {
+  const uint64_t seed_w = a.seed, seed_m = a.seed ^ 0x1111u, seed_v = a.seed ^ 0x2222u;
+  std::fill(g, g + a.d, 0.0f);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const float c = a.dtheta[b * a.P + p];
+    const float* zb = a.z + b * a.d;
+    for (int64_t k = 0; k < a.d; ++k) g[k] += c * zb[k];
+  }
+  const int64_t row = p * a.d;
+  for (int64_t k = 0; k < a.d; ++k) {
+    const int64_t i = row + k;
+    float wi = load(w, i), gi = g[k];
+    if constexpr (ALGO == kSGD) {
+      gi += a.wd * wi;
+      if constexpr (MOMENTUM) {
+        gi = a.beta1 * load(m, i) + gi;  // zero-initialised buffer: the first step stores g itself
+        store(m, i, gi, seed_m);
+      }
+      wi -= a.lr * gi;
+    } else {
+      if constexpr (ALGO == kAdam) gi += a.wd * wi;
+      else wi *= 1.0f - a.lr * a.wd;
+      float mi = load(m, i), vi = load(v, i);
+      mi += (1.0f - a.beta1) * (gi - mi);
+      vi = a.beta2 * vi + (1.0f - a.beta2) * gi * gi;
+      store(m, i, mi, seed_m);
+      store(v, i, vi, seed_v);
+      wi -= (a.lr / a.bc1) * mi / (std::sqrt(vi) / a.bc2_sqrt + a.eps);
+    }
+    store(w, i, wi, seed_w);
+  }
+}
+
+// Rows [begin, end) of W, kDotRows at a time: update them, then (chained) generate the next step's
+// values from the rows as stored (bf16 after its rounding), exactly as the generation op reads them,
+// while they are still in cache.
 template <int ALGO, bool MOMENTUM, typename w_t, typename s_t>
 void update_rows(const StepArgs& a, w_t* w, s_t* m, s_t* v, int64_t begin, int64_t end) {
   std::vector<float> g(a.d);
-  const uint64_t seed_w = a.seed, seed_m = a.seed ^ 0x1111u, seed_v = a.seed ^ 0x2222u;
-  for (int64_t p = begin; p < end; ++p) {
-    std::fill(g.begin(), g.end(), 0.0f);
-    for (int64_t b = 0; b < a.B; ++b) {
-      const float c = a.dtheta[b * a.P + p];
-      const float* zb = a.z + b * a.d;
-      for (int64_t k = 0; k < a.d; ++k) g[k] += c * zb[k];
-    }
-    const int64_t row = p * a.d;
-    for (int64_t k = 0; k < a.d; ++k) {
-      const int64_t i = row + k;
-      float wi = load(w, i), gi = g[k];
-      if constexpr (ALGO == kSGD) {
-        gi += a.wd * wi;
-        if constexpr (MOMENTUM) {
-          gi = a.beta1 * load(m, i) + gi;  // zero-initialised buffer: the first step stores g itself
-          store(m, i, gi, seed_m);
-        }
-        wi -= a.lr * gi;
+  float dots[kDotRows];
+  for (int64_t p0 = begin; p0 < end; p0 += kDotRows) {
+    const int64_t rows = std::min(kDotRows, end - p0);
+    for (int64_t p = p0; p < p0 + rows; ++p) update_row<ALGO, MOMENTUM>(a, w, m, v, p, g.data());
+    for (int64_t s = 0; s < a.B_next; ++s) {
+      const float* code = a.z_next + s * a.d;
+      if (rows == kDotRows) {
+        generation_dots<kDotRows>(w + p0 * a.d, a.d, code, a.d, dots);
       } else {
-        if constexpr (ALGO == kAdam) gi += a.wd * wi;
-        else wi *= 1.0f - a.lr * a.wd;
-        float mi = load(m, i), vi = load(v, i);
-        mi += (1.0f - a.beta1) * (gi - mi);
-        vi = a.beta2 * vi + (1.0f - a.beta2) * gi * gi;
-        store(m, i, mi, seed_m);
-        store(v, i, vi, seed_v);
-        wi -= (a.lr / a.bc1) * mi / (std::sqrt(vi) / a.bc2_sqrt + a.eps);
+        for (int64_t r = 0; r < rows; ++r) dots[r] = generation_dot(w + (p0 + r) * a.d, code, a.d);
       }
-      store(w, i, wi, seed_w);
+      for (int64_t r = 0; r < rows; ++r) a.next[s * a.P + p0 + r] = dots[r];
     }
-    // From the row as stored (bf16 after its rounding), exactly as the generation op reads it.
-    for (int64_t s = 0; s < a.B_next; ++s) a.next[s * a.P + p] = generation_dot(w + row, a.z_next + s * a.d, a.d);
   }
 }
 

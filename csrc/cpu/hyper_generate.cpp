@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <vector>
@@ -120,14 +121,18 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
       const auto& g = geo[l];
       acc_t* o = out[l].data_ptr<acc_t>();
       at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p) {
-          const scalar_t* row = w + (g.offset + p) * d;
-          const acc_t base = t0[g.offset + p];
-          const int64_t a = g.address(p);
-          if (ca) {
-            for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = ca[s * P + g.offset + p] + base;
-          } else {
-            for (int64_t s = 0; s < B; ++s) o[s * g.numel + a] = generation_dot(row, zz + s * d, d) + base;
+        acc_t dots[kDotRows];
+        for (int64_t p0 = begin; p0 < end; p0 += kDotRows) {
+          const int64_t rows = std::min(kDotRows, end - p0);
+          for (int64_t s = 0; s < B; ++s) {
+            if (ca) {
+              for (int64_t r = 0; r < rows; ++r) dots[r] = ca[s * P + g.offset + p0 + r];
+            } else if (rows == kDotRows) {
+              generation_dots<kDotRows>(w + (g.offset + p0) * d, d, zz + s * d, d, dots);
+            } else {
+              for (int64_t r = 0; r < rows; ++r) dots[r] = generation_dot(w + (g.offset + p0 + r) * d, zz + s * d, d);
+            }
+            for (int64_t r = 0; r < rows; ++r) o[s * g.numel + g.address(p0 + r)] = dots[r] + t0[g.offset + p0 + r];
           }
         }
       });
