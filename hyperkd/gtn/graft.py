@@ -156,16 +156,20 @@ class GraftedBranches(nn.Module):
     def _supernet(self, branch: int) -> Supernet:
         return self.supernets[branch % len(self.supernets)]
 
-    def sample(self, rng: Optional[random.Random] = None) -> List[Spec]:
-        """This batch's path of each branch (the fixed spec for SFTN)."""
+    def sample(self, rng: Optional[random.Random] = None, probs=None) -> List[Spec]:
+        """This batch's path of each branch (the fixed spec for SFTN); ``probs``: per-layer weights
+        as :meth:`Supernet.sample` takes them (default: each supernet's own)."""
         if self.fixed is not None:
             self.paths = [self.fixed] * BRANCHES
         elif self.per_branch_paths:
-            self.paths = [self._supernet(b).sample(rng) for b in range(BRANCHES)]
+            self.paths = [self._supernet(b).sample(rng, probs) for b in range(BRANCHES)]
         else:
-            spec = self.supernets[0].sample(rng)
-            self.paths = [spec] * BRANCHES
+            self.follow(self.supernets[0].sample(rng, probs))
         return self.paths
+
+    def follow(self, spec: Spec) -> None:
+        """Every branch on the path ``spec`` until the next :meth:`sample`."""
+        self.paths = [check_spec(spec, self.supernets[0].config)] * BRANCHES
 
     def forward(self, stage_outputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The logits z_b of each branch on the paths of the last :meth:`sample`."""

@@ -46,12 +46,16 @@ class Supernet(LayerNet):
     def candidates(self) -> List[Tuple[str, ...]]:
         return [tuple(layer.candidates) for layer in self.layers]
 
-    def sample(self, generator: Optional[random.Random] = None) -> Spec:
-        """One operation per layer from the per-layer distribution (uniform where ``probs`` is
-        None); activates and returns the spec."""
+    def sample(self, generator: Optional[random.Random] = None,
+               probs: Optional[Sequence[Optional[Sequence[float]]]] = None) -> Spec:
+        """One operation per layer from the per-layer distribution ``probs`` (default: ``self.probs``;
+        uniform where a layer's entry is None); activates and returns the spec."""
         rng = generator or random
+        weights = self.probs if probs is None else probs
+        if len(weights) != len(self.layers):
+            raise ValueError(f"probs: expected one entry per layer ({len(self.layers)}), got {len(weights)}")
         spec = tuple(rng.choices(names, weights=p)[0] if p is not None else rng.choice(names)
-                     for names, p in zip(self.candidates(), self.probs))
+                     for names, p in zip(self.candidates(), weights))
         self.activate(spec)
         return spec
 

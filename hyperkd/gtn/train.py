@@ -7,6 +7,11 @@ checkpoint=)`` loads for the KD stage); the branches and adapters are under ``st
 ``best.pt`` and ``last.pt``. ``metrics.jsonl`` adds, per epoch, each branch's CE, KL and train
 accuracy on the sampled paths and its validation accuracy on paths drawn per batch from a fixed
 seed (the supplementary's Figure 1); ``accuracy.png`` plots them.
+
+``path_distribution="learnt"`` (``gtn`` only) samples the paths from per-layer logits that Adam
+updates every ``arch_every`` steps on a held-out part of the train split with the REINFORCE
+estimate (:mod:`hyperkd.gtn.path_distribution`); α, Adam's state and the baseline are checkpointed
+under ``stateful``, and each epoch's record adds the ``arch/...`` keys.
 """
 import json
 import random
@@ -19,6 +24,9 @@ import torch
 
 from hyperkd import data, models
 from hyperkd.gtn.graft import KL_DIRECTIONS, BRANCHES, graft, graft_loss
+from hyperkd.gtn.holdout import check_fraction, holdout_loaders
+from hyperkd.gtn.path_distribution import (BASELINE_DECAY, PathDistribution, PathLearner, branch_reward,
+                                           check_arch_settings)
 from hyperkd.gtn.supernet import Supernet
 from hyperkd.models.nas import NAS_STUDENTS, PRESETS
 from hyperkd.train import distributed
@@ -30,6 +38,9 @@ from hyperkd.runtime import resolve_device
 from hyperkd.train.teacher import check_teacher, teacher_settings
 
 METHODS = ("vanilla", "sftn", "gtn")
+PATH_DISTRIBUTIONS = ("uniform", "learnt")
+# The learnt distribution's settings, part of a run's identity only when it is learnt.
+ARCH_SETTINGS = ("arch_lr", "arch_every", "arch_holdout_fraction", "arch_baseline_decay")
 # Seed of the paths drawn when the branches are evaluated, so that every epoch sees the same ones.
 EVAL_PATH_SEED = 0
 
@@ -41,7 +52,11 @@ class GraftConfig:
     ``sftn_student``: the fixed student of ``sftn`` (a name of ``NAS_STUDENTS``);
     ``freeze_teacher_epochs``: epochs at the start with the teacher frozen (eval mode, no
     gradients) while the branches warm up; ``milestones``: fractions of the run where a multistep
-    schedule divides the lr by 10 (the supplementary's 150/180/210 of 240 are 0.625, 0.75, 0.875)."""
+    schedule divides the lr by 10 (the supplementary's 150/180/210 of 240 are 0.625, 0.75, 0.875).
+    ``path_distribution``: ``uniform`` or ``learnt`` (``gtn`` only; our reading, see
+    :mod:`hyperkd.gtn.path_distribution`): Adam at ``arch_lr`` on the logits every ``arch_every``
+    training steps, on batches of the ``arch_holdout_fraction`` of the train split held out from
+    the weights, with a reward baseline decaying by ``arch_baseline_decay``."""
 
     method: str = "gtn"
     alpha: float = 3.0
@@ -53,6 +68,11 @@ class GraftConfig:
     sftn_student: str = "s_nas_s"
     freeze_teacher_epochs: int = 0
     milestones: Sequence[float] = field(default=(0.5, 0.75))
+    path_distribution: str = "uniform"
+    arch_lr: float = 1e-3
+    arch_every: int = 5
+    arch_holdout_fraction: float = 0.1
+    arch_baseline_decay: float = BASELINE_DECAY
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -70,21 +90,35 @@ class GraftConfig:
             raise ValueError(f"freeze_teacher_epochs: expected an integer >= 0, got {self.freeze_teacher_epochs!r}")
         if not all(0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones: expected fractions of the run in (0, 1), got {self.milestones!r}")
+        self._check_path_distribution()
+
+    def _check_path_distribution(self) -> None:
+        if self.path_distribution not in PATH_DISTRIBUTIONS:
+            raise ValueError(f"path_distribution (--path-distribution): expected one of {PATH_DISTRIBUTIONS}, "
+                             f"got {self.path_distribution!r}")
+        if self.path_distribution == "learnt" and self.method != "gtn":
+            raise ValueError(f"path_distribution (--path-distribution): 'learnt' needs --method gtn (the paths "
+                             f"of a supernet), got method {self.method!r}")
+        check_arch_settings(self.arch_lr, self.arch_every, self.arch_baseline_decay)
+        check_fraction(self.arch_holdout_fraction)
 
 
 class GraftTrainer(Trainer):
     """The Trainer, with the branches in train mode while the teacher trains and their validation
     accuracy added to each epoch's record (its time as ``branch_eval_s``, part of
-    ``epoch_time_s``)."""
+    ``epoch_time_s``), and the learnt path distribution's record when there is one."""
 
     branches: Optional[torch.nn.Module] = None
     stages: Optional[torch.nn.Module] = None
+    learner: Optional[PathLearner] = None
 
     def train_epoch(self, epoch: int) -> dict:
         if self.branches is None:  # vanilla
             return super().train_epoch(epoch)
         self.branches.train()
         record = super().train_epoch(epoch)
+        if self.learner is not None:
+            record.update(self.learner.record())
         began = time.perf_counter()
         record.update(self.branch_accuracy(self.val_loader))
         record["branch_eval_s"] = time.perf_counter() - began
@@ -123,7 +157,12 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
     torch.manual_seed(seed)
     random.seed(seed)
     dev = resolve_device(device)
-    train, val, test = data.loaders(dataset, batch_size, root=data_root, workers=workers, seed=seed)
+    holdout = None
+    if graft_cfg.path_distribution == "learnt":
+        train, holdout, val, test = holdout_loaders(dataset, batch_size, graft_cfg.arch_holdout_fraction,
+                                                    root=data_root, workers=workers, seed=seed)
+    else:
+        train, val, test = data.loaders(dataset, batch_size, root=data_root, workers=workers, seed=seed)
     classes = data.NUM_CLASSES[dataset]
     teacher = models.create(model, num_classes=classes).to(dev)
     params = list(teacher.parameters())
@@ -137,7 +176,13 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
         branches.to(dev)
         params += list(branches.parameters())
     optimizer = sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    step = _train_step(teacher, stages, branches, graft_cfg)
+    learner = None
+    if holdout is not None:
+        candidates = branches.supernets[0].candidates()
+        learner = PathLearner(PathDistribution(candidates, range(branches.starts[0], len(candidates))),
+                              lr=graft_cfg.arch_lr, every=graft_cfg.arch_every,
+                              baseline_decay=graft_cfg.arch_baseline_decay)
+    step = _train_step(teacher, stages, branches, graft_cfg, learner, holdout)
 
     def on_epoch(epoch):
         frozen = epoch < graft_cfg.freeze_teacher_epochs
@@ -147,18 +192,30 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
     identity = grafted_identity(model, dataset, settings, graft_cfg)
     trainer = GraftTrainer(teacher, optimizer, step, train, val, test, out_dir=out, device=dev,
                            scheduler=lr_schedule(optimizer, schedule, epochs, milestones=graft_cfg.milestones),
-                           stateful={"branches": branches} if branches is not None else {},
+                           stateful=_stateful(branches, learner),
                            on_epoch=on_epoch, progress=progress, identity=identity, overwrite=overwrite)
-    trainer.stages, trainer.branches = stages, branches
+    trainer.stages, trainer.branches, trainer.learner = stages, branches, learner
     best = trainer.fit(epochs, resume=resume)
     if distributed.is_main():
         plot_accuracy(Path(out) / "metrics.jsonl", Path(out) / "accuracy.png")
     return best
 
 
+def _stateful(branches, learner) -> dict:
+    """What the checkpoints keep beside the teacher: the branches and the learnt distribution."""
+    stateful = {} if branches is None else {"branches": branches}
+    if learner is not None:
+        stateful["path_distribution"] = learner
+    return stateful
+
+
 def grafted_identity(model: str, dataset: str, settings: dict, graft_cfg: GraftConfig) -> dict:
-    """The run identity of a grafted teacher: the canonical teacher's settings and the graft's."""
-    return teacher_identity(model=model, data=dataset, **settings, **asdict(graft_cfg))
+    """The run identity of a grafted teacher: the canonical teacher's settings and the graft's (the
+    learnt distribution's settings only when it is learnt, so uniform runs keep their identity)."""
+    graft_settings = asdict(graft_cfg)
+    if graft_cfg.path_distribution == "uniform":
+        graft_settings = {k: v for k, v in graft_settings.items() if k not in ("path_distribution", *ARCH_SETTINGS)}
+    return teacher_identity(model=model, data=dataset, **settings, **graft_settings)
 
 
 def add_graft_arguments(parser) -> None:
@@ -182,6 +239,19 @@ def add_graft_arguments(parser) -> None:
                        help="epochs at the start with the teacher frozen while the branches warm up")
     group.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
                        help="fractions of the run where --schedule multistep divides the lr by 10")
+    group.add_argument("--path-distribution", choices=PATH_DISTRIBUTIONS, default="uniform",
+                       help="how --method gtn samples paths: uniform per layer, or from per-layer logits "
+                            "learnt by REINFORCE on held-out train batches (our reading of the paper's "
+                            "trainable distribution)")
+    group.add_argument("--arch-lr", type=float, default=1e-3,
+                       help="Adam learning rate of the learnt path distribution's logits")
+    group.add_argument("--arch-every", type=int, default=5,
+                       help="training steps per update of the learnt path distribution")
+    group.add_argument("--arch-holdout-fraction", type=float, default=0.1,
+                       help="fraction of the train split held out from the weights for the learnt "
+                            "path distribution's updates (validation stays untouched)")
+    group.add_argument("--arch-baseline-decay", type=float, default=BASELINE_DECAY,
+                       help="decay of the moving-average reward baseline of the learnt path distribution")
 
 
 def run_grafted(args, settings: dict) -> int:
@@ -192,7 +262,10 @@ def run_grafted(args, settings: dict) -> int:
     cfg = GraftConfig(method=args.method, alpha=args.alpha, tau=args.tau, kl_direction=args.kl_direction,
                       preset=args.preset, shared=not args.separate_branches,
                       per_branch_paths=args.per_branch_paths, sftn_student=args.sftn_student,
-                      freeze_teacher_epochs=args.freeze_teacher_epochs, milestones=tuple(args.milestones))
+                      freeze_teacher_epochs=args.freeze_teacher_epochs, milestones=tuple(args.milestones),
+                      path_distribution=args.path_distribution, arch_lr=args.arch_lr, arch_every=args.arch_every,
+                      arch_holdout_fraction=args.arch_holdout_fraction,
+                      arch_baseline_decay=args.arch_baseline_decay)
     cfg.check()
     check_teacher(args.model, args.data, device=args.device, **settings)
     check_out_dir(args.out, grafted_identity(args.model, args.data, settings, cfg),
@@ -206,20 +279,33 @@ def run_grafted(args, settings: dict) -> int:
     return 0
 
 
-def _train_step(teacher, stages, branches, cfg: GraftConfig):
-    """The step: the teacher's CE, plus the branches' CE and α·KL on this batch's paths."""
+def _train_step(teacher, stages, branches, cfg: GraftConfig, learner: Optional[PathLearner] = None,
+                holdout=None):
+    """The step: the teacher's CE, plus the branches' CE and α·KL on this batch's paths. With a
+    learnt distribution, an update of it first when one is due, then this batch's paths from it."""
     def step(x, y, epoch):
         if epoch < cfg.freeze_teacher_epochs and teacher.training:
             teacher.eval()  # frozen: its batch-norm statistics stay as loaded
         if branches is None:
             z_t = teacher(x)
             return StepOutput.of(z_t, {"ce": torch.nn.functional.cross_entropy(z_t, y)})
-        branches.sample()
+        if learner is not None and learner.tick():
+            _update_paths(stages, branches, learner, holdout, x.device)
+        branches.sample(probs=None if learner is None else learner.weights)
         z_t, stage_outputs = stages(x)
         terms, logs = graft_loss(z_t, branches(stage_outputs), y, alpha=cfg.alpha, tau=cfg.tau,
                                  kl_direction=cfg.kl_direction)
         return StepOutput.of(z_t, terms, logs)
     return step
+
+
+def _update_paths(stages, branches, learner: PathLearner, holdout, device) -> None:
+    """One update of the learnt distribution: a path from it, every branch on that path, its reward
+    on the next held-out batch."""
+    x, y = holdout.batch(learner.updates)
+    spec = branches.supernets[0].sample(probs=learner.weights)
+    branches.follow(spec)
+    learner.update(spec, branch_reward(stages, branches, x.to(device), y.to(device)))
 
 
 def plot_accuracy(metrics: Path, png: Path) -> None:
