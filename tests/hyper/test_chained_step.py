@@ -1,6 +1,7 @@
 """One pass over W per training step: the fused update of step t also generates step t + 1's W·z
 (``hyper_fused_step_`` with ``z_next``), and the next forward uses it (``hyper_generate`` with
-``carried``). Chained runs must equal unchained ones step by step: bit for bit on the CPU."""
+``carried``). Chained runs must equal unchained ones step by step: bit for bit on the CPU. The ops
+themselves: ``tests/ops/test_hyper_fused_step.py``."""
 import copy
 
 import pytest
@@ -8,107 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from hyperkd.hyper import HyperOptimizer, hypernetize
-from hyperkd.kernels import hyper_fused_step as triton_fs
-from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD, hyper_generate, op_geometry
-from hyperkd.reference.hyper_generate import hyper_generate as reference_generate
-from hyperkd.reference.hyper_generate import output_layer_step
 from tests.hyper.nets import NETS
 from tests.tolerances import assert_close
-
-SHAPES = [(5, 3, 3, 3), (5,), (7, 5, 1, 1), (3, 7)]
-P = sum(torch.Size(s).numel() for s in SHAPES)
-# (algorithm, beta1, weight decay, W dtype, state dtype)
-OP_CASES = [(SGD, 0.0, 0.0, torch.float32, torch.float32), (SGD, 0.9, 1e-3, torch.float32, torch.float32),
-            (ADAM, 0.9, 1e-3, torch.float32, torch.float32), (ADAMW, 0.9, 1e-2, torch.float32, torch.float32),
-            (SGD, 0.9, 0.0, torch.bfloat16, torch.bfloat16), (ADAMW, 0.9, 1e-2, torch.bfloat16, torch.bfloat16)]
-
-
-def op_inputs(w_dtype, s_dtype, d=9, B=2, B_next=3):
-    W = torch.randn(P, d).to(w_dtype)
-    states = [torch.zeros(P, d, dtype=s_dtype), torch.zeros(P, d, dtype=s_dtype)]
-    return W, states, torch.randn(B, P), torch.randn(B, d), torch.randn(B_next, d), torch.randn(P)
-
-
-@pytest.mark.parametrize("algorithm, beta1, wd, w_dtype, s_dtype", OP_CASES)
-def test_cpu_step_generates_exactly_what_generation_gives_from_the_updated_w(algorithm, beta1, wd, w_dtype,
-                                                                            s_dtype):
-    W, states, dtheta, z, z_next, theta0 = op_inputs(w_dtype, s_dtype)
-    geometry = op_geometry(SHAPES, [True, False, True, False])
-    for t in (1, 2):  # the second step starts from non-zero state
-        carried = torch.ops.hyperkd.hyper_fused_step_(W, *states, dtheta * t, z, algorithm, 1e-2, beta1, 0.999,
-                                                      1e-8, wd, t, 7, z_next)
-        assert carried.shape == (z_next.shape[0], P)
-        plain = torch.ops.hyperkd.hyper_generate(W, z_next, theta0, *geometry)
-        chained = torch.ops.hyperkd.hyper_generate(W, z_next, theta0, *geometry, carried)
-        for a, b in zip(chained, plain):
-            assert torch.equal(a, b)  # the same dot product on the same stored row: the same bits
-            assert a.stride() == b.stride()
-
-
-def test_cpu_step_without_next_codes_returns_nothing_and_updates_the_same():
-    W, states, dtheta, z, z_next, _ = op_inputs(torch.float32, torch.float32)
-    W2, states2 = W.clone(), [s.clone() for s in states]
-    out = torch.ops.hyperkd.hyper_fused_step_(W, *states, dtheta, z, ADAM, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, 3)
-    torch.ops.hyperkd.hyper_fused_step_(W2, *states2, dtheta, z, ADAM, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, 3, z_next)
-    assert out.numel() == 0
-    assert torch.equal(W, W2) and all(torch.equal(a, b) for a, b in zip(states, states2))
-
-
-@pytest.mark.parametrize("algorithm, beta1, wd, w_dtype, s_dtype", [OP_CASES[1], OP_CASES[3]])
-def test_step_with_next_codes_matches_the_reference_update_then_generation(algorithm, beta1, wd, w_dtype, s_dtype):
-    W, states, dtheta, z, z_next, theta0 = op_inputs(w_dtype, s_dtype)
-    ref_W, ref_states = W.clone(), [s.clone() for s in states]
-    carried = torch.ops.hyperkd.hyper_fused_step_(W, *states, dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8, wd,
-                                                  1, 0, z_next)
-    output_layer_step(ref_W, *ref_states, dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8, wd, 1)
-    assert_close(W, ref_W, torch.float32, msg="W")
-    ref = reference_generate(ref_W, z_next, theta0, SHAPES)
-    got = hyper_generate(W, z_next, theta0, SHAPES, carried=carried)
-    for g, r in zip(got, ref):
-        assert_close(g, r, torch.float32)
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("algorithm, beta1, wd", [(SGD, 0.9, 1e-3), (ADAMW, 0.9, 1e-2)])
-def test_triton_step_with_next_codes_matches_the_cpu_op(algorithm, beta1, wd):
-    W, states, dtheta, z, z_next, theta0 = op_inputs(torch.float32, torch.float32)
-    cpu_W, cpu_states = W.clone(), [s.clone() for s in states]
-    carried = triton_fs.hyper_fused_step_(W, *states, dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8, wd, 1, 0,
-                                          z_next)
-    cpu = torch.ops.hyperkd.hyper_fused_step_(cpu_W, *cpu_states, dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8,
-                                              wd, 1, 0, z_next)
-    assert_close(W, cpu_W, torch.float32, msg="W")
-    assert_close(carried, cpu, torch.float32, scale=3, msg="W_{t+1}·z_next")
-    from hyperkd.kernels import hyper_generate as triton_hg
-    geometry = op_geometry(SHAPES, [True, False, True, False])
-    for a, b in zip(triton_hg.hyper_generate(W, z_next, theta0, *geometry, carried),
-                    torch.ops.hyperkd.hyper_generate(cpu_W, z_next, theta0, *geometry)):
-        assert_close(a, b, torch.float32, scale=3)
-
-
-def test_opcheck_of_the_generating_step_and_of_generation_from_carried():
-    W, states, dtheta, z, z_next, theta0 = op_inputs(torch.float32, torch.float32)
-    torch.library.opcheck(torch.ops.hyperkd.hyper_fused_step_.default,
-                          (W, *states, dtheta, z, SGD, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, 7, z_next),
-                          test_utils=("test_schema", "test_faketensor"))
-    carried = torch.randn(3, P)
-    torch.library.opcheck(torch.ops.hyperkd.hyper_generate.default,
-                          (W, z_next.requires_grad_(), theta0.requires_grad_(), *op_geometry(SHAPES, [False] * 4),
-                           carried))
-
-
-def test_bad_carried_raises_naming_it():
-    W, _, _, _, z_next, theta0 = op_inputs(torch.float32, torch.float32)
-    with pytest.raises(ValueError, match="carried: expected W·z, a torch.float32 3×"):
-        hyper_generate(W, z_next, theta0, SHAPES, carried=torch.randn(2, P))
-    with pytest.raises(RuntimeError, match="carried: expected a contiguous Float 3×"):
-        torch.ops.hyperkd.hyper_generate(W, z_next, theta0, *op_geometry(SHAPES, [False] * 4), torch.randn(3, P - 1))
-    with pytest.raises(RuntimeError, match="z_next: expected a contiguous float32 B_next×9"):
-        torch.ops.hyperkd.hyper_fused_step_(W, torch.empty(0), torch.empty(0), torch.randn(1, P), z_next[:1],
-                                            SGD, 1e-2, 0.0, 0.999, 1e-8, 0.0, 1, 0, torch.randn(1, 4))
-
-
-# --- whole training steps -------------------------------------------------------------------------
 
 STEPS = 12
 
