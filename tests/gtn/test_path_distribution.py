@@ -105,10 +105,16 @@ def _records(path):
 
 
 def test_learnt_distribution_trains_logs_and_resumes_exactly(tmp_path, tiny_digits, monkeypatch):
+    from hyperkd.cli import main
+
     cfg = GraftConfig(method="gtn", path_distribution="learnt", arch_lr=0.05, arch_every=1,
                       arch_holdout_fraction=0.25)
     run = dict(epochs=2, batch_size=32, progress=False)
-    train_grafted_teacher("resnet20", "digits", tmp_path / "straight", cfg, **run)
+    # The uninterrupted run through the command, so that its flags are checked against cfg too.
+    assert main(["teacher", "--model", "resnet20", "--data", "digits", "--out", str(tmp_path / "straight"),
+                 "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--schedule", "multistep",
+                 "--method", "gtn", "--path-distribution", "learnt", "--arch-lr", "0.05", "--arch-every", "1",
+                 "--arch-holdout-fraction", "0.25"]) == 0
     update, calls = PathLearner.update, {"n": 0}
 
     def killed_in_epoch_1(self, spec, reward):  # 3 steps an epoch (72 items, batch 32)
