@@ -8,7 +8,7 @@
 #
 # Stages: build; test (the gpu-marked tests); siren-narrow (the SIREN grid at widths 64 and 128,
 # where the targets are ratios to eager and torch.compile); siren-wide (280 and 680, where they
-# are TFLOP/s); kd (every KD op, both networks, B = 16/64/128). Each stage appends to
+# are TFLOP/s); kd (every layer-wise KD op family's suite, both networks, B = 16/64/128). Each stage appends to
 # $OUT/<stage>.log; each benchmark appends its rows to $OUT/<suite>.jsonl (with the default $OUT,
 # the results data itself; from elsewhere, `cat` them onto bench/results/<suite>.jsonl). A stage's torch.compile
 # baselines compile afresh per case, which is most of a benchmark stage's minutes.
@@ -51,6 +51,6 @@ for stage in "$@"; do
       run_stage test "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider -rs ;;
     siren-narrow) bench siren-narrow siren -k "W64 or W128" ;;
     siren-wide) bench siren-wide siren -k "W280 or W680" ;;
-    kd) bench kd kd ;;
+    kd) for suite in attention_transfer activation_boundary relational channelwise; do bench kd "$suite"; done ;;
   esac
 done

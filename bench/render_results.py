@@ -6,7 +6,7 @@ the README's headline table (per op family, the fused op against eager and torch
                                                 # peers bar plot, bench/results/peers.png)
     python bench/render_results.py --readme     # the headline table: into README.md between its
                                                 # markers, or on stdout when it has none
-    python bench/render_results.py --suite kd   # one suite's tables on stdout
+    python bench/render_results.py --suite relational   # one suite's tables on stdout
     python bench/render_results.py --docs       # the docs' generated "Measured" blocks
 """
 import argparse
@@ -32,14 +32,18 @@ BASELINES = ("eager", "compiled")
 MIB = 2 ** 20
 # Op families of the headline, by suite and the case kinds that measure them.
 FAMILIES = {
-    "kd": {"at1:p=2": "attention transfer (AT)", "ab": "activation boundary (AB)",
-           "sp": "similarity-preserving (SP)", "rkd-d": "relational KD, distance (RKD-D)",
-           "rkd-a": "relational KD, angle (RKD-A)", "cwd": "channel-wise distillation (CwD)",
-           "fitnets": "FitNets hint"},
+    "attention_transfer": {"*": "attention transfer (AT)"},
+    "activation_boundary": {"ab": "activation boundary (AB)"},
+    "relational": {"sp": "similarity-preserving (SP)", "rkd-d": "relational KD, distance (RKD-D)",
+                   "rkd-a": "relational KD, angle (RKD-A)"},
+    "channelwise": {"cwd": "channel-wise distillation (CwD)", "fitnets": "FitNets hint"},
     "siren": {"fwd+bwd": "SIREN weight decode, fwd+bwd (4096 kernels)",
               "fwd": "SIREN weight decode, every kernel (forward)"},
     "makd": {"*": "affinity KD (mAKD), every variant"},  # "*": the label of any kind
 }
+# The suites of layer-wise KD losses over every conv output of a network: the headline's default
+# machine is the newest of their runs'.
+LAYERWISE = ("attention_transfer", "activation_boundary", "relational", "channelwise")
 
 
 def machine(row: dict) -> str:
@@ -155,12 +159,17 @@ def run_line(rows: list) -> str:
             f"{load}")
 
 
+def rows_table(rows: list) -> list:
+    """:func:`case_table` for the rows of op cases (implementations of one network, batch and
+    kind), else :func:`plain_table` (e.g. the hypernetised training step's rows)."""
+    is_op = all(k in rows[0] for k in ("impl", "median_s", "network", "batch", "kind"))
+    return case_table(rows) if is_op else plain_table(rows)
+
+
 def suite_markdown(suite: str, rows: list, level: str = "##") -> list:
     lines = [f"{level} {suite}", ""]
     for name, chosen in latest(rows, suite).items():
-        is_op = all(k in chosen[0] for k in ("impl", "median_s", "network", "batch", "kind"))
-        lines += [f"{level}# {name}", "", run_line(chosen), "",
-                  *(case_table(chosen) if is_op else plain_table(chosen)), ""]
+        lines += [f"{level}# {name}", "", run_line(chosen), "", *rows_table(chosen), ""]
     return lines
 
 
@@ -236,15 +245,15 @@ def _span(values: list, fmt: str, unit: str) -> str:
 
 
 def family_table(data: dict, suites, machine_name: str):
-    """(markdown lines, the rows behind them): per op family of ``suites``, the range over the
+    """(markdown lines, the rows behind them by suite): per op family of ``suites``, the range over the
     latest cases on the machines matching ``machine_name`` of the fused op's speed-up over eager
     and torch.compile and of its workspace relative to eager's."""
     families = defaultdict(lambda: defaultdict(list))
-    chosen_rows = []
+    chosen_rows = defaultdict(list)
     for suite in suites:
         matches = [rows for name, rows in latest(data.get(suite, []), suite).items() if machine_name in name]
         for rows in matches:
-            chosen_rows += rows
+            chosen_rows[suite] += rows
             for (net, batch, kind), impls in _impls(rows).items():
                 fused = impls.get("fused")
                 if not fused or fused[0] is None:
@@ -266,10 +275,11 @@ def family_table(data: dict, suites, machine_name: str):
     return lines, chosen_rows
 
 
-def _conditions(rows: list) -> str:
+def _conditions(by_suite: dict) -> str:
+    rows = [r for suite_rows in by_suite.values() for r in suite_rows]
     dates = sorted({r["date"][:10] for r in rows})
     nets = sorted({r["network"] for r in rows})
-    batches = sorted({r["batch"] for r in rows if r.get("kind", "") in FAMILIES["kd"]})
+    batches = sorted({r["batch"] for suite in LAYERWISE for r in by_suite.get(suite, [])})
     kd = f" (KD: every conv output, B = {'/'.join(map(str, batches))})" if batches else ""
     decode = " (SIREN's full decode: forward)" if any(str(r.get("kind", "")).endswith(" fwd") for r in rows) else ""
     return (f"torch {rows[0]['torch']}; measured {dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]}. "
@@ -277,28 +287,39 @@ def _conditions(rows: list) -> str:
 
 
 def headline(data: dict, machine_name: str = None) -> str:
-    """The README's headline: :func:`family_table` of the KD and SIREN suites on one machine
-    (default: the machine of the newest kd row), with its conditions."""
+    """The README's headline: :func:`family_table` of the op-family suites on one machine
+    (default: the machine of the newest row of the layer-wise KD suites), with its conditions."""
     if machine_name is None:
-        machine_name = machine(max(data.get("kd", []), key=lambda r: r["date"]))
+        layerwise = [r for suite in LAYERWISE for r in data.get(suite, [])]
+        if not layerwise:
+            raise SystemExit(f"no rows of the layer-wise suites ({', '.join(LAYERWISE)}) to choose a machine by")
+        machine_name = machine(max(layerwise, key=lambda r: r["date"]))
     lines, rows = family_table(data, FAMILIES, machine_name)
     if not rows:
-        raise SystemExit(f"--machine: no kd or siren rows measured on a machine matching {machine_name!r}")
-    lines += ["", f"CPU: {machine(rows[0])}, {_conditions(rows)} Every case: "
+        raise SystemExit(f"--machine: no op-family rows measured on a machine matching {machine_name!r}")
+    first = next(iter(rows.values()))[0]
+    lines += ["", f"CPU: {machine(first)}, {_conditions(rows)} Every case: "
               f"[bench/results/README.md](bench/results/README.md)."]
     return "\n".join(lines)
 
 
-def docs_block(data: dict, suite: str) -> str:
-    """A doc's generated "Measured" table: :func:`family_table` of ``suite`` per machine, newest first."""
-    chosen = latest(data[suite], suite)
+def docs_block(data: dict, spec: str) -> str:
+    """A doc's generated "Measured" table: :func:`family_table` of the suites of ``spec`` (one
+    suite, or several comma-separated) per machine, newest first."""
+    suites = spec.split(",")
+    newest = {}
+    for suite in suites:
+        for name, rows in latest(data.get(suite, []), suite).items():
+            newest[name] = max(newest.get(name, ""), *(r["date"] for r in rows))
     out = []
-    for name in sorted(chosen, key=lambda n: max(r["date"] for r in chosen[n]), reverse=True):
-        lines, rows = family_table(data, [suite], name)
+    for name in sorted(newest, key=newest.get, reverse=True):
+        lines, rows = family_table(data, suites, name)
         if len(lines) > 2:
             out += [f"**{name}**: {_conditions(rows)}", "", *lines, ""]
-    out.append(f"Generated by `python bench/render_results.py --docs` from `bench/results/{suite}.jsonl`; "
-               f"every case: [bench/results/README.md](../bench/results/README.md#{suite}).")
+    files = ", ".join(f"`bench/results/{suite}.jsonl`" for suite in suites)
+    links = ", ".join(f"[{'bench/results/README.md' if len(suites) == 1 else suite}]"
+                      f"(../bench/results/README.md#{suite})" for suite in suites)
+    out.append(f"Generated by `python bench/render_results.py --docs` from {files}; every case: {links}.")
     return "\n".join(out)
 
 
@@ -318,12 +339,13 @@ def write_headline(text: str, readme: Path = README) -> bool:
 
 
 def write_docs(data: dict) -> list:
-    """Regenerates every ``<!-- results:SUITE:begin -->`` … ``end`` block of docs/*.md; the files changed."""
+    """Regenerates every ``<!-- results:SUITE[,SUITE...]:begin -->`` … ``end`` block of docs/*.md;
+    the files changed."""
     changed = []
     for doc in sorted((ROOT / "docs").glob("*.md")):
-        for suite in re.findall(r"<!-- results:(\w+):begin -->", doc.read_text()):
-            if suite in data and write_block(docs_block(data, suite), doc, f"<!-- results:{suite}:begin -->",
-                                             f"<!-- results:{suite}:end -->"):
+        for spec in re.findall(r"<!-- results:([\w,]+):begin -->", doc.read_text()):
+            if all(suite in data for suite in spec.split(",")) and write_block(
+                    docs_block(data, spec), doc, f"<!-- results:{spec}:begin -->", f"<!-- results:{spec}:end -->"):
                 changed.append(doc)
     return changed
 
@@ -332,10 +354,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", action="store_true", help="render the README's headline table")
     parser.add_argument("--machine", default=None,
-                        help="headline machine: a substring of its name (default: the newest kd run's)")
+                        help="headline machine: a substring of its name (default: the newest run's of "
+                             "the layer-wise KD suites)")
     parser.add_argument("--suite", default=None, help="print this suite's tables instead")
     parser.add_argument("--docs", action="store_true",
-                        help="regenerate the results blocks of docs/*.md (<!-- results:SUITE:begin -->)")
+                        help="regenerate the results blocks of docs/*.md (<!-- results:SUITE:begin -->, "
+                             "several suites comma-separated)")
     args = parser.parse_args(argv)
     data = suites()
     if args.suite:

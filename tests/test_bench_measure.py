@@ -60,7 +60,7 @@ def test_machine_rates_are_measured_and_shown_in_the_table_header():
 
 
 def test_bench_command_runs_a_suite_appends_its_rows_and_prints_the_table(tmp_path, capsys):
-    """``hyperkd bench`` end to end on a source checkout whose kd suite is one trivial case: the
+    """``hyperkd bench`` end to end on a source checkout whose AB suite is one trivial case: the
     harness files are the repository's, so the subprocess, the --results rows and the table are
     the real ones."""
     import json
@@ -73,17 +73,17 @@ def test_bench_command_runs_a_suite_appends_its_rows_and_prints_the_table(tmp_pa
     (tmp_path / "bench").mkdir()
     for name in ("__init__.py", "conftest.py", "measure.py", "render_results.py"):
         shutil.copy(repo / "bench" / name, tmp_path / "bench" / name)
-    (tmp_path / "bench" / "bench_kd.py").write_text(
-        "def test_kd_op(benchmark):\n"
+    (tmp_path / "bench" / "bench_activation_boundary.py").write_text(
+        "def test_activation_boundary(benchmark):\n"
         "    benchmark.extra_info.update(network='tiny', batch=2, kind='ab', impl='fused',\n"
         "                                peak_extra_bytes=3 * 2 ** 20, output_bytes=2 ** 20)\n"
         "    benchmark.pedantic(lambda: None, rounds=3)\n")
     out = tmp_path / "results"
     out.mkdir()
-    assert cli.main(["bench", "--suite", "kd", "--source", str(tmp_path), "--out", str(out)]) == 0
+    assert cli.main(["bench", "--suite", "activation_boundary", "--source", str(tmp_path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| tiny B=2 ab |" in printed and f"rows appended to {out / 'kd.jsonl'}" in printed
-    rows = [json.loads(line) for line in (out / "kd.jsonl").read_text().splitlines()]
+    assert "| tiny B=2 ab |" in printed and f"rows appended to {out / 'activation_boundary.jsonl'}" in printed
+    rows = [json.loads(line) for line in (out / "activation_boundary.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["network"] == "tiny" and rows[0]["rounds"] == 3
     # Each row is appended as its case finishes, so it carries the rates taken when the run began.
     assert rows[0]["peak_extra_bytes"] == 3 * 2 ** 20 and set(rows[0]["machine_rates"]) == {"before"}

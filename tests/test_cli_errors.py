@@ -164,10 +164,10 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
 
 
 def test_bench_out_may_be_a_folder_and_is_checked_before_the_run(tmp_path, capsys):
-    assert bench.results_path(tmp_path, "kd") == tmp_path / "kd.jsonl"
-    assert bench.results_path(tmp_path / "new" / "rows.jsonl", "kd") == tmp_path / "new" / "rows.jsonl"
+    assert bench.results_path(tmp_path, "relational") == tmp_path / "relational.jsonl"
+    assert bench.results_path(tmp_path / "new" / "rows.jsonl", "relational") == tmp_path / "new" / "rows.jsonl"
     (tmp_path / "file").write_text("")
-    assert cli.main(["bench", "--suite", "kd", "--out", str(tmp_path / "file" / "rows.jsonl")]) == 2
+    assert cli.main(["bench", "--suite", "relational", "--out", str(tmp_path / "file" / "rows.jsonl")]) == 2
     assert "--out: cannot write" in one_error_line(capsys, "bench")
 
 

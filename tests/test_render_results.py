@@ -24,7 +24,7 @@ def test_rows_are_stamped_appended_and_read_back(tmp_path):
     results = {"hyperkd": stamp, "benchmarks": [
         {"extra_info": {"network": "resnet20", "batch": 16, "kind": "ab", "impl": "fused"},
          "stats": {"median": 0.5, "iqr": 0.1, "rounds": 15}}]}
-    path = tmp_path / "kd.jsonl"
+    path = tmp_path / "activation_boundary.jsonl"
     for _ in range(2):
         measure.append_rows(path, measure.rows_from_benchmark_json(results))
     rows = measure.read_rows(path)
@@ -41,7 +41,7 @@ def test_each_case_comes_from_its_latest_run_per_machine():
             # a later run of AB alone, fused only: it replaces AB's case, SP's stays
             row(XEON, new, "ab", "fused", 8, 102),
             row(EPYC, old, "ab", "fused", 30, 102)]
-    chosen = rr.latest(rows, "kd")
+    chosen = rr.latest(rows, "relational")
     assert set(chosen) == {"Xeon, 2 threads, 512-bit vectors", "EPYC, 2 threads, 256-bit vectors"}
     xeon = chosen["Xeon, 2 threads, 512-bit vectors"]
     assert sorted((r["kind"], r["impl"], r["date"]) for r in xeon) == [
@@ -53,19 +53,24 @@ def test_each_case_comes_from_its_latest_run_per_machine():
 
 def test_headline_spans_one_machines_cases_per_family(tmp_path):
     date = "2026-12-04T00:00:00+00:00"
-    kd = [row(XEON, date, "ab", "fused", 10, 102), row(XEON, date, "ab", "eager", 40, 108),
+    ab = [row(XEON, date, "ab", "fused", 10, 102), row(XEON, date, "ab", "eager", 40, 108),
           row(XEON, date, "ab", "compiled", 20, 104),
           row(XEON, date, "ab", "fused", 10, 101, batch=16), row(XEON, date, "ab", "eager", 30, 104, batch=16),
           row(EPYC, "2026-12-01T00:00:00+00:00", "ab", "fused", 1, 101),
           row(EPYC, "2026-12-01T00:00:00+00:00", "ab", "eager", 100, 200)]
-    text = rr.headline({"kd": kd})  # default machine: the newest kd row's
+    text = rr.headline({"activation_boundary": ab})  # default machine: the newest layer-wise row's
     lines = text.splitlines()
     assert lines[2] == "| activation boundary (AB) | 3.0–4.0x | 2.0x | 25% |"
     assert "CPU: Xeon, 2 threads, 512-bit vectors" in lines[-1] and "2026-12-04" in lines[-1]
-    assert "100.0x" in rr.headline({"kd": kd}, "EPYC")
+    assert "100.0x" in rr.headline({"activation_boundary": ab}, "EPYC")
     # a suite's kinds without names of their own share its family's label
-    makd = [{**r, "kind": "cs-l2-sl1"} for r in kd[:3]]
-    assert "| affinity KD (mAKD), every variant | 4.0x | 2.0x | 25% |" in rr.headline({"kd": kd, "makd": makd})
+    makd = [{**r, "kind": "cs-l2-sl1"} for r in ab[:3]]
+    assert "| affinity KD (mAKD), every variant | 4.0x | 2.0x | 25% |" in rr.headline(
+        {"activation_boundary": ab, "makd": makd})
+    # the newest row of the layer-wise suites names the machine, whichever suite holds it
+    at = [{**r, "kind": "AT-1 raw", "date": "2026-12-05T00:00:00+00:00"} for r in ab[-2:]]
+    later = rr.headline({"activation_boundary": ab, "attention_transfer": at})
+    assert "CPU: EPYC" in later.splitlines()[-1] and "| attention transfer (AT) | 100.0x |" in later
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{rr.HEADLINE_BEGIN}\nold\n{rr.HEADLINE_END}\ntail\n")
@@ -79,21 +84,45 @@ def test_committed_results_render():
     """Every committed row parses and every suite renders (a malformed row fails here, not in CI's
     rendering step)."""
     data = rr.suites()
-    assert {"attention_transfer", "kd", "siren"} <= set(data)
+    assert set(rr.LAYERWISE) | {"siren", "hyper"} <= set(data) and "kd" not in data
     text = rr.results_readme(data)
     for suite in data:
         assert f"## {suite}" in text
-    assert json.loads(json.dumps(data["kd"][0]))["date"]
+    assert json.loads(json.dumps(data["relational"][0]))["date"]
     assert "| attention transfer (AT) |" in rr.headline(data)
-    assert "| attention transfer (AT) |" in rr.docs_block(data, "kd")
+    block = rr.docs_block(data, ",".join(rr.LAYERWISE))
+    for family in ("attention transfer (AT)", "activation boundary (AB)", "relational KD, angle (RKD-A)",
+                   "FitNets hint"):
+        assert f"| {family} |" in block
+    assert "`bench/results/channelwise.jsonl`" in block and "README.md#relational" in block
+
+
+def test_rows_of_other_suites_render_as_plain_tables():
+    step = {**XEON, "date": "2026-12-04T00:00:00+00:00", "network": "vgg11_bn", "impl": "fused",
+            "hidden": "16,64,128", "optimizer": "sgd", "step_s": 0.25}
+    assert rr.rows_table([step])[2] == "| vgg11_bn | fused | 16,64,128 | sgd | 0.25 |"
+    assert rr.rows_table([row(XEON, step["date"], "ab", "fused", 8, 102)])[0].startswith("| case | fused ms |")
 
 
 def test_bench_outside_a_source_checkout_says_where_the_suites_are(tmp_path):
     from hyperkd.commands.bench import suite_path
 
     with pytest.raises(FileNotFoundError, match="source checkout.*--source"):
-        suite_path(tmp_path, "kd")
-    assert suite_path(rr.ROOT, "kd") == rr.ROOT / "bench" / "bench_kd.py"
+        suite_path(tmp_path, "relational")
+    assert suite_path(rr.ROOT, "relational") == rr.ROOT / "bench" / "bench_relational.py"
+
+
+def test_every_suite_is_a_file_of_the_checkout_and_the_split_kd_suite_names_its_successors(capsys):
+    from hyperkd import cli
+    from hyperkd.commands.bench import SUITES, suite_path
+
+    assert all(suite_path(rr.ROOT, suite).is_file() for suite in SUITES)
+    assert set(rr.LAYERWISE) <= set(SUITES) and "kd" not in SUITES
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bench", "--suite", "kd"])
+    assert stop.value.code == 2
+    assert "split by op family: run --suite attention_transfer, activation_boundary, relational, channelwise" in (
+        capsys.readouterr().err)
 
 
 def test_peers_plot_is_a_png_of_the_newest_machine(tmp_path):

@@ -1,4 +1,5 @@
 """``hyperkd bench``: runs the pytest-benchmark suites under bench/ and prints their tables."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,10 +9,15 @@ from pathlib import Path
 
 HELP = "run the fused-op benchmarks (fused vs eager vs torch.compile) and print their tables"
 REPO = Path(__file__).resolve().parents[2]
-SUITES = {"attention_transfer": "bench/bench_attention_transfer.py", "kd": "bench/bench_kd.py",
-          "makd": "bench/bench_affinity.py",
-          "jsd_map": "bench/bench_jsd_map.py",
-          "siren": "bench/bench_siren.py", "peers": "bench/bench_peers.py"}
+# One suite per op family (bench/bench_<family>.py), the hypernetised training step and the
+# end-to-end comparison with other libraries.
+SUITES = {"attention_transfer": "bench/bench_attention_transfer.py",
+          "activation_boundary": "bench/bench_activation_boundary.py",
+          "relational": "bench/bench_relational.py", "channelwise": "bench/bench_channelwise.py",
+          "makd": "bench/bench_affinity.py", "jsd_map": "bench/bench_jsd_map.py",
+          "siren": "bench/bench_siren.py", "hyper": "bench/bench_hyper.py", "peers": "bench/bench_peers.py"}
+# Suites that were split, by the suites that now hold their cases.
+SPLIT = {"kd": ("attention_transfer", "activation_boundary", "relational", "channelwise")}
 # glibc returns freed blocks above its trim threshold to the OS, so each step's freshly allocated
 # gradients are page-faulted in again: on the 2-core CI machines that cost more than the kernels
 # being timed and varied from run to run. PyTorch's CPU tuning guide swaps in a caching allocator
@@ -21,7 +27,7 @@ CACHING_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 32), "MALLOC_MMAP_THRES
 
 
 def add_arguments(parser):
-    parser.add_argument("--suite", choices=sorted(SUITES), default="attention_transfer")
+    parser.add_argument("--suite", type=suite_name, choices=sorted(SUITES), default="attention_transfer")
     parser.add_argument("--full", action="store_true", help="every network, batch size and kind")
     parser.add_argument("-k", "--select", metavar="EXPR", default=None,
                         help="only the cases whose id matches this pytest -k expression")
@@ -31,6 +37,14 @@ def add_arguments(parser):
     parser.add_argument("--source", type=Path, default=Path(os.environ.get("HYPERKD_SOURCE", REPO)),
                         help="the hyperkd source checkout whose bench/ suites run (default: $HYPERKD_SOURCE, "
                              "else the checkout this hyperkd is installed from)")
+
+
+def suite_name(name: str) -> str:
+    """``--suite``'s value; a split suite's name says which suites hold its cases now."""
+    if name in SPLIT:
+        raise argparse.ArgumentTypeError(f"the {name} suite is split by op family: run --suite "
+                                         f"{', '.join(SPLIT[name])} (one at a time)")
+    return name
 
 
 def suite_path(source: Path, suite: str) -> Path:
@@ -94,11 +108,13 @@ def machine_line(stamp: dict) -> list:
 
 def render(results: dict) -> str:
     """One run's pytest-benchmark JSON as markdown: its stamp, the machine's rates, and
-    ``bench/render_results.py``'s per-case table (fused vs eager vs torch.compile, peers apart)."""
+    ``bench/render_results.py``'s table: per op case fused vs eager vs torch.compile (peers apart),
+    or the measured fields of each row (the hypernetised step)."""
     from bench.measure import rows_from_benchmark_json
-    from bench.render_results import case_table, machine
+    from bench.render_results import machine, rows_table
 
     stamp = results.get("hyperkd", {})
+    rows = rows_from_benchmark_json(results)
     return "\n".join([f"{machine(stamp)}; torch {stamp.get('torch', '?')}, triton {stamp.get('triton', '?')}, "
                       f"commit {stamp.get('commit', '?')}, {stamp.get('date', '?')}", *machine_line(stamp), "",
-                      *case_table(rows_from_benchmark_json(results))])
+                      *(rows_table(rows) if rows else ["no case was timed"])])
