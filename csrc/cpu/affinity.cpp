@@ -11,8 +11,13 @@
 // Everything else (affinity from the Gram, normalisation, loss and all their gradients) is an
 // epilogue over B×B matrices. Autograd keeps the student features, the teacher's normalised
 // matrices (its summary) and the student's B×B Gram or L1 matrix.
+//
+// The autograd of affinity_loss is registered here, in C++, rather than through
+// torch.library.register_autograd: at pooled widths (B = 128, D = 64) the Python wrapper (pytree
+// flattening of the list arguments, a Python backward) cost ~0.2 ms a step, more than the kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +30,7 @@
 
 #include "gram.h"
 #include "layers.h"
+#include "simd_math.h"
 
 namespace hyperkd {
 namespace {
@@ -244,15 +250,38 @@ int64_t threads_for(const std::vector<at::Tensor>& rows) {
   return std::max<int64_t>(1, work >> 20);
 }
 
+// Below this width a layer's Gram is a tile_gemm of Q by its packed transpose (gram_by_rows):
+// gram_upper's 3×4 tiles each end in 12 horizontal vector sums, which at D = 64 cost more than
+// their D/L multiply steps (B = 128: the whole Gram took twice MKL's time).
+constexpr int64_t kSmallWidth = 256;
+
+// G = Q·Qᵀ (both triangles) for a B×D Q; the threads split G's rows, one per 2^20 multiply-adds.
+template <typename T>
+void gram_by_rows(const T* Q, int64_t B, int64_t D, T* G) {
+  const int64_t ld = padded_ld<T>(B);
+  std::vector<T> Qt(D * ld);
+  pack_rows(Q, D, B, 1, D, Qt.data(), ld);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (B * D));
+  at::parallel_for(0, B, grain, [&](int64_t i0, int64_t i1) {
+    tile_gemm<T>(i1 - i0, B, D, {Q + i0 * D, D, 1}, Qt.data(), ld, G + i0 * B, B, nullptr, false);
+  });
+}
+
 // The per-layer pair matrix of the feature pass: the Gram (IP, CS, L2) or the L1 distances.
 std::vector<at::Tensor> pair_matrices(Aff aff, const std::vector<at::Tensor>& rows) {
   const int64_t B = rows[0].size(0);
   std::vector<at::Tensor> out;
   for (const auto& r : rows) out.push_back(at::empty({B, B}, r.options()));
+  const auto D = widths(rows);
+  const bool small = aff != Aff::L1 && *std::max_element(D.begin(), D.end()) < kSmallWidth;
   AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "affinity_pairs", [&] {
     const auto q = pointers<const scalar_t*>(rows);
     const auto o = pointers<scalar_t*>(out);
-    pairwise_layers(q, widths(rows), B, o, aff == Aff::L1 ? l1_upper<scalar_t> : gram_detail::gram_upper<scalar_t>,
+    if (small) {
+      for (size_t m = 0; m < rows.size(); ++m) gram_by_rows(q[m], B, D[m], o[m]);
+      return;
+    }
+    pairwise_layers(q, D, B, o, aff == Aff::L1 ? l1_upper<scalar_t> : gram_detail::gram_upper<scalar_t>,
                     threads_for(rows));
   });
   return out;
@@ -268,16 +297,28 @@ void affinity_from_pairs(Aff aff, const T* P, int64_t B, T* A, T* n) {
     std::copy_n(P, B * B, A);
     return;
   }
-  for (int64_t i = 0; i < B; ++i) n[i] = std::sqrt(std::max(P[i * B + i], T(0)));
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t j = 0; j < B; ++j) {
-      if (aff == Aff::CS) {
-        A[i * B + j] = P[i * B + j] / (clamp_eps(n[i]) * clamp_eps(n[j]));
-      } else {  // L2, exactly zero on the diagonal
-        const T sq = P[i * B + i] + P[j * B + j] - 2 * P[i * B + j];
-        A[i * B + j] = (i == j || sq <= 0) ? T(0) : std::sqrt(sq);
+  std::vector<T> diag(B);
+  for (int64_t i = 0; i < B; ++i) {
+    diag[i] = P[i * B + i];
+    n[i] = std::sqrt(std::max(diag[i], T(0)));
+  }
+  for (int64_t i = 0; i < B; ++i) {
+    const T* p = P + i * B;
+    T* a = A + i * B;
+    if (aff == Aff::CS) {
+      const T ni = clamp_eps(n[i]);
+#pragma omp simd
+      for (int64_t j = 0; j < B; ++j) a[j] = p[j] / (ni * clamp_eps(n[j]));
+    } else {  // L2, exactly zero on the diagonal
+      const T di = diag[i];
+#pragma omp simd
+      for (int64_t j = 0; j < B; ++j) {
+        const T sq = di + diag[j] - 2 * p[j];
+        a[j] = sq <= 0 ? T(0) : std::sqrt(sq);
       }
+      a[i] = 0;
     }
+  }
 }
 
 // dP (the gradient w.r.t. the pair matrix, not yet symmetrised) from dA.
@@ -287,19 +328,29 @@ void affinity_backward(Aff aff, const T* P, const T* A, const T* n, const T* dA,
     std::copy_n(dA, B * B, dP);
     return;
   }
-  std::fill(dP, dP + B * B, T(0));
   if (aff == Aff::CS) {
-    // A_ij = P_ij/(n_i n_j), n_i = sqrt(P_ii): dn_i = −Σ_j (dA_ij A_ij + dA_ji A_ji)/n_i.
+    // A_ij = P_ij/(n_i n_j), n_i = sqrt(P_ii): dn_i = −Σ_j (dA_ij A_ij + dA_ji A_ji)/n_i, the row
+    // and the column sums of dA∘A (both taken walking rows).
+    std::vector<T> r(B, T(0));
     for (int64_t i = 0; i < B; ++i) {
-      T r = 0;
+      const T *da = dA + i * B, *a = A + i * B;
+      T* dp = dP + i * B;
+      const T ni = clamp_eps(n[i]);
+      T row = 0;
+#pragma omp simd reduction(+ : row)
       for (int64_t j = 0; j < B; ++j) {
-        dP[i * B + j] += dA[i * B + j] / (clamp_eps(n[i]) * clamp_eps(n[j]));
-        r += dA[i * B + j] * A[i * B + j] + dA[j * B + i] * A[j * B + i];
+        dp[j] = da[j] / (ni * clamp_eps(n[j]));
+        const T w = da[j] * a[j];
+        row += w;
+        r[j] += w;
       }
-      if (n[i] > T(kEps)) dP[i * B + i] += -r / n[i] / (2 * n[i]);
+      r[i] += row;
     }
+    for (int64_t i = 0; i < B; ++i)
+      if (n[i] > T(kEps)) dP[i * B + i] += -r[i] / n[i] / (2 * n[i]);
     return;
   }
+  std::fill(dP, dP + B * B, T(0));
   distance_backward(A, dA, B, dP);  // L2: d_ij = sqrt(P_ii + P_jj − 2 P_ij)
 }
 
@@ -309,10 +360,19 @@ void normalise(Norm norm, const T* A, int64_t B, T* out, T* scale) {
   const int64_t BB = B * B;
   if (norm == Norm::L1 || norm == Norm::L2) {
     for (int64_t i = 0; i < B; ++i) {
+      const T* a = A + i * B;
       T s = 0;
-      for (int64_t j = 0; j < B; ++j) s += norm == Norm::L1 ? std::abs(A[i * B + j]) : A[i * B + j] * A[i * B + j];
+      if (norm == Norm::L1) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < B; ++j) s += std::abs(a[j]);
+      } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < B; ++j) s += a[j] * a[j];
+      }
       scale[i] = norm == Norm::L1 ? s : std::sqrt(s);
-      for (int64_t j = 0; j < B; ++j) out[i * B + j] = A[i * B + j] / clamp_eps(scale[i]);
+      const T d = clamp_eps(scale[i]);
+#pragma omp simd
+      for (int64_t j = 0; j < B; ++j) out[i * B + j] = a[j] / d;
     }
     return;
   }
@@ -321,9 +381,16 @@ void normalise(Norm norm, const T* A, int64_t B, T* out, T* scale) {
     return;
   }
   T s = norm == Norm::Avg ? T(0) : A[0];
-  for (int64_t k = 0; k < BB; ++k) s = norm == Norm::Avg ? s + A[k] : std::max(s, A[k]);
+  if (norm == Norm::Avg) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = 0; k < BB; ++k) s += A[k];
+  } else {
+#pragma omp simd reduction(max : s)
+    for (int64_t k = 0; k < BB; ++k) s = std::max(s, A[k]);
+  }
   scale[0] = s;
   const T c = norm == Norm::Avg ? T(BB) / clamp_eps(s) : T(1) / clamp_eps(s);
+#pragma omp simd
   for (int64_t k = 0; k < BB; ++k) out[k] = c * A[k];
 }
 
@@ -344,11 +411,17 @@ void normalise_backward(Norm norm, const T* A, const T* At, const T* scale, cons
         for (int64_t j = 0; j < B; ++j) dA[i * B + j] = dAt[i * B + j] / T(kEps);
         continue;
       }
+      const T *a = A + i * B, *at = At + i * B, *dat = dAt + i * B;
+      T* da = dA + i * B;
       T dot = 0;
-      for (int64_t j = 0; j < B; ++j) dot += dAt[i * B + j] * At[i * B + j];
-      for (int64_t j = 0; j < B; ++j) {
-        const T dnorm = norm == Norm::L2 ? At[i * B + j] : T((A[i * B + j] > 0) - (A[i * B + j] < 0));
-        dA[i * B + j] = (dAt[i * B + j] - dnorm * dot) / s;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < B; ++j) dot += dat[j] * at[j];
+      if (norm == Norm::L2) {
+#pragma omp simd
+        for (int64_t j = 0; j < B; ++j) da[j] = (dat[j] - at[j] * dot) / s;
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < B; ++j) da[j] = (dat[j] - T((a[j] > 0) - (a[j] < 0)) * dot) / s;
       }
     }
     return;
@@ -358,52 +431,97 @@ void normalise_backward(Norm norm, const T* A, const T* At, const T* scale, cons
   const T c = norm == Norm::Avg ? T(BB) / clamp_eps(s) : T(1) / clamp_eps(s);
   T dot = 0;
   int64_t ties = 0;
+#pragma omp simd reduction(+ : dot, ties)
   for (int64_t k = 0; k < BB; ++k) {
     dot += dAt[k] * At[k];
     ties += A[k] == s;
   }
-  for (int64_t k = 0; k < BB; ++k) {
-    T g = c * dAt[k];
-    if (!clamped) g -= norm == Norm::Avg ? c * dot / T(BB) : (A[k] == s ? c * dot / T(ties) : T(0));
-    dA[k] = g;
-  }
+  // What the divisor's gradient adds: to every entry (average), or to the maxima (max).
+  const T shared = clamped ? T(0) : norm == Norm::Avg ? c * dot / T(BB) : c * dot / T(ties);
+  const T floor = norm == Norm::Avg ? T(0) : s;  // max: only entries equal to s take `shared`
+#pragma omp simd
+  for (int64_t k = 0; k < BB; ++k) dA[k] = c * dAt[k] - (norm == Norm::Avg || A[k] == floor ? shared : T(0));
 }
 
+// One entry's regression loss (Eq. 10–13) of x = Ãs − Ãt, and its derivative.
+template <Loss L, typename T>
+inline T entry_loss(T x) {
+  if constexpr (L == Loss::L1) return std::abs(x);
+  if constexpr (L == Loss::L2) return x * x;
+  const T a = std::abs(x);
+  return a < 1 ? T(0.5) * x * x : a - T(0.5);
+}
+
+template <Loss L, typename T>
+inline T entry_grad(T x) {
+  if constexpr (L == Loss::L1) return T((x > 0) - (x < 0));
+  if constexpr (L == Loss::L2) return 2 * x;
+  return std::clamp(x, T(-1), T(1));
+}
+
+// Σ_k L(s_k − t_k) over n entries; with dS, also its gradient times `grad`. Each kind is its own
+// loop so that it vectorises (a switch inside the loop kept it scalar).
+template <Loss L, typename T>
+T regression_loss(const T* s, const T* t, int64_t n, T grad, T* dS) {
+  T sum = 0;
+  if (dS) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < n; ++k) {
+      const T x = s[k] - t[k];
+      sum += entry_loss<L>(x);
+      dS[k] = grad * entry_grad<L>(x);
+    }
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < n; ++k) sum += entry_loss<L>(s[k] - t[k]);
+  }
+  return sum;
+}
+
+// log Σ_j exp(x_j) of one row.
 template <typename T>
-inline T smooth_l1(T x) { const T a = std::abs(x); return a < 1 ? T(0.5) * x * x : a - T(0.5); }
+T log_sum_exp(const T* x, int64_t n) {
+  T m = x[0], z = 0;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+#pragma omp simd reduction(+ : z)
+  for (int64_t j = 0; j < n; ++j) z += std::exp(x[j] - m);
+  return m + std::log(z);
+}
 
 // L(Ãs, Ãt) (Eq. 10–14); with dS, also dL/dÃs times `grad`.
 template <typename T>
 T loss_and_grad(Loss loss, const T* s, const T* t, int64_t B, T grad, T* dS) {
-  T sum = 0;
-  if (loss != Loss::KL) {
-    for (int64_t k = 0; k < B * B; ++k) {
-      const T x = s[k] - t[k];
-      switch (loss) {
-        case Loss::L1: sum += std::abs(x); if (dS) dS[k] = grad * T((x > 0) - (x < 0)); break;
-        case Loss::L2: sum += x * x; if (dS) dS[k] = grad * 2 * x; break;
-        default: sum += smooth_l1(x); if (dS) dS[k] = grad * std::clamp(x, T(-1), T(1)); break;
-      }
-    }
-    return sum;
+  switch (loss) {
+    case Loss::L1: return regression_loss<Loss::L1>(s, t, B * B, grad, dS);
+    case Loss::L2: return regression_loss<Loss::L2>(s, t, B * B, grad, dS);
+    case Loss::SL1: return regression_loss<Loss::SL1>(s, t, B * B, grad, dS);
+    case Loss::KL: break;
   }
   // KL of row-softmaxes, 1/b Σ_ij p_t (log p_t − log p_s); d/dÃs = (p_s − p_t)/b.
-  std::vector<T> ls(B), lt(B);
+  T sum = 0;
+  const T g = grad / T(B);
   for (int64_t i = 0; i < B; ++i) {
     const T* si = s + i * B;
     const T* ti = t + i * B;
-    const T ms = *std::max_element(si, si + B), mt = *std::max_element(ti, ti + B);
-    T zs = 0, zt = 0;
-    for (int64_t j = 0; j < B; ++j) {
-      zs += std::exp(si[j] - ms);
-      zt += std::exp(ti[j] - mt);
+    const T lzs = log_sum_exp(si, B), lzt = log_sum_exp(ti, B);
+    T row = 0;
+    if (dS) {
+      T* d = dS + i * B;
+#pragma omp simd reduction(+ : row)
+      for (int64_t j = 0; j < B; ++j) {
+        const T lt_j = ti[j] - lzt, ls_j = si[j] - lzs, pt = std::exp(lt_j);
+        row += pt * (lt_j - ls_j);
+        d[j] = g * (std::exp(ls_j) - pt);
+      }
+    } else {
+#pragma omp simd reduction(+ : row)
+      for (int64_t j = 0; j < B; ++j) {
+        const T lt_j = ti[j] - lzt;
+        row += std::exp(lt_j) * (lt_j - (si[j] - lzs));
+      }
     }
-    const T lzs = ms + std::log(zs), lzt = mt + std::log(zt);
-    for (int64_t j = 0; j < B; ++j) {
-      const T lt_j = ti[j] - lzt, ls_j = si[j] - lzs, pt = std::exp(lt_j);
-      sum += pt * (lt_j - ls_j);
-      if (dS) dS[i * B + j] = grad * (std::exp(ls_j) - pt) / T(B);
-    }
+    sum += row;
   }
   return sum / T(B);
 }
@@ -417,6 +535,18 @@ struct Normalised {
     normalise(v.norm, A.data(), B, At.data(), scale.data());
   }
 };
+
+// S = dP + dPᵀ, in 16×16 blocks whose transposed reads stay in L1.
+template <typename T>
+void symmetrise(const T* dP, int64_t B, T* S) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < B; i0 += kBlock)
+    for (int64_t j0 = 0; j0 < B; j0 += kBlock) {
+      const int64_t i1 = std::min(B, i0 + kBlock), j1 = std::min(B, j0 + kBlock);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) S[i * B + j] = dP[i * B + j] + dP[j * B + i];
+    }
+}
 
 // ---------------------------------------------------------------- ops
 
@@ -481,8 +611,7 @@ std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::T
       affinity_backward(v.aff, pairs[m].data_ptr<scalar_t>(), g.A.data(), g.n.data(), dA.data(), B, dP.data());
       at::Tensor S = at::empty({B, B}, pairs[m].options());
       scalar_t* s = S.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < B; ++i)
-        for (int64_t j = 0; j < B; ++j) s[i * B + j] = dP[i * B + j] + dP[j * B + i];
+      symmetrise(dP.data(), B, s);
       if (v.aff == Aff::L1)
         for (int64_t i = 0; i < B; ++i) s[i * B + i] = 0;  // sign(z_i − z_i) = 0
       sym.push_back(S);
@@ -494,6 +623,68 @@ std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::T
   });
   for (int64_t m = 0; m < M; ++m) grads.push_back(dq[m].to(student[m].scalar_type()));
   return grads;
+}
+
+// ---------------------------------------------------------------- autograd
+
+const auto& loss_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("hyperkd::affinity_loss", "")
+                              .typed<decltype(affinity_loss_cpu)>();
+  return op;
+}
+
+const auto& loss_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("hyperkd::affinity_loss_backward", "")
+                             .typed<decltype(affinity_loss_backward_cpu)>();
+  return op;
+}
+
+// Differentiable w.r.t. the student features only: the losses' gradient is affinity_loss_backward
+// from the saved student features, teacher summaries and pair matrices (the pairs output is not
+// differentiable).
+struct AffinityLossFunction : public torch::autograd::Function<AffinityLossFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList student,
+                                                at::TensorList teacher, c10::string_view aff,
+                                                c10::string_view norm, c10::string_view loss) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [losses, pairs] = loss_op().call(student, teacher, aff, norm, loss);
+    ctx->mark_non_differentiable(pairs);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["aff"] = std::string(aff);
+    ctx->saved_data["norm"] = std::string(norm);
+    ctx->saved_data["loss"] = std::string(loss);
+    torch::autograd::variable_list saved(student.begin(), student.end());
+    saved.insert(saved.end(), teacher.begin(), teacher.end());
+    saved.insert(saved.end(), pairs.begin(), pairs.end());
+    ctx->save_for_backward(saved);
+    torch::autograd::variable_list out{losses};
+    out.insert(out.end(), pairs.begin(), pairs.end());
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t M = saved.size() / 3;
+    torch::autograd::variable_list out(2 * M + 3);  // student, teacher, then the three options
+    if (!grads[0].defined()) return out;  // the losses were not used
+    const at::TensorList all(saved);
+    const auto dq = loss_backward_op().call(grads[0], all.slice(0, M), all.slice(M, M), all.slice(2 * M, M),
+                                            ctx->saved_data["aff"].toStringRef(),
+                                            ctx->saved_data["norm"].toStringRef(),
+                                            ctx->saved_data["loss"].toStringRef());
+    std::copy(dq.begin(), dq.end(), out.begin());
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_autograd(
+    at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
+    c10::string_view loss) {
+  auto out = AffinityLossFunction::apply(student, teacher, aff, norm, loss);
+  return {out[0], std::vector<at::Tensor>(out.begin() + 1, out.end())};
 }
 
 }  // namespace
@@ -510,6 +701,10 @@ TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
   m.impl("affinity", &affinity_cpu);
   m.impl("affinity_loss", &affinity_loss_cpu);
   m.impl("affinity_loss_backward", &affinity_loss_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(hyperkd, Autograd, m) {
+  m.impl("affinity_loss", &affinity_loss_autograd);
 }
 
 }  // namespace hyperkd

@@ -70,11 +70,15 @@ class GNoRP(nn.Module):
         main_norm, kd_norm = _grad_norm(main_loss, zs), _grad_norm(kd_loss, zs)
         with torch.no_grad():
             fitted = torch.log(self.r * main_norm.clamp_min(_TINY) / kd_norm.clamp_min(_TINY))
+            fitting = ~self.started
             self.log_weight.copy_(torch.where(self.started, self.log_weight, fitted))
             self.started.fill_(True)
         self.optimizer.zero_grad(set_to_none=True)
         objective = (self.r * main_norm - self.log_weight.exp() * kd_norm).pow(2)
-        self.log_weight.grad = torch.autograd.grad(objective, self.log_weight)[0]
+        grad = torch.autograd.grad(objective, self.log_weight)[0]
+        # A fitted ℓ is the objective's minimum: what gradient is left there is exp∘log's rounding,
+        # which Adam, dividing by its own scale, would turn into a full step of lr.
+        self.log_weight.grad = torch.where(fitting, torch.zeros_like(grad), grad)
         self.optimizer.step()
         weight = self.weight
         return {"lambda": weight, "ratio": weight * kd_norm / main_norm.clamp_min(_TINY)}

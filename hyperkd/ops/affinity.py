@@ -65,26 +65,8 @@ def _loss_backward_fake(grad, student, teacher, pairs, aff, norm, loss):
     return [torch.empty_like(f) for f in student]
 
 
-def _setup_context(ctx, inputs, output):
-    student, teacher, *options = inputs
-    _, pairs = output
-    ctx.mark_non_differentiable(*pairs)
-    ctx.set_materialize_grads(False)
-    ctx.layers, ctx.options = len(student), options
-    ctx.save_for_backward(*student, *teacher, *pairs)
-
-
-def _backward(ctx, grad, _pairs):
-    saved, M = ctx.saved_tensors, ctx.layers
-    none = (None,) * len(ctx.options)
-    if grad is None:
-        return ([None] * M, [None] * M) + none
-    grads = torch.ops.hyperkd.affinity_loss_backward(grad, saved[:M], saved[M:2 * M], saved[2 * M:],
-                                                      *ctx.options)
-    return (list(grads), [None] * M) + none
-
-
-torch.library.register_autograd("hyperkd::affinity_loss", _backward, setup_context=_setup_context)
+# The autograd of hyperkd::affinity_loss is registered in C++ (csrc/cpu/affinity.cpp) for every
+# device: its backward is hyperkd::affinity_loss_backward, dispatched to the kernels above.
 
 
 def check_variant(aff: str, norm: str, loss: str = "l2"):
@@ -98,14 +80,17 @@ def check_variant(aff: str, norm: str, loss: str = "l2"):
 def _rows(feats, name):
     """Each layer's feature as a B×D matrix (a view where the layout allows), one B ≥ 2."""
     feats = as_layer_list(feats, name)
-    B = feats[0].shape[0]
+    first = feats[0]
+    B, dtype = first.shape[0], first.dtype
+    # Called every step: only metadata is read (no tensor is made), and the device only of layers
+    # after the first.
     for m, f in enumerate(feats):
-        if f.dim() < 2 or f[0].numel() == 0:
+        if f.dim() < 2 or f.shape[1:].numel() == 0:
             raise ValueError(f"{name}[{m}]: expected a B×D or B×C×H×W feature, got shape {tuple(f.shape)}")
-        if f.dtype not in SUPPORTED_DTYPES or f.dtype != feats[0].dtype:
+        if f.dtype != dtype or dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}[{m}]: expected one floating dtype {SUPPORTED_DTYPES} for all layers, "
                             f"got {f.dtype}")
-        if f.shape[0] != B or f.device != feats[0].device:
+        if f.shape[0] != B or (m and f.device != first.device):
             raise ValueError(f"{name}[{m}]: batch and device must match {name}[0]'s")
     if B < 2:
         raise ValueError(f"{name}: affinity KD relates the samples of a batch (there are no pairs in "

@@ -79,6 +79,26 @@ def test_cpp_matches_reference_fp32_past_tile_edges(variant):
     check_fused(student, teacher, variant, torch.float32)
 
 
+@pytest.mark.parametrize("variant", [("l2", "l1", "sl1"), ("cs", "max", "kl"), ("ip", "none", "l2")], ids="-".join)
+def test_cpp_matches_reference_fp32_wide_layers(variant):
+    """A layer of D ≥ 256 takes the Gram kernel that splits D (gram.h) rather than the product
+    by Qᵀ of narrow layers."""
+    student, teacher = features(11, [(300,), (37,)], dtype=torch.float32)
+    check_fused(student, teacher, variant, torch.float32)
+
+
+@pytest.mark.parametrize("variant", [("ip", "l2", "l2"), ("l2", "max", "l1")], ids="-".join)
+def test_cpp_matches_reference_fp32_rows_split_across_threads(variant):
+    """B²·D above 2^20 at a narrow width: the threads split the Gram's rows (72 = 58 + 14)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        student, teacher = features(72, [(250,)], dtype=torch.float32)
+        check_fused(student, teacher, variant, torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpp_half_precision_inputs(dtype):
     """Inputs are rounded to ``dtype`` once; the op accumulates in fp32 and returns fp32 terms
