@@ -183,6 +183,20 @@ class GraftedBranches(nn.Module):
         return logits
 
 
+class GraftedTeacher(nn.Module):
+    """The teacher and its branches as one module: ``forward(x)`` returns (z_T, [z_b]) on the
+    branches' current paths. One module, so that DDP sees (and synchronises) every parameter the
+    grafted objective trains."""
+
+    def __init__(self, stages: TeacherStages, branches: GraftedBranches):
+        super().__init__()
+        self.stages, self.branches = stages, branches
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        z_teacher, stage_outputs = self.stages(x)
+        return z_teacher, self.branches(stage_outputs)
+
+
 def graft(teacher: nn.Module, supernet: Supernet, example: torch.Tensor, **options) -> Tuple[TeacherStages, GraftedBranches]:
     """Teacher stages aligned with the supernet's blocks by resolution, and the branches.
     ``example``: one input batch (any size ≥ 1) at the training resolution."""

@@ -181,12 +181,12 @@ def kept_batch_norm_statistics(*modules: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def branch_reward(stages: nn.Module, branches: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def branch_reward(grafted: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """R = −(1/3) Σ_b CE(z_b, y): minus the branches' mean cross-entropy on the held-out batch, on
-    the path the branches follow (the architecture loss of our reading), with the modules in
-    their current modes and their batch-norm running statistics left as they were."""
-    with kept_batch_norm_statistics(stages, branches):
-        _, stage_outputs = stages(x)
-        logits = branches(stage_outputs)
+    the path the branches follow (the architecture loss of our reading). ``grafted(x)`` returns
+    (z_T, [z_b]) (a :class:`~hyperkd.gtn.graft.GraftedTeacher`); its modules run in their current
+    modes and their batch-norm running statistics are left as they were."""
+    with kept_batch_norm_statistics(grafted):
+        _, logits = grafted(x)
         loss = sum(F.cross_entropy(z, y) for z in logits) / len(logits)
     return -float(loss)

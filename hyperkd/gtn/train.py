@@ -12,6 +12,11 @@ seed (the supplementary's Figure 1); ``accuracy.png`` plots them.
 updates every ``arch_every`` steps on a held-out part of the train split with the REINFORCE
 estimate (:mod:`hyperkd.gtn.path_distribution`); α, Adam's state and the baseline are checkpointed
 under ``stateful``, and each epoch's record adds the ``arch/...`` keys.
+
+Under ``torchrun`` the teacher and its branches train as one DDP module (``batch_size`` per rank,
+unused parameters found per step: only the sampled path runs). Every rank draws the same paths (the
+same seeded sampler, stepped in lockstep), rank 0's checkpoint restores them all, and a learnt
+distribution's reward is averaged over the ranks, so α stays the same everywhere.
 """
 import json
 import random
@@ -23,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from hyperkd import data, models
-from hyperkd.gtn.graft import KL_DIRECTIONS, BRANCHES, graft, graft_loss
+from hyperkd.gtn.graft import KL_DIRECTIONS, BRANCHES, GraftedTeacher, graft, graft_loss
 from hyperkd.gtn.holdout import check_fraction, holdout_loaders
 from hyperkd.gtn.path_distribution import (BASELINE_DECAY, PathDistribution, PathLearner, branch_reward,
                                            check_arch_settings)
@@ -108,14 +113,13 @@ class GraftTrainer(Trainer):
     accuracy added to each epoch's record (its time as ``branch_eval_s``, part of
     ``epoch_time_s``), and the learnt path distribution's record when there is one."""
 
-    branches: Optional[torch.nn.Module] = None
-    stages: Optional[torch.nn.Module] = None
+    grafted: Optional[GraftedTeacher] = None
     learner: Optional[PathLearner] = None
 
     def train_epoch(self, epoch: int) -> dict:
-        if self.branches is None:  # vanilla
+        if self.grafted is None:  # vanilla
             return super().train_epoch(epoch)
-        self.branches.train()
+        self.grafted.branches.train()
         record = super().train_epoch(epoch)
         if self.learner is not None:
             record.update(self.learner.record())
@@ -127,17 +131,16 @@ class GraftTrainer(Trainer):
     @torch.no_grad()
     def branch_accuracy(self, loader) -> dict:
         """Each branch's top-1 accuracy, paths drawn per batch from :data:`EVAL_PATH_SEED`."""
-        self.model.eval()
-        self.branches.eval()
+        self.grafted.eval()
         rng = random.Random(EVAL_PATH_SEED)
         correct, total = [0] * BRANCHES, 0
         for x, y in loader:
             x, y = x.to(self.device), y.to(self.device)
-            self.branches.sample(rng)
-            _, stage_outputs = self.stages(x)
-            for b, z in enumerate(self.branches(stage_outputs)):
+            self.grafted.branches.sample(rng)
+            for b, z in enumerate(self.grafted(x)[1]):
                 correct[b] += int((z.argmax(1) == y).sum())
             total += len(y)
+        *correct, total = distributed.sum_across_ranks(correct + [total], self.device)
         return {f"branch{b + 1}/val_acc": c / max(total, 1) for b, c in enumerate(correct)}
 
 
@@ -147,26 +150,20 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
                           workers: int = 0, device: str = "auto", resume: bool = False,
                           overwrite: bool = False, progress: bool = True) -> dict:
     """Trains teacher ``model`` by ``graft_cfg.method``; returns the best epoch's {epoch, val_acc,
-    test_acc} (selected on the teacher's validation accuracy). Single process (no DDP)."""
+    test_acc} (selected on the teacher's validation accuracy). Under ``torchrun`` it runs as DDP,
+    ``batch_size`` per rank."""
     graft_cfg.check()
     settings = teacher_settings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, schedule=schedule, seed=seed)
     check_teacher(model, dataset, device=device, **settings)
-    if distributed.active():
-        raise ValueError("--method: grafted teacher training runs in one process; start it without torchrun")
+    distributed.init_from_env()
     torch.manual_seed(seed)
-    random.seed(seed)
+    random.seed(seed)  # the path sampler: the same on every rank
     dev = resolve_device(device)
-    holdout = None
-    if graft_cfg.path_distribution == "learnt":
-        train, holdout, val, test = holdout_loaders(dataset, batch_size, graft_cfg.arch_holdout_fraction,
-                                                    root=data_root, workers=workers, seed=seed)
-    else:
-        train, val, test = data.loaders(dataset, batch_size, root=data_root, workers=workers, seed=seed)
+    train, holdout, val, test = _loaders(dataset, batch_size, graft_cfg, data_root, workers, seed)
     classes = data.NUM_CLASSES[dataset]
     teacher = models.create(model, num_classes=classes).to(dev)
-    params = list(teacher.parameters())
-    stages = branches = None
+    net, branches = teacher, None
     if graft_cfg.method != "vanilla":
         example = next(iter(val))[0][:2].to(dev)
         fixed = NAS_STUDENTS[graft_cfg.sftn_student] if graft_cfg.method == "sftn" else None
@@ -174,15 +171,16 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
                                  shared=graft_cfg.shared, per_branch_paths=graft_cfg.per_branch_paths,
                                  fixed=fixed)
         branches.to(dev)
-        params += list(branches.parameters())
-    optimizer = sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        net = GraftedTeacher(stages, branches)
+    optimizer = sgd(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     learner = None
     if holdout is not None:
         candidates = branches.supernets[0].candidates()
         learner = PathLearner(PathDistribution(candidates, range(branches.starts[0], len(candidates))),
                               lr=graft_cfg.arch_lr, every=graft_cfg.arch_every,
                               baseline_decay=graft_cfg.arch_baseline_decay)
-    step = _train_step(teacher, stages, branches, graft_cfg, learner, holdout)
+    step = _train_step(_parallel(net, dev, find_unused=branches is not None), teacher, net, graft_cfg,
+                       learner, holdout)
 
     def on_epoch(epoch):
         frozen = epoch < graft_cfg.freeze_teacher_epochs
@@ -194,11 +192,32 @@ def train_grafted_teacher(model: str, dataset: str, out: Path, graft_cfg: GraftC
                            scheduler=lr_schedule(optimizer, schedule, epochs, milestones=graft_cfg.milestones),
                            stateful=_stateful(branches, learner),
                            on_epoch=on_epoch, progress=progress, identity=identity, overwrite=overwrite)
-    trainer.stages, trainer.branches, trainer.learner = stages, branches, learner
+    trainer.grafted, trainer.learner = (None if branches is None else net), learner
     best = trainer.fit(epochs, resume=resume)
     if distributed.is_main():
         plot_accuracy(Path(out) / "metrics.jsonl", Path(out) / "accuracy.png")
     return best
+
+
+def _loaders(dataset: str, batch_size: int, cfg: GraftConfig, root, workers: int, seed: int):
+    """(train, held-out batches or None, val, test); under DDP each rank's shard of train, val and
+    test, while every rank scores the same held-out batches."""
+    if cfg.path_distribution == "learnt":
+        train, holdout, val, test = holdout_loaders(dataset, batch_size, cfg.arch_holdout_fraction, root=root,
+                                                    workers=workers, seed=seed)
+    else:
+        (train, val, test), holdout = data.loaders(dataset, batch_size, root=root, workers=workers, seed=seed), None
+    return (distributed.shard(train, shuffle=True, seed=seed), holdout, distributed.shard(val, shuffle=False),
+            distributed.shard(test, shuffle=False))
+
+
+def _parallel(net: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
+    """``net`` under DDP when torchrun started this process, else itself. ``find_unused``: some
+    parameters get no gradient in a step (a supernet's inactive operations, a frozen teacher)."""
+    if not distributed.active():
+        return net
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     find_unused_parameters=find_unused)
 
 
 def _stateful(branches, learner) -> dict:
@@ -270,42 +289,47 @@ def run_grafted(args, settings: dict) -> int:
     check_teacher(args.model, args.data, device=args.device, **settings)
     check_out_dir(args.out, grafted_identity(args.model, args.data, settings, cfg),
                   resume=args.resume, overwrite=args.overwrite)
-    save_config(args, args.out)
+    distributed.init_from_env()  # under torchrun, so that only rank 0 writes the config
+    if distributed.is_main():
+        save_config(args, args.out)
     best = train_grafted_teacher(args.model, args.data, args.out, cfg, data_root=args.data_root,
                                  workers=args.workers, device=args.device, resume=args.resume,
                                  overwrite=args.overwrite, **settings)
-    print(f"best epoch {best['epoch']}: val {best['val_acc']:.4f}, test {best['test_acc']:.4f} "
-          f"-> {args.out / 'best.pt'}")
+    if distributed.is_main():
+        print(f"best epoch {best['epoch']}: val {best['val_acc']:.4f}, test {best['test_acc']:.4f} "
+              f"-> {args.out / 'best.pt'}")
     return 0
 
 
-def _train_step(teacher, stages, branches, cfg: GraftConfig, learner: Optional[PathLearner] = None,
+def _train_step(net, teacher, grafted, cfg: GraftConfig, learner: Optional[PathLearner] = None,
                 holdout=None):
-    """The step: the teacher's CE, plus the branches' CE and α·KL on this batch's paths. With a
-    learnt distribution, an update of it first when one is due, then this batch's paths from it."""
+    """The step: the teacher's CE, plus the branches' CE and α·KL on this batch's paths. ``net`` runs
+    the batch (the teacher for vanilla, else ``grafted``, a :class:`GraftedTeacher`; under DDP
+    wrapped). With a learnt distribution, an update of it first when one is due, then this batch's
+    paths from it."""
     def step(x, y, epoch):
         if epoch < cfg.freeze_teacher_epochs and teacher.training:
             teacher.eval()  # frozen: its batch-norm statistics stay as loaded
-        if branches is None:
-            z_t = teacher(x)
+        if grafted is teacher:
+            z_t = net(x)
             return StepOutput.of(z_t, {"ce": torch.nn.functional.cross_entropy(z_t, y)})
         if learner is not None and learner.tick():
-            _update_paths(stages, branches, learner, holdout, x.device)
-        branches.sample(probs=None if learner is None else learner.weights)
-        z_t, stage_outputs = stages(x)
-        terms, logs = graft_loss(z_t, branches(stage_outputs), y, alpha=cfg.alpha, tau=cfg.tau,
-                                 kl_direction=cfg.kl_direction)
+            _update_paths(grafted, learner, holdout, x.device)
+        grafted.branches.sample(probs=None if learner is None else learner.weights)
+        z_t, z_branches = net(x)
+        terms, logs = graft_loss(z_t, z_branches, y, alpha=cfg.alpha, tau=cfg.tau, kl_direction=cfg.kl_direction)
         return StepOutput.of(z_t, terms, logs)
     return step
 
 
-def _update_paths(stages, branches, learner: PathLearner, holdout, device) -> None:
+def _update_paths(grafted: GraftedTeacher, learner: PathLearner, holdout, device) -> None:
     """One update of the learnt distribution: a path from it, every branch on that path, its reward
-    on the next held-out batch."""
+    on the next held-out batch (the ranks' mean, so that every rank takes the same step)."""
     x, y = holdout.batch(learner.updates)
-    spec = branches.supernets[0].sample(probs=learner.weights)
-    branches.follow(spec)
-    learner.update(spec, branch_reward(stages, branches, x.to(device), y.to(device)))
+    spec = grafted.branches.supernets[0].sample(probs=learner.weights)
+    grafted.branches.follow(spec)
+    reward = branch_reward(grafted, x.to(device), y.to(device))
+    learner.update(spec, distributed.sum_across_ranks([reward], device)[0] / distributed.world_size())
 
 
 def plot_accuracy(metrics: Path, png: Path) -> None:
