@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Subset
 
 import hyperkd.data
+from hyperkd import models
 from hyperkd.gtn.train import GraftConfig, GraftTrainer, train_grafted_teacher
 
 
@@ -32,9 +33,10 @@ def _rank_main(rank, init_file, out_dir):
 
         GraftTrainer.fit = keeping_the_trainer
         cfg = GraftConfig(method="gtn", path_distribution="learnt", arch_lr=0.05, arch_every=1,
-                          arch_holdout_fraction=0.25)
-        # 48 train images left, 24 per rank: two steps of 16 and 8, each after an update of α.
-        train_grafted_teacher("resnet20", "digits", out_dir, cfg, epochs=1, batch_size=16, progress=False)
+                          arch_holdout_fraction=0.25, freeze_teacher_epochs=1)
+        # 48 train images left, 24 per rank: two steps of 16 and 8 an epoch, each after an update
+        # of α; the teacher frozen in the first epoch (no gradient: DDP must find it unused).
+        train_grafted_teacher("resnet20", "digits", out_dir, cfg, epochs=2, batch_size=16, progress=False)
         trainer = trained["trainer"]  # what this rank trained (last.pt is rank 0's alone)
         # Parameters only: DDP hands rank 0's batch-norm statistics to every rank at the start of a
         # forward, so after the last one each rank's buffers hold its own batch.
@@ -51,12 +53,16 @@ def test_two_gloo_ranks_train_the_grafted_teacher_in_lockstep(tmp_path):
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.state", weights_only=False) for r in range(2)]
     assert ranks[0]["python_random"] == ranks[1]["python_random"]  # the same paths, drawn in lockstep
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and records[0]["arch/updates"] == 2  # one writer, one line
-    assert 0 <= records[0]["branch1/val_acc"] <= 1
-    start = torch.load(tmp_path / "ddp" / "best.pt", weights_only=True)  # epoch 0: the trained teacher
+    assert [r["arch/updates"] for r in records] == [2, 4]  # one writer, a line an epoch
+    assert [r["teacher_frozen"] for r in records] == [True, False]
+    assert 0 <= records[-1]["branch1/val_acc"] <= 1
+    last = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    torch.manual_seed(0)  # the run's seed: its initial teacher
+    initial = dict(models.create("resnet20", num_classes=10).named_parameters())
+    assert any(not torch.equal(v, initial[k]) for k, v in ranks[0]["teacher"].items())  # it trained
     for name, value in ranks[0]["teacher"].items():
         assert torch.equal(value, ranks[1]["teacher"][name]), name  # gradients averaged over the ranks
-        assert torch.equal(value, start["model"][name]), name
+        assert torch.equal(value, last["model"][name]), name
     for name, value in ranks[0]["branches"].items():
         assert torch.equal(value, ranks[1]["branches"][name]), name
     alpha = ranks[0]["learner"]["distribution"]
