@@ -1,6 +1,6 @@
 """Hypernetised training step: fused generation + fused W step against the eager
-functional_call + split + torch-optimizer implementation (issue 4's workloads) and against
-hyperlight 0.0.5 itself, on CPU; and issue 4's GPU rows (``--device cuda``).
+functional_call + split + torch-optimizer implementation and against hyperlight 0.0.5 itself, on
+CPU; and the GPU rows (``--device cuda``).
 
 Run: ``PYTHONPATH=. python -m pytest bench/bench_hyper.py --benchmark-json=/tmp/hyper-run.json
 --results=bench/results/hyper.jsonl`` (the in-process benchmark's rows).
@@ -38,7 +38,7 @@ from bench.measure import append_rows, machine_rates, stamp  # noqa: E402
 NETWORKS = ["resnet20", "resnet56", "vgg11_bn", "mobilenetv2_x1_4"]
 HIDDEN = {"16-64-128": (16, 64, 128), "16-16-16": (16, 16, 16)}
 OPTIMIZERS = ["sgd", "sgd_momentum"]
-# Issue 4's GPU target: fused step + bf16 W and state under a T4's 15 GiB, against eager (> 2×W).
+# The GPU target: fused step + bf16 W and state under a T4's 15 GiB, against eager (> 2×W).
 GPU_ROWS = [f"{net}:{impl}:16,64,128:sgd_momentum" for net in ("vgg19_bn", "repvgg_a2")
             for impl in ("fused_bf16", "fused_bf16_unchained", "eager")]
 # One pass over W per step: the chained fused step beside the unchained one (and hyperlight where it
@@ -111,7 +111,7 @@ def parse_rows(argv):
     parser.add_argument("--rounds", type=int, default=1, help="times to run the whole list")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("rows", nargs="*", metavar="NETWORK:IMPL:HIDDEN:OPTIMIZER",
-                        help="default with --device cuda: issue 4's GPU rows")
+                        help="default with --device cuda: the GPU rows")
     args = parser.parse_args(argv)
     if not args.rows and args.device != "cuda":
         parser.error("rows: name at least one NETWORK:IMPL:HIDDEN:OPTIMIZER (only --device cuda has "

@@ -1,4 +1,4 @@
-"""Achieved fraction of DRAM bandwidth of the W-bound hypernetwork kernels on CUDA (issue 4's GPU
+"""Achieved fraction of DRAM bandwidth of the W-bound hypernetwork kernels on CUDA (the GPU
 target): generation forward (``hyper_generate``, Eq. 2–3) and the fused backward, i.e. the
 generation's backward (``hyper_generate_backward``: dz and dθ) followed by the in-place W step
 (``hyper_fused_step_``), timed alone and together.

@@ -1,7 +1,7 @@
 """The B×B stage of the relational KD ops on CUDA: SP and RKD terms as functions of Gram
 matrices (LayerKD-HN Eq. 17–18, 22–27), in torch. The feature-sized passes (the Grams and
 dQ = (dG + dGᵀ)·Q) are Triton kernels; this stage only touches B×B matrices (B×B×B for angles,
-the issue's memory bound per layer), and its backward differentiates these few small ops.
+a memory bound of a few B² floats per layer), and its backward differentiates these few small ops.
 The CPU op implements the same formulas in C++ (``csrc/cpu/relational.cpp``).
 """
 import torch

@@ -1,4 +1,4 @@
-"""The GPU benchmark path of issue 4 on a CPU-only machine: argument parsing, the clear exit
+"""The GPU benchmark path of bench/bench_hyper.py on a CPU-only machine: argument parsing, the clear exit
 without CUDA, the bf16 configuration's build, and the bandwidth script's byte counts against
 the tensors the ops really read and write."""
 import pytest

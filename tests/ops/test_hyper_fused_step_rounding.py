@@ -1,6 +1,6 @@
 """bf16 storage of W and of its optimizer state in the fused step rounds stochastically, without
 bias: E[stored] = the fp32 value, so updates far below half a bf16 ulp still move W and its
-momentum / Adam moments on average (issue 4: "store it fp32, or bf16 with stochastic rounding").
+momentum / Adam moments on average.
 
 The reference for every bf16 run is the same kernel with fp32 storage from the same start: both
 compute in fp32, and only the store differs.
