@@ -478,15 +478,19 @@ T regression_loss(const T* s, const T* t, int64_t n, T grad, T* dS) {
   return sum;
 }
 
-// log Σ_j exp(x_j) of one row.
+// The softmax of one row: e_j = exp(x_j − max x) into `e`, and Σ_j e_j returned.
 template <typename T>
-T log_sum_exp(const T* x, int64_t n) {
+T shifted_exps(const T* x, int64_t n, T* e) {
   T m = x[0], z = 0;
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
 #pragma omp simd reduction(+ : z)
-  for (int64_t j = 0; j < n; ++j) z += std::exp(x[j] - m);
-  return m + std::log(z);
+  for (int64_t j = 0; j < n; ++j) {
+    e[j] = std::exp(x[j] - m);
+    z += e[j];
+  }
+  e[n] = m;  // the shift, for the log-softmax
+  return z;
 }
 
 // L(Ãs, Ãt) (Eq. 10–14); with dS, also dL/dÃs times `grad`.
@@ -498,28 +502,30 @@ T loss_and_grad(Loss loss, const T* s, const T* t, int64_t B, T grad, T* dS) {
     case Loss::SL1: return regression_loss<Loss::SL1>(s, t, B * B, grad, dS);
     case Loss::KL: break;
   }
-  // KL of row-softmaxes, 1/b Σ_ij p_t (log p_t − log p_s); d/dÃs = (p_s − p_t)/b.
+  // KL of row-softmaxes, 1/b Σ_ij p_t (log p_t − log p_s); d/dÃs = (p_s − p_t)/b. Each row's
+  // exps are taken once, for its log-sum-exp, and kept for p = e/z (two per entry, not four).
   T sum = 0;
   const T g = grad / T(B);
+  std::vector<T> es(B + 1), et(B + 1);
   for (int64_t i = 0; i < B; ++i) {
     const T* si = s + i * B;
     const T* ti = t + i * B;
-    const T lzs = log_sum_exp(si, B), lzt = log_sum_exp(ti, B);
+    const T zs = shifted_exps(si, B, es.data()), zt = shifted_exps(ti, B, et.data());
+    const T lzs = es[B] + std::log(zs), lzt = et[B] + std::log(zt), inv_zs = 1 / zs, inv_zt = 1 / zt;
+    const T* e_s = es.data();
+    const T* e_t = et.data();
     T row = 0;
     if (dS) {
       T* d = dS + i * B;
 #pragma omp simd reduction(+ : row)
       for (int64_t j = 0; j < B; ++j) {
-        const T lt_j = ti[j] - lzt, ls_j = si[j] - lzs, pt = std::exp(lt_j);
-        row += pt * (lt_j - ls_j);
-        d[j] = g * (std::exp(ls_j) - pt);
+        const T pt = e_t[j] * inv_zt;
+        row += pt * ((ti[j] - lzt) - (si[j] - lzs));
+        d[j] = g * (e_s[j] * inv_zs - pt);
       }
     } else {
 #pragma omp simd reduction(+ : row)
-      for (int64_t j = 0; j < B; ++j) {
-        const T lt_j = ti[j] - lzt;
-        row += std::exp(lt_j) * (lt_j - (si[j] - lzs));
-      }
+      for (int64_t j = 0; j < B; ++j) row += e_t[j] * inv_zt * ((ti[j] - lzt) - (si[j] - lzs));
     }
     sum += row;
   }
