@@ -155,11 +155,25 @@ class PathLearner:
                 "rewards": list(self._rewards)}
 
     def load_state_dict(self, state: dict) -> None:
+        # A checkpoint loaded onto the GPU brings Adam's step counts there too (the optimizer only
+        # moves its moments to the parameters' device), while α lives on the CPU.
+        state = _on_cpu(state)
         self.distribution.load_state_dict(state["distribution"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.updates, self.baseline = state["steps"], state["updates"], state["baseline"]
         self._rewards = list(state["rewards"])
         self.weights = self.distribution.weights()
+
+
+def _on_cpu(value):
+    """``value`` with every tensor in it (nested dicts, lists, tuples) on the CPU."""
+    if torch.is_tensor(value):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 @contextmanager

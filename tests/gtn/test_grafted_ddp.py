@@ -3,6 +3,7 @@ distribution stay in lockstep, the ranks draw the same paths, and only rank 0 wr
 import json
 import random
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,6 +49,7 @@ def _rank_main(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_grafted_teacher_in_lockstep(tmp_path):
     mp.spawn(_rank_main, args=(str(tmp_path / "pg"), str(tmp_path / "ddp")), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.state", weights_only=False) for r in range(2)]
