@@ -1,8 +1,9 @@
 """A learnt distribution over the supernet's paths: our reading of the GTN paper's "trainable
 distribution" and "architecture loss", built as ProxylessNAS's REINFORCE variant (Cai et al. 2019).
 
-Each learnt layer l has logits α_l, initialised to zero (uniform); an operation's probability is
-softmax(α_l) and a path s has p(s) = Π_l softmax(α_l)[s_l]. Every ``every`` training steps a path
+Each learnt layer l has logits α_l (not the KL weight α of the grafted objective), initialised to
+zero (uniform); an operation's probability is softmax(α_l) and a path s has
+p(s) = Π_l softmax(α_l)[s_l]. Every ``every`` training steps a path
 s ~ p runs on a held-out batch that the weights never train on (:mod:`hyperkd.gtn.holdout`); its
 reward R is minus the architecture loss on that batch, and Adam takes one step on α along the
 REINFORCE estimate of ∇_α E_s[R],
@@ -34,7 +35,7 @@ BASELINE_DECAY = 0.99
 
 def check_arch_settings(lr: float, every: int, baseline_decay: float) -> None:
     """Raises naming the flag of the first bad setting of a :class:`PathLearner`."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ValueError(f"arch_lr (--arch-lr): expected a positive learning rate, got {lr!r}")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"arch_every (--arch-every): expected an integer >= 1 (training steps per update), "
