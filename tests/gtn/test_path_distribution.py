@@ -36,6 +36,19 @@ def test_starts_uniform_over_the_learnt_layers_only():
         PathDistribution(candidates, learnt=[6])
 
 
+def test_the_supernet_samples_from_the_learnt_weights():
+    net = Supernet(PRESETS["small"], num_classes=3)
+    dist = PathDistribution(net.candidates(), learnt=[5])
+    with torch.no_grad():
+        dist.logits[0].copy_(torch.tensor([-50.0] * (len(net.candidates()[5]) - 1) + [50.0]))
+    rng = random.Random(0)
+    specs = [net.sample(rng, probs=dist.weights()) for _ in range(20)]
+    assert {s[5] for s in specs} == {net.candidates()[5][-1]} and len({s[0] for s in specs}) > 1
+    assert net.probs == [None] * 6  # the supernet's own weights are left as they were
+    with pytest.raises(ValueError, match="probs: expected one entry per layer"):
+        net.sample(rng, probs=dist.weights()[:5])
+
+
 def test_the_update_follows_the_score_function():
     """Adam is handed ∂/∂α of −(R − b)·log p(s) = −(R − b)·(onehot(s_l) − softmax(α_l))."""
     dist = PathDistribution([("a", "b", "c"), ("x", "y")], learnt=[0, 1])
