@@ -3,6 +3,9 @@ learning-rate rows None / Constant / Layerwise, over seeds; one JSON line per fi
 already in the file skipped (so an interrupted grid resumes), then the table as mean ± std.
 
     python bench/layer_lr_grid.py --teacher runs/r18q/best.pt --out runs/grid --epochs 6 --every 2
+
+``--derivative-options per=batch`` takes the Jacobian and Hessian maps once per batch instead of per
+sample (the registry's ``jsd`` options; the attention map has none of them).
 """
 import argparse
 import json
@@ -11,6 +14,8 @@ import time
 from pathlib import Path
 
 from hyperkd.train.layer_lr_run import LR_MODES, train_with_layer_lr
+
+DERIVATIVE_MAPS = ("jacobian", "hessian")
 
 
 def arguments():
@@ -23,6 +28,8 @@ def arguments():
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--maps", default="ce,attention,jacobian,hessian")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--derivative-options", default="",
+                        help="extra jsd options of the jacobian and hessian maps, e.g. per=batch")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--every", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -37,6 +44,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
     done = {(r["map"], r["lr_mode"], r["seed"]) for r in rows}
+    derivative = f",{args.derivative_options}" if args.derivative_options else ""
     for seed in map(int, args.seeds.split(",")):
         for name in args.maps.split(","):
             for mode in LR_MODES:
@@ -46,10 +54,11 @@ def main():
                 best = train_with_layer_lr(
                     args.out / f"{name}-{mode}-{seed}", teacher_checkpoint=args.teacher,
                     teacher_model=args.teacher_model, model=args.model,
-                    kd="none" if name == "ce" else f"jsd:map={name}", lr_mode=mode, every=args.every,
+                    kd="none" if name == "ce" else f"jsd:map={name}{derivative if name in DERIVATIVE_MAPS else ''}", lr_mode=mode, every=args.every,
                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, dataset=args.data,
                     data_root=args.data_root, seed=seed, device=args.device, overwrite=True)
                 row = {"map": name, "lr_mode": mode, "seed": seed, "epochs": args.epochs, "every": args.every,
+                       "map_options": args.derivative_options if name in DERIVATIVE_MAPS else "",
                        **best, "time_s": time.time() - began}
                 rows.append(row)
                 with rows_file.open("a") as f:
