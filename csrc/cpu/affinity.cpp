@@ -241,13 +241,16 @@ void l1_backward_layers(const std::vector<const T*>& Sm, const std::vector<const
 
 // ---------------------------------------------------------------- the B×B epilogue
 
-// The threads of a feature pass over B²·ΣD pair elements: one per 2^20 of them. Below that a
-// parallel region's start and barrier cost more than the pass (B = 128, D = 64 ran 100x slower
-// on two threads of a loaded 2-core machine than on one).
+// The pair elements (B²·D multiply-adds) a feature pass gives each thread. Below that a parallel
+// region's start and barrier cost more than the pass on a loaded machine: B = 128, D = 64 ran
+// 100x slower on two threads of a loaded 2-core machine than on one, and at one thread per 2^20,
+// B = 256, D = 64 (4·2^20) took 24 ms on two threads against 0.6–1.4 ms on one.
+constexpr int64_t kPairsPerThread = int64_t(1) << 22;
+
 int64_t threads_for(const std::vector<at::Tensor>& rows) {
   int64_t work = 0;
   for (const auto& r : rows) work += r.size(0) * r.size(0) * r.size(1);
-  return std::max<int64_t>(1, work >> 20);
+  return std::max<int64_t>(1, work / kPairsPerThread);
 }
 
 // Below this width a layer's Gram is a tile_gemm of Q by its packed transpose (gram_by_rows):
@@ -255,13 +258,13 @@ int64_t threads_for(const std::vector<at::Tensor>& rows) {
 // their D/L multiply steps (B = 128: the whole Gram took twice MKL's time).
 constexpr int64_t kSmallWidth = 256;
 
-// G = Q·Qᵀ (both triangles) for a B×D Q; the threads split G's rows, one per 2^20 multiply-adds.
+// G = Q·Qᵀ (both triangles) for a B×D Q; the threads split G's rows, kPairsPerThread each.
 template <typename T>
 void gram_by_rows(const T* Q, int64_t B, int64_t D, T* G) {
   const int64_t ld = padded_ld<T>(B);
   std::vector<T> Qt(D * ld);
   pack_rows(Q, D, B, 1, D, Qt.data(), ld);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (B * D));
+  const int64_t grain = std::max<int64_t>(1, kPairsPerThread / (B * D));
   at::parallel_for(0, B, grain, [&](int64_t i0, int64_t i1) {
     tile_gemm<T>(i1 - i0, B, D, {Q + i0 * D, D, 1}, Qt.data(), ld, G + i0 * B, B, nullptr, false);
   });
