@@ -8,7 +8,7 @@ or every tapped layer works alike, since student and teacher are compared throug
 teacher's forward hook. Known methods are variants: SP (Tung & Mori) is (IP, L2, L2) times 1/B²,
 RKD-D (Park et al.) is close to (L2, avg, SL1), bilinear-pooling CC (Peng et al.) is (IP, none, L2).
 """
-from hyperkd.kd.base import LayerwiseMethod
+from hyperkd.kd.base import LayerwiseMethod, weigh_terms
 from hyperkd.kd.registry import MethodEntry, register
 from hyperkd.ops import affinity as aff_ops
 
@@ -33,6 +33,12 @@ class ModularAffinityKD(LayerwiseMethod):
 
     def layer_losses(self, student, summaries):
         return aff_ops.affinity_losses(student, summaries, self.aff, self.norm, self.loss)
+
+    def native_weighted(self, student, summaries, lambdas):
+        """Without λ the terms are summed as they are (no ones vector and product per step: at
+        pooled widths the op's own work is a few hundred µs, and each extra op counts)."""
+        terms = self.layer_losses(student, summaries)
+        return (terms.sum(), terms.detach()) if lambdas is None else weigh_terms(terms, lambdas)
 
     def batch_terms(self, student: list) -> int:
         """KL's mean runs over the B rows, the regression losses' sums over the B² entries."""
