@@ -95,7 +95,8 @@ def _rows(feats, name):
     if B < 2:
         raise ValueError(f"{name}: affinity KD relates the samples of a batch (there are no pairs in "
                          f"a batch of 1); got batch size {B}")
-    return [f.reshape(B, -1) for f in feats]
+    # A B×D feature goes in as it is: reshaping it would add a view node to the autograd graph.
+    return [f if f.dim() == 2 else f.reshape(B, -1) for f in feats]
 
 
 def affinity_teacher_summary(g, aff: str, norm: str):
