@@ -9,12 +9,14 @@
 //     dQ_i = Σ_j S_ij sign(q_i − q_j), S = dA + dAᵀ, recomputes the signs tile by tile from
 //     column panels of Q, so nothing of size B×B×D exists (memory: a panel per thread).
 // Everything else (affinity from the Gram, normalisation, loss and all their gradients) is an
-// epilogue over B×B matrices. Autograd keeps the student features, the teacher's normalised
-// matrices (its summary) and the student's B×B Gram or L1 matrix.
+// epilogue over B×B matrices.
 //
 // The autograd of affinity_loss is registered here, in C++, rather than through
 // torch.library.register_autograd: at pooled widths (B = 128, D = 64) the Python wrapper (pytree
 // flattening of the list arguments, a Python backward) cost ~0.2 ms a step, more than the kernels.
+// When a student feature needs its gradient, the forward is affinity_loss_with_grad, which also
+// computes that gradient (for an incoming gradient of ones) while the B×B matrices are at hand;
+// autograd keeps only those gradients (B×D per layer) and the backward scales them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -597,25 +599,19 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_cpu(
   return {losses, pairs};
 }
 
-std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::TensorList student,
-                                                   at::TensorList teacher, at::TensorList pairs,
-                                                   c10::string_view aff, c10::string_view norm,
-                                                   c10::string_view loss) {
-  check_rows(student, "student");
-  const Variant v = variant(aff, norm, loss);
-  const int64_t B = student[0].size(0), M = student.size();
-  const auto acc = acc_type_of(student[0].scalar_type());
-  check_matrices(teacher, M, B, acc, "teacher");
-  check_matrices(pairs, M, B, acc, "pairs");
-  const at::Tensor g_layers = grad.to(acc).contiguous();
-  const auto rows = rows_in_acc(student);
+// dL/dz_m of Σ_m g_m L_m for every layer from its pair matrix (the B×B epilogue's backward, then
+// dQ = S·Q or the L1 sign sums), in the students' dtypes; L_m goes to `losses`.
+std::vector<at::Tensor> feature_grads(const Variant& v, at::TensorList student, const std::vector<at::Tensor>& rows,
+                                      at::TensorList teacher, const std::vector<at::Tensor>& pairs,
+                                      const at::Tensor& g_layers, const at::Tensor& losses) {
+  const int64_t B = rows[0].size(0), M = rows.size();
   std::vector<at::Tensor> sym, dq, grads;
-  AT_DISPATCH_FLOATING_TYPES(acc, "affinity_loss_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(rows[0].scalar_type(), "affinity_feature_grads", [&] {
     std::vector<scalar_t> dAt(B * B), dA(B * B), dP(B * B);
     for (int64_t m = 0; m < M; ++m) {
       const Normalised<scalar_t> g(v, pairs[m].data_ptr<scalar_t>(), B);
-      loss_and_grad(v.loss, g.At.data(), teacher[m].data_ptr<scalar_t>(), B,
-                    g_layers.data_ptr<scalar_t>()[m], dAt.data());
+      losses.data_ptr<scalar_t>()[m] = loss_and_grad(v.loss, g.At.data(), teacher[m].data_ptr<scalar_t>(), B,
+                                                     g_layers.data_ptr<scalar_t>()[m], dAt.data());
       normalise_backward(v.norm, g.A.data(), g.At.data(), g.scale.data(), dAt.data(), B, dA.data());
       affinity_backward(v.aff, pairs[m].data_ptr<scalar_t>(), g.A.data(), g.n.data(), dA.data(), B, dP.data());
       at::Tensor S = at::empty({B, B}, pairs[m].options());
@@ -634,6 +630,23 @@ std::vector<at::Tensor> affinity_loss_backward_cpu(const at::Tensor& grad, at::T
   return grads;
 }
 
+// affinity_loss together with the gradient of Σ_m L_m w.r.t. each student feature: the training
+// path, whose backward is then a scaling of these (the B×B epilogue and the call are not repeated).
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> affinity_loss_with_grad_cpu(
+    at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
+    c10::string_view loss) {
+  check_rows(student, "student");
+  const Variant v = variant(aff, norm, loss);
+  const int64_t B = student[0].size(0), M = student.size();
+  const auto acc = acc_type_of(student[0].scalar_type());
+  check_matrices(teacher, M, B, acc, "teacher");
+  const auto rows = rows_in_acc(student);
+  std::vector<at::Tensor> pairs = pair_matrices(v.aff, rows);
+  at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
+  auto grads = feature_grads(v, student, rows, teacher, pairs, at::ones({M}, losses.options()), losses);
+  return {losses, pairs, grads};
+}
+
 // ---------------------------------------------------------------- autograd
 
 const auto& loss_op() {
@@ -643,31 +656,41 @@ const auto& loss_op() {
   return op;
 }
 
-const auto& loss_backward_op() {
+const auto& loss_with_grad_op() {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("hyperkd::affinity_loss_backward", "")
-                             .typed<decltype(affinity_loss_backward_cpu)>();
+                             .findSchemaOrThrow("hyperkd::affinity_loss_with_grad", "")
+                             .typed<decltype(affinity_loss_with_grad_cpu)>();
   return op;
 }
 
-// Differentiable w.r.t. the student features only: the losses' gradient is affinity_loss_backward
-// from the saved student features, teacher summaries and pair matrices (the pairs output is not
-// differentiable).
+// Whether g holds only ones, for a concrete CPU tensor (read without a device sync, and never while
+// it is traced: fake and functional tensors answer false).
+bool all_ones(const at::Tensor& g) {
+  constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  if (!g.device().is_cpu() || g.dim() != 1 || g.key_set().has_any(traced) || !g.has_storage() ||
+      !at::isFloatingType(g.scalar_type()) || g.scalar_type() == at::kHalf || g.scalar_type() == at::kBFloat16)
+    return false;
+  bool ones = true;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "all_ones", [&] {
+    const auto a = g.accessor<scalar_t, 1>();
+    for (int64_t m = 0; m < a.size(0); ++m) ones = ones && a[m] == scalar_t(1);
+  });
+  return ones;
+}
+
+// Differentiable w.r.t. the student features only. The forward computes the gradients for an
+// incoming gradient of ones (affinity_loss_with_grad) and keeps only them; the backward scales
+// layer m's by the incoming gradient's m-th entry (each loss depends on its own layer alone), or
+// returns them as they are when that gradient is all ones (a loss summed into the total).
 struct AffinityLossFunction : public torch::autograd::Function<AffinityLossFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList student,
                                                 at::TensorList teacher, c10::string_view aff,
                                                 c10::string_view norm, c10::string_view loss) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [losses, pairs] = loss_op().call(student, teacher, aff, norm, loss);
+    auto [losses, pairs, grads] = loss_with_grad_op().call(student, teacher, aff, norm, loss);
     ctx->mark_non_differentiable(pairs);
     ctx->set_materialize_grads(false);
-    ctx->saved_data["aff"] = std::string(aff);
-    ctx->saved_data["norm"] = std::string(norm);
-    ctx->saved_data["loss"] = std::string(loss);
-    torch::autograd::variable_list saved(student.begin(), student.end());
-    saved.insert(saved.end(), teacher.begin(), teacher.end());
-    saved.insert(saved.end(), pairs.begin(), pairs.end());
-    ctx->save_for_backward(saved);
+    ctx->save_for_backward(grads);
     torch::autograd::variable_list out{losses};
     out.insert(out.end(), pairs.begin(), pairs.end());
     return out;
@@ -675,16 +698,14 @@ struct AffinityLossFunction : public torch::autograd::Function<AffinityLossFunct
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t M = saved.size() / 3;
+    const auto feature_grads = ctx->get_saved_variables();
+    const int64_t M = feature_grads.size();
     torch::autograd::variable_list out(2 * M + 3);  // student, teacher, then the three options
-    if (!grads[0].defined()) return out;  // the losses were not used
-    const at::TensorList all(saved);
-    const auto dq = loss_backward_op().call(grads[0], all.slice(0, M), all.slice(M, M), all.slice(2 * M, M),
-                                            ctx->saved_data["aff"].toStringRef(),
-                                            ctx->saved_data["norm"].toStringRef(),
-                                            ctx->saved_data["loss"].toStringRef());
-    std::copy(dq.begin(), dq.end(), out.begin());
+    const at::Tensor& g = grads[0];
+    if (!g.defined()) return out;  // the losses were not used
+    const bool ones = all_ones(g);
+    for (int64_t m = 0; m < M; ++m)
+      out[m] = ones ? feature_grads[m] : feature_grads[m] * g.select(0, m).to(feature_grads[m].scalar_type());
     return out;
   }
 };
@@ -692,6 +713,12 @@ struct AffinityLossFunction : public torch::autograd::Function<AffinityLossFunct
 std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_autograd(
     at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
     c10::string_view loss) {
+  const bool needs_grad = at::GradMode::is_enabled() &&
+                          std::any_of(student.begin(), student.end(), [](const at::Tensor& f) { return f.requires_grad(); });
+  if (!needs_grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return loss_op().call(student, teacher, aff, norm, loss);
+  }
   auto out = AffinityLossFunction::apply(student, teacher, aff, norm, loss);
   return {out[0], std::vector<at::Tensor>(out.begin() + 1, out.end())};
 }
@@ -702,14 +729,14 @@ TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("affinity(Tensor[] feats, str aff, str norm) -> Tensor[]");
   m.def("affinity_loss(Tensor[] student, Tensor[] teacher, str aff, str norm, str loss) "
         "-> (Tensor losses, Tensor[] pairs)");
-  m.def("affinity_loss_backward(Tensor grad, Tensor[] student, Tensor[] teacher, Tensor[] pairs, "
-        "str aff, str norm, str loss) -> Tensor[]");
+  m.def("affinity_loss_with_grad(Tensor[] student, Tensor[] teacher, str aff, str norm, str loss) "
+        "-> (Tensor losses, Tensor[] pairs, Tensor[] grads)");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {
   m.impl("affinity", &affinity_cpu);
   m.impl("affinity_loss", &affinity_loss_cpu);
-  m.impl("affinity_loss_backward", &affinity_loss_backward_cpu);
+  m.impl("affinity_loss_with_grad", &affinity_loss_with_grad_cpu);
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, Autograd, m) {

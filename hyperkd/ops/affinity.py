@@ -3,8 +3,9 @@
 L_m = L(f(g(z_S,m)), f(g(z_T,m))) per layer, z the B×D flattened feature, with the affinity g
 (``aff``: l1, l2, ip, cs; Eq. 4–7), the normalisation f (``norm``: l1, l2, avg, max, none;
 Eq. 8–9) and the loss L (``loss``: l1, l2, sl1, kl; Eq. 10–14). The teacher summary is its
-normalised B×B matrix f(g(z_T)); autograd keeps only the student features, the teacher summaries
-and the student's B×B pair matrices (the Gram, or the L1 distances), never a B×B×D tensor.
+normalised B×B matrix f(g(z_T)). The gradients w.r.t. the student features are computed in the
+forward, while the B×B matrices are at hand, and autograd keeps only them (B×D per layer), never a
+B×B×D tensor.
 CPU kernels are C++ (``csrc/cpu/affinity.cpp``); on CUDA the feature passes are Triton
 (``kernels/affinity.py``) and the B×B stage is :mod:`hyperkd.ops._affinity_epilogue`.
 """
@@ -40,9 +41,14 @@ def _loss_backward_cuda(grad, student, teacher, pairs, aff, norm, loss):
     return triton_aff.pair_backward(dpairs, list(student), aff)
 
 
+def _loss_with_grad_cuda(student, teacher, aff, norm, loss):
+    losses, pairs = _loss_cuda(student, teacher, aff, norm, loss)
+    return losses, pairs, _loss_backward_cuda(torch.ones_like(losses), student, teacher, pairs, aff, norm, loss)
+
+
 torch.library.register_kernel("hyperkd::affinity", "cuda", _affinity_cuda)
 torch.library.register_kernel("hyperkd::affinity_loss", "cuda", _loss_cuda)
-torch.library.register_kernel("hyperkd::affinity_loss_backward", "cuda", _loss_backward_cuda)
+torch.library.register_kernel("hyperkd::affinity_loss_with_grad", "cuda", _loss_with_grad_cuda)
 
 
 def _matrices_like(feats):
@@ -60,13 +66,15 @@ def _loss_fake(student, teacher, aff, norm, loss):
     return student[0].new_empty(len(student), dtype=accumulation_dtype(student[0].dtype)), _matrices_like(student)
 
 
-@torch.library.register_fake("hyperkd::affinity_loss_backward")
-def _loss_backward_fake(grad, student, teacher, pairs, aff, norm, loss):
-    return [torch.empty_like(f) for f in student]
+@torch.library.register_fake("hyperkd::affinity_loss_with_grad")
+def _loss_with_grad_fake(student, teacher, aff, norm, loss):
+    return (*_loss_fake(student, teacher, aff, norm, loss), [torch.empty_like(f) for f in student])
 
 
 # The autograd of hyperkd::affinity_loss is registered in C++ (csrc/cpu/affinity.cpp) for every
-# device: its backward is hyperkd::affinity_loss_backward, dispatched to the kernels above.
+# device: where a student feature needs its gradient, the forward runs
+# hyperkd::affinity_loss_with_grad, which also returns d(Σ_m L_m)/dz_m, and the backward scales
+# those by the incoming gradient.
 
 
 def check_variant(aff: str, norm: str, loss: str = "l2"):

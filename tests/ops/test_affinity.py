@@ -131,6 +131,7 @@ def test_opcheck(variant):
     rows = [s.reshape(4, -1) for s in student]
     summaries = F.affinity_teacher_summary(teacher, *variant[:2])
     torch.library.opcheck(torch.ops.hyperkd.affinity_loss, (rows, summaries, *variant))
+    torch.library.opcheck(torch.ops.hyperkd.affinity_loss_with_grad, ([r.detach() for r in rows], summaries, *variant))
     torch.library.opcheck(torch.ops.hyperkd.affinity, ([t.reshape(4, -1) for t in teacher], *variant[:2]))
 
 
@@ -142,12 +143,12 @@ def test_compiles_without_graph_breaks():
 
 
 def test_saves_no_batch_by_batch_by_feature_tensor():
-    """Backward keeps the student features, the teacher's B×B summary and the student's B×B pair
-    matrix: nothing of size B×B×D, which the eager L1 path of autograd would need."""
+    """Backward keeps only the feature gradient that forward computed: nothing of size B×B×D,
+    which the eager L1 path of autograd would need."""
     student, teacher = features(8, [(32,)], dtype=torch.float32)
     summaries = F.affinity_teacher_summary(teacher, "l1", "l2")
     shapes = saved_tensor_shapes(lambda: F.affinity_losses(student, summaries, "l1", "l2", "sl1"))
-    assert sorted(shapes) == sorted([(8, 32), (8, 8), (8, 8)])
+    assert shapes == [(8, 32)]
 
 
 def test_gradient_scales_with_the_incoming_gradient():
@@ -155,8 +156,11 @@ def test_gradient_scales_with_the_incoming_gradient():
     summaries = F.affinity_teacher_summary(teacher, "l2", "avg")
     terms = F.affinity_losses(student, summaries, "l2", "avg", "sl1")
     (g1,) = torch.autograd.grad(terms.sum(), student, retain_graph=True)
-    (g3,) = torch.autograd.grad(3 * terms.sum(), student)
+    (g3,) = torch.autograd.grad(3 * terms.sum(), student, retain_graph=True)
     assert_close(g3, 3 * g1, torch.float64)
+    # The gradient kept from forward is handed out again unchanged (GNoRP backpropagates twice).
+    (again,) = torch.autograd.grad(terms.sum(), student)
+    assert torch.equal(again, g1)
 
 
 def test_batch_of_one_and_bad_components_are_errors():
@@ -176,8 +180,7 @@ def test_batch_of_one_and_bad_components_are_errors():
 
 def triton_terms_and_grads(student, summaries, variant):
     rows = [s.detach().reshape(s.shape[0], -1) for s in student]
-    terms, pairs = aff_ops._loss_cuda(rows, summaries, *variant)
-    grads = aff_ops._loss_backward_cuda(torch.ones_like(terms), rows, summaries, pairs, *variant)
+    terms, _, grads = aff_ops._loss_with_grad_cuda(rows, summaries, *variant)
     return terms, [g.reshape(s.shape) for g, s in zip(grads, student)]
 
 
