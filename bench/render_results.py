@@ -26,7 +26,10 @@ HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->
 STAMP = ("device", "cpu", "threads", "vector_bits", "torch", "triton", "commit", "date", "malloc_env",
          "machine_rates", "hyperlight", "torchdistill", "note")
 # What names a case in each suite; the implementations of one case are compared within one run.
-CASE_KEYS = {"hyper": ("network", "impl", "hidden", "optimizer"), "siren_quality": ("table", "name")}
+# A peers case's two sides may come from separate processes (a VGG-11-bn peer step needs most of the
+# machine's memory alone), so each side is its own case there.
+CASE_KEYS = {"hyper": ("network", "impl", "hidden", "optimizer"), "siren_quality": ("table", "name"),
+             "peers": ("network", "batch", "kind", "impl")}
 OP_CASE = ("network", "batch", "kind")
 BASELINES = ("eager", "compiled")
 MIB = 2 ** 20
