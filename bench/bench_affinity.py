@@ -8,13 +8,12 @@ D = 64 / 16,384; ``--full``: all 80 variants at B = 64 / 128 / 256 and D = 64 / 
 Rows are keyed network = "D<width>", kind = the variant, so ``hyperkd bench`` renders them.
 """
 import itertools
-import time
 
 import pytest
 import torch
 
 import hyperkd.kd as kd
-from bench.measure import peak_extra_bytes
+from bench.workloads import time_gradient_step
 from hyperkd.reference import affinity as R
 
 IMPLEMENTATIONS = ("fused", "eager", "compiled")
@@ -52,20 +51,5 @@ def test_makd(benchmark, device, case):
     # Post-ReLU-like features, as taps give: the L1 kernels meet ties (sign 0).
     student = torch.randn(batch, width, device=device).relu_().requires_grad_()
     teacher = torch.randn(batch, width, device=device).relu_()
-    fn = loss_fn(variant, impl)
-
-    def step():
-        (grad,) = torch.autograd.grad(fn(student, teacher), student)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return grad
-
-    step()  # compile outside the timed region
-    start = time.perf_counter()
-    step()
-    slow = time.perf_counter() - start > 1.0
-    benchmark.extra_info.update(network=f"D{width}", batch=batch, kind="-".join(variant), impl=impl,
-                                peak_extra_bytes=peak_extra_bytes(step, device),
-                                output_bytes=student.numel() * student.element_size())
-    rounds = 3 if slow else 10 if device.type == "cpu" else 50
-    benchmark.pedantic(step, rounds=rounds)
+    time_gradient_step(benchmark, device, loss_fn(variant, impl), student, teacher, cpu_rounds=10,
+                       network=f"D{width}", batch=batch, kind="-".join(variant), impl=impl)
