@@ -578,15 +578,28 @@ std::vector<at::Tensor> affinity_cpu(at::TensorList feats, c10::string_view aff,
   return out;
 }
 
-// L_m = L(f(g(z_S,m)), Ã_T,m) per layer; returns (losses, the student's pair matrices).
-std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_cpu(
-    at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
-    c10::string_view loss) {
+// The checked inputs of a loss call: its variant, batch, layer count and accumulation type.
+struct LossInputs {
+  Variant v;
+  int64_t B, M;
+  at::ScalarType acc;
+};
+
+LossInputs loss_inputs(at::TensorList student, at::TensorList teacher, c10::string_view aff,
+                       c10::string_view norm, c10::string_view loss) {
   check_rows(student, "student");
   const Variant v = variant(aff, norm, loss);
   const int64_t B = student[0].size(0), M = student.size();
   const auto acc = acc_type_of(student[0].scalar_type());
   check_matrices(teacher, M, B, acc, "teacher");
+  return {v, B, M, acc};
+}
+
+// L_m = L(f(g(z_S,m)), Ã_T,m) per layer; returns (losses, the student's pair matrices).
+std::tuple<at::Tensor, std::vector<at::Tensor>> affinity_loss_cpu(
+    at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
+    c10::string_view loss) {
+  const auto [v, B, M, acc] = loss_inputs(student, teacher, aff, norm, loss);
   std::vector<at::Tensor> pairs = pair_matrices(v.aff, rows_in_acc(student));
   at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "affinity_loss", [&] {
@@ -635,11 +648,7 @@ std::vector<at::Tensor> feature_grads(const Variant& v, at::TensorList student, 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> affinity_loss_with_grad_cpu(
     at::TensorList student, at::TensorList teacher, c10::string_view aff, c10::string_view norm,
     c10::string_view loss) {
-  check_rows(student, "student");
-  const Variant v = variant(aff, norm, loss);
-  const int64_t B = student[0].size(0), M = student.size();
-  const auto acc = acc_type_of(student[0].scalar_type());
-  check_matrices(teacher, M, B, acc, "teacher");
+  const auto [v, B, M, acc] = loss_inputs(student, teacher, aff, norm, loss);
   const auto rows = rows_in_acc(student);
   std::vector<at::Tensor> pairs = pair_matrices(v.aff, rows);
   at::Tensor losses = at::empty({M}, student[0].options().dtype(acc));
