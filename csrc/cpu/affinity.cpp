@@ -385,13 +385,12 @@ void normalise(Norm norm, const T* A, int64_t B, T* out, T* scale) {
     std::copy_n(A, BB, out);
     return;
   }
-  T s = norm == Norm::Avg ? T(0) : A[0];
+  T s = 0;
   if (norm == Norm::Avg) {
 #pragma omp simd reduction(+ : s)
     for (int64_t k = 0; k < BB; ++k) s += A[k];
   } else {
-#pragma omp simd reduction(max : s)
-    for (int64_t k = 0; k < BB; ++k) s = std::max(s, A[k]);
+    s = max_of(A, BB);
   }
   scale[0] = s;
   const T c = norm == Norm::Avg ? T(BB) / clamp_eps(s) : T(1) / clamp_eps(s);
@@ -486,9 +485,8 @@ T regression_loss(const T* s, const T* t, int64_t n, T grad, T* dS) {
 // The softmax of one row: e_j = exp(x_j − max x) into `e`, and Σ_j e_j returned.
 template <typename T>
 T shifted_exps(const T* x, int64_t n, T* e) {
-  T m = x[0], z = 0;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  const T m = max_of(x, n);
+  T z = 0;
 #pragma omp simd reduction(+ : z)
   for (int64_t j = 0; j < n; ++j) {
     e[j] = std::exp(x[j] - m);

@@ -89,6 +89,25 @@ inline bool fast_trig_valid(double) { return true; }
   return std::bit_cast<float>(std::bit_cast<uint32_t>(std::fma(r * r2, p, r)) ^ sign);
 }
 
+// max_k x[k], vectorised: GCC leaves `omp simd reduction(max)` over std::max a scalar vmaxss
+// chain (std::max's NaN ordering is not associative), so the lanes are spelt out. The maximum
+// is exact, so the result does not depend on the order.
+template <typename T>
+T max_of(const T* x, int64_t n) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  T m = x[0];
+  int64_t k = 0;
+  if (n >= kLanes) {
+    T lanes[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[l];
+    for (k = kLanes; k + kLanes <= n; k += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = lanes[l] < x[k + l] ? x[k + l] : lanes[l];
+    for (int64_t l = 0; l < kLanes; ++l) m = m < lanes[l] ? lanes[l] : m;
+  }
+  for (; k < n; ++k) m = m < x[k] ? x[k] : m;
+  return m;
+}
+
 // fp64 (gradcheck, not the hot path) keeps libm's accuracy.
 [[gnu::always_inline]] inline SinCos<double> sincos_fast(double x) { return {std::sin(x), std::cos(x)}; }
 [[gnu::always_inline]] inline double sin_fast(double x) { return std::sin(x); }
