@@ -40,8 +40,9 @@ def run(args) -> int:
     save_config(args, args.out)
     results = sweep.run_sweep(base, methods, args.seeds, args.out)
     teacher = sweep.teacher_accuracy(base, resolve_device(base.device)) if base.teacher else None
+    student = f"MIP {','.join(map(str, base.hidden))}" if base.hyper == "mip" else "plain student"
     print(sweep.report(results, args.out, methods, args.seeds, teacher,
-                       title=f"{args.model} on {args.data}, MIP {','.join(map(str, base.hidden))}"))
+                       title=f"{args.model} on {args.data}, {student}", hyper=base.hyper))
     print(f"\ntable: {args.out / 'results.md'} (and .csv), plot: {args.out / 'convergence.png'}")
     diverged = sweep.diverged_runs(results)
     if diverged:

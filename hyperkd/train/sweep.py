@@ -131,7 +131,12 @@ def _mean_std(values: Sequence[float]) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summary_rows(results: Dict[str, List[dict]], teacher_acc: float = None) -> List[dict]:
+def baseline_label(hyper: str = "mip") -> str:
+    """The No-KD row's name: the MIP baseline for a hypernetised student, else a plain No-KD."""
+    return "No-KD (MIP)" if hyper == "mip" else "No-KD"
+
+
+def summary_rows(results: Dict[str, List[dict]], teacher_acc: float = None, hyper: str = "mip") -> List[dict]:
     """One row per method: test accuracy mean/std over the seeds that finished (%), Δ to the
     baseline and to the teacher, the best epoch, mean epoch time, peak memory, and the runs that
     diverged with where each stopped (``stops``). Columns without a finished run are None."""
@@ -142,7 +147,7 @@ def summary_rows(results: Dict[str, List[dict]], teacher_acc: float = None) -> L
         done, stopped = _finished(runs), [r for r in runs if "diverged" in r]
         acc, std = _mean_std([r["test_acc"] for r in done]) if done else (None, None)
         rows.append({
-            "method": "No-KD (MIP)" if method == BASELINE else method,
+            "method": baseline_label(hyper) if method == BASELINE else method,
             "test_acc": _pct(acc), "std": _pct(std), "seeds": len(done),
             "delta_no_kd": None if acc is None or base is None else 100 * (acc - base),
             "delta_teacher": None if acc is None or teacher_acc is None else 100 * (acc - teacher_acc),
@@ -230,7 +235,7 @@ def divergence_points(results: Dict[str, List[dict]]) -> Dict[str, List[int]]:
 
 
 def plot_curves(curves: Dict[str, List[float]], path: Path, teacher_acc: float = None,
-                title: str = "", diverged: Dict[str, List[int]] = None) -> Path:
+                title: str = "", diverged: Dict[str, List[int]] = None, hyper: str = "mip") -> Path:
     """Validation accuracy per epoch for each method, like the paper's Figure 2; a diverged run
     is an × on the x axis at the epoch where it stopped, and its method's label counts them."""
     import matplotlib
@@ -241,7 +246,7 @@ def plot_curves(curves: Dict[str, List[float]], path: Path, teacher_acc: float =
     diverged = diverged or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in dict.fromkeys([*curves, *diverged]):
-        label = "No-KD (MIP)" if method == BASELINE else method
+        label = baseline_label(hyper) if method == BASELINE else method
         stops = diverged.get(method, [])
         if stops:
             label += f" ({len(stops)} diverged)"
@@ -274,16 +279,17 @@ def finish_accuracy_plot(fig, ax, path: Path, teacher_acc, title: str, ylabel: s
     return path
 
 
-def report(results, out: Path, methods, seeds, teacher_acc=None, title="") -> str:
+def report(results, out: Path, methods, seeds, teacher_acc=None, title="", hyper: str = "mip") -> str:
     """Writes ``results.md``, ``results.csv`` and ``convergence.png`` into ``out``; returns the
-    table. ``methods`` and ``seeds`` order and select the runs of ``results`` to report."""
+    table. ``methods`` and ``seeds`` order and select the runs of ``results`` to report; ``hyper``
+    names the No-KD row (:func:`baseline_label`)."""
     results = {m: [r for r in results[m] if r["seed"] in seeds] for m in methods if m in results}
-    rows = summary_rows(results, teacher_acc)
+    rows = summary_rows(results, teacher_acc, hyper)
     table = markdown_table(rows, teacher_acc)
     (Path(out) / "results.md").write_text(table + "\n")
     write_csv(rows, Path(out) / "results.csv")
     plot_curves(validation_curves(out, results), Path(out) / "convergence.png", teacher_acc, title,
-                divergence_points(results))
+                divergence_points(results), hyper)
     return table
 
 

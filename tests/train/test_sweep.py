@@ -20,6 +20,13 @@ def test_method_lists_keep_parameters_together_and_start_with_the_baseline():
         sweep.parse_methods(" , ")
 
 
+def test_the_no_kd_row_names_a_plain_student_as_such():
+    results = {"none": [{"seed": 0, "test_acc": 0.5, "epoch": 1, "mean_epoch_time_s": 1.0,
+                         "peak_memory_bytes": 2 ** 20}]}
+    assert sweep.summary_rows(results)[0]["method"] == "No-KD (MIP)"
+    assert sweep.summary_rows(results, hyper="none")[0]["method"] == "No-KD"
+
+
 def test_sweep_writes_mean_std_tables_and_a_plot_and_skips_finished_runs(tiny_digits, teacher, tmp_path,
                                                                          capsys, monkeypatch):
     argv = ["sweep", "--model", "resnet20", "--teacher", str(teacher), "--methods", "at0,at2:p=4",
