@@ -21,6 +21,16 @@
 namespace hyperkd {
 namespace {
 
+// The generation reads kDotRows rows of W at a time, a line from each in turn, which the hardware
+// prefetchers follow poorly (they stop at page boundaries, and eight rows are one 4 KiB page at
+// d = 128): the rows this many ahead are requested explicitly.
+constexpr int64_t kPrefetchRows = 4 * kDotRows;
+
+inline void prefetch_rows(const void* begin, int64_t bytes) {
+  const char* p = static_cast<const char*>(begin);
+  for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 0);
+}
+
 // Rows of W handled by one task; its partial dz (B_γ×d) is reduced after the parallel pass.
 constexpr int64_t kRowsPerTask = 4096;
 
@@ -30,13 +40,28 @@ struct LayerGeometry {
   std::array<int64_t, 4> size, stride;
   int64_t offset, numel;
   // Element offset of logical (row-major) index p.
-  int64_t address(int64_t p) const {
+  int64_t address(int64_t p) const { return strided_address(p, size, stride.data()); }
+
+  // Offset of logical index p through `strides` (dims padded to 4 like `size`): eight integer
+  // divisions per element, which cost more than the element's dot product on wide layers, so
+  // row-major strides (where the offset is p) skip them.
+  static int64_t strided_address(int64_t p, const std::array<int64_t, 4>& size, const int64_t* strides) {
     int64_t a = 0;
     for (int k = 3; k >= 0; --k) {
-      a += (p % size[k]) * stride[k];
+      a += (p % size[k]) * strides[k];
       p /= size[k];
     }
     return a;
+  }
+
+  // Whether `strides` address logical index p at offset p (sizes of 1 take any stride).
+  bool row_major(const int64_t* strides) const {
+    int64_t expected = 1;
+    for (int k = 3; k >= 0; --k) {
+      if (size[k] != 1 && strides[k] != expected) return false;
+      expected *= size[k];
+    }
+    return true;
   }
 };
 
@@ -120,6 +145,7 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
     for (int64_t l = 0; l < L; ++l) {
       const auto& g = geo[l];
       acc_t* o = out[l].data_ptr<acc_t>();
+      const bool row_major = g.row_major(g.stride.data());
       at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
         acc_t dots[kDotRows];
         for (int64_t p0 = begin; p0 < end; p0 += kDotRows) {
@@ -128,11 +154,18 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
             if (ca) {
               for (int64_t r = 0; r < rows; ++r) dots[r] = ca[s * P + g.offset + p0 + r];
             } else if (rows == kDotRows) {
+              if (s == 0) prefetch_rows(w + (g.offset + p0 + kPrefetchRows) * d, kDotRows * d * sizeof(scalar_t));
               generation_dots<kDotRows>(w + (g.offset + p0) * d, d, zz + s * d, d, dots);
             } else {
               for (int64_t r = 0; r < rows; ++r) dots[r] = generation_dot(w + (g.offset + p0 + r) * d, zz + s * d, d);
             }
-            for (int64_t r = 0; r < rows; ++r) o[s * g.numel + g.address(p0 + r)] = dots[r] + t0[g.offset + p0 + r];
+            acc_t* os = o + s * g.numel;
+            const acc_t* t0_rows = t0 + g.offset + p0;
+            if (row_major) {
+              for (int64_t r = 0; r < rows; ++r) os[p0 + r] = dots[r] + t0_rows[r];
+            } else {
+              for (int64_t r = 0; r < rows; ++r) os[g.address(p0 + r)] = dots[r] + t0_rows[r];
+            }
           }
         }
       });
@@ -181,13 +214,10 @@ std::tuple<at::Tensor, at::Tensor> hyper_generate_backward_cpu(
         const auto& st = grad_strides[task.layer];
         const acc_t* gr = grads[task.layer].data_ptr<acc_t>();
         acc_t* dz = part + t * B * d;
+        const bool row_major = g.row_major(st.data() + 1);
         for (int64_t p = task.begin; p < task.end; ++p) {
           // Logical index → the gradient's own strides (dims padded to 4 like the geometry).
-          int64_t rem = p, a = 0;
-          for (int k = 3; k >= 0; --k) {
-            a += (rem % g.size[k]) * st[1 + k];
-            rem /= g.size[k];
-          }
+          const int64_t a = row_major ? p : LayerGeometry::strided_address(p, g.size, st.data() + 1);
           const scalar_t* row = w + (g.offset + p) * d;
           for (int64_t s = 0; s < B; ++s) {
             const acc_t gv = gr[s * st[0] + a];

@@ -137,7 +137,7 @@ class FusedOutputStep:
         self.state = [torch.zeros(W.shape, dtype=state_dtype, device=W.device) if i < slots else empty
                       for i in range(2)]
         self.step_count, self.pending, self.seed_shared = 0, False, False
-        self.factors, self.carried = None, None
+        self.factors, self.carried, self._dtheta_copy = None, None, None
         self.chained = 0  # generations that used the carried W·z (a diagnostic: is the chain engaged?)
         self.seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
@@ -167,7 +167,13 @@ class FusedOutputStep:
             owned = True
             if not torch.isfinite(dtheta).all():
                 return  # a step GradScaler skips: no factors, so no update and no step count
-        self.factors = (dtheta if owned else dtheta.clone(), z)
+        if not owned:
+            # Into a buffer kept across steps: a fresh B_γ×P copy each step would be new pages for
+            # the kernel to fault in and zero (P·4 bytes per step, tens of MiB), not just a copy.
+            if self._dtheta_copy is None or self._dtheta_copy.shape != dtheta.shape:
+                self._dtheta_copy = torch.empty_like(dtheta, memory_format=torch.contiguous_format)
+            dtheta = self._dtheta_copy.copy_(dtheta)
+        self.factors = (dtheta, z)
 
     def step(self, model) -> None:
         """W's update from the factors of the last backward (none after a skipped step), generating
