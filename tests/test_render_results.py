@@ -80,6 +80,20 @@ def test_headline_spans_one_machines_cases_per_family(tmp_path):
     assert not rr.write_headline(text, readme)
 
 
+def test_the_grid_summary_counts_the_variants_that_meet_each_target():
+    date = "2026-12-04T00:00:00+00:00"
+    rows = []
+    # ip: 3× eager, 1.5× compiled; l1: 1.5× eager, 0.8× compiled (slower than compiled).
+    for kind, eager, compiled in (("ip-l2-l2", 30, 15), ("l1-l1-l1", 15, 8)):
+        for impl, ms in (("fused", 10), ("eager", eager), ("compiled", compiled)):
+            r = row(XEON, date, kind, impl, ms, 101 if impl == "fused" else 110, batch=64)
+            rows.append({**r, "network": "D64"})
+    lines = rr.grid_summary(rows)
+    assert lines[2] == "| 64 | 64 | 2 | 1 | 1 | 1.50× (l1-l1-l1) | 0.80× (l1-l1-l1) | 64.0 |"
+    doc = rr.grid_block({"makd": rows}, "makd_grid")
+    assert "**Xeon, 2 threads, 512-bit vectors**" in doc and lines[2] in doc
+
+
 def test_committed_results_render():
     """Every committed row parses and every suite renders (a malformed row fails here, not in CI's
     rendering step)."""
