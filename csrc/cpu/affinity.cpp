@@ -95,19 +95,6 @@ std::vector<at::Tensor> rows_in_acc(at::TensorList feats) {
   return rows;
 }
 
-template <typename P>
-std::vector<P> pointers(const std::vector<at::Tensor>& ts) {
-  std::vector<P> out;
-  for (const auto& t : ts) out.push_back(t.data_ptr<std::remove_cv_t<std::remove_pointer_t<P>>>());
-  return out;
-}
-
-std::vector<int64_t> widths(const std::vector<at::Tensor>& rows) {
-  std::vector<int64_t> out;
-  for (const auto& r : rows) out.push_back(r.size(1));
-  return out;
-}
-
 // ---------------------------------------------------------------- L1 distances, tiled
 
 // 2×4 tiles: 8 accumulators, 2 + 1 operands and the difference fit AVX2's 16 registers.

@@ -337,12 +337,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
       });
     });
     std::vector<acc_t> terms(M);
-    layer_terms(rows.data(), M, B, lam,
-                [&](int64_t m) { return mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1); },
-                layer_losses.data_ptr<acc_t>(), terms.data());
-    acc_t total = 0;
-    for (int64_t m = 0; m < M; ++m) total += terms[m];
-    loss.fill_(total);
+    loss.fill_(layer_terms(rows.data(), M, B, lam,
+                           [&](int64_t m) { return mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1); },
+                           layer_losses.data_ptr<acc_t>(), terms.data()));
   });
   return {loss, layer_losses, grads};
 }

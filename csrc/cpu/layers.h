@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX__)
@@ -123,16 +124,34 @@ inline void check_lambdas(const at::Tensor& lambdas, int64_t M, at::ScalarType a
 }
 
 // The per-layer outputs of the fused losses from an M×B table of per-sample row values:
-// L_m = scale(m) · Σ_b rows[m, b] and the weighted term λ_m L_m.
+// L_m = scale(m) · Σ_b rows[m, b] and the weighted term λ_m L_m; returns Σ_m λ_m L_m.
 template <typename acc_t, typename Scale>
-inline void layer_terms(const acc_t* rows, int64_t M, int64_t B, const acc_t* lam, Scale&& scale,
-                        acc_t* losses, acc_t* terms) {
+inline acc_t layer_terms(const acc_t* rows, int64_t M, int64_t B, const acc_t* lam, Scale&& scale,
+                         acc_t* losses, acc_t* terms) {
+  acc_t total = 0;
   for (int64_t m = 0; m < M; ++m) {
     acc_t sum = 0;
     for (int64_t b = 0; b < B; ++b) sum += rows[m * B + b];
     losses[m] = sum * scale(m);
     terms[m] = lam[m] * losses[m];
+    total += terms[m];
   }
+  return total;
+}
+
+// The data pointers of per-layer tensors, as the kernels of csrc/cpu/gram.h take them.
+template <typename P>
+std::vector<P> pointers(const std::vector<at::Tensor>& ts) {
+  std::vector<P> out;
+  for (const auto& t : ts) out.push_back(t.data_ptr<std::remove_cv_t<std::remove_pointer_t<P>>>());
+  return out;
+}
+
+// The row widths D_m of per-layer B×D_m matrices.
+inline std::vector<int64_t> widths(const std::vector<at::Tensor>& rows) {
+  std::vector<int64_t> out;
+  for (const auto& r : rows) out.push_back(r.size(1));
+  return out;
 }
 
 // The accumulation type of a feature dtype: double for double, float otherwise.

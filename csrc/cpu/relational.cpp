@@ -37,21 +37,6 @@ at::Tensor unrows(const at::Tensor& dq, const at::Tensor& f) {
   return dq.view(f.sizes()).to(f.scalar_type());
 }
 
-// The data pointers of per-layer tensors, as the kernels of csrc/cpu/gram.h take them.
-template <typename P>
-std::vector<P> pointers(const std::vector<at::Tensor>& ts) {
-  std::vector<P> out;
-  for (const auto& t : ts) out.push_back(t.data_ptr<std::remove_cv_t<std::remove_pointer_t<P>>>());
-  return out;
-}
-
-// The row widths D_m of per-layer B×D_m matrices.
-std::vector<int64_t> widths(const std::vector<at::Tensor>& rows) {
-  std::vector<int64_t> out;
-  for (const auto& r : rows) out.push_back(r.size(1));
-  return out;
-}
-
 // G_m = Q_m·Q_mᵀ for every layer, in one parallel pass (csrc/cpu/gram.h).
 std::vector<at::Tensor> grams_of(at::TensorList feats) {
   const int64_t B = feats[0].size(0);
