@@ -5,38 +5,43 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace hyperkd {
 
-// Each row is summed in kDotLanes independent partial sums (a single running sum is a serial chain
-// the compiler may not reorder, so it would not vectorise), k ascending, then the lanes in order.
-constexpr int64_t kDotLanes = 8;
-// Rows dotted together: one row's lanes form one chain of dependent FMAs, whose latency (not
-// memory) bounded a row-at-a-time loop; kDotRows rows interleaved keep that many chains in flight.
-constexpr int64_t kDotRows = 8;
-
-// out[r] = Σ_k w[r·stride + k]·z[k] for r < R, each row summed exactly as generation_dot sums it.
-template <int64_t R, typename scalar_t, typename acc_t>
-inline void generation_dots(const scalar_t* w, int64_t stride, const acc_t* z, int64_t d, acc_t* out) {
-  acc_t lanes[R][kDotLanes] = {};
-  int64_t k = 0;
-  for (; k + kDotLanes <= d; k += kDotLanes)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kDotLanes; ++j)
-        lanes[r][j] += static_cast<acc_t>(w[r * stride + k + j]) * z[k + j];
-  for (int64_t r = 0; r < R; ++r) {
-    acc_t acc = 0;
-    for (int64_t t = k; t < d; ++t) acc += static_cast<acc_t>(w[r * stride + t]) * z[t];
-    for (int64_t j = 0; j < kDotLanes; ++j) acc += lanes[r][j];
-    out[r] = acc;
-  }
-}
-
+// Σ_k w[k]·z[k] in two vectors of 512-bit partial sums (two independent chains of FMAs, blocks of
+// columns alternating between them), then the tail, then the lanes in order. One row at a time
+// reads W as one sequential stream, which the hardware prefetchers follow: eight rows read a line
+// of each in turn ran at 60 % of a plain read of W, this at its pace (VGG-11-bn's W, one thread).
 template <typename scalar_t, typename acc_t>
 inline acc_t generation_dot(const scalar_t* w, const acc_t* z, int64_t d) {
-  acc_t out;
-  generation_dots<1>(w, 0, z, d, &out);
-  return out;
+  constexpr int64_t L = 64 / sizeof(acc_t);
+  typedef acc_t vec __attribute__((vector_size(64)));
+  auto load = [](const scalar_t* p) {
+    vec v;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      std::memcpy(&v, p, sizeof v);
+    } else {  // bf16/fp16 storage: widen through a buffer, which the compiler vectorises
+      acc_t wide[L];
+      for (int64_t j = 0; j < L; ++j) wide[j] = static_cast<acc_t>(p[j]);
+      std::memcpy(&v, wide, sizeof v);
+    }
+    return v;
+  };
+  vec a = {}, b = {}, za, zb;
+  int64_t k = 0;
+  for (; k + 2 * L <= d; k += 2 * L) {
+    std::memcpy(&za, z + k, sizeof za);
+    std::memcpy(&zb, z + k + L, sizeof zb);
+    a += load(w + k) * za;
+    b += load(w + k + L) * zb;
+  }
+  a += b;
+  acc_t acc = 0;
+  for (; k < d; ++k) acc += static_cast<acc_t>(w[k]) * z[k];
+  for (int64_t j = 0; j < L; ++j) acc += a[j];
+  return acc;
 }
 
 }  // namespace hyperkd

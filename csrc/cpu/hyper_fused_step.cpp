@@ -95,25 +95,15 @@ inline void update_row(const StepArgs& a, w_t* w, s_t* m, s_t* v, int64_t p, flo
   }
 }
 
-// Rows [begin, end) of W, kDotRows at a time: update them, then (chained) generate the next step's
-// values from the rows as stored (bf16 after its rounding), exactly as the generation op reads them,
-// while they are still in cache.
+// Rows [begin, end) of W: update each in place, then (chained) generate the next step's values from
+// the row as stored (bf16 after its rounding), exactly as the generation op reads it, while it is
+// still in cache.
 template <int ALGO, bool MOMENTUM, typename w_t, typename s_t>
 void update_rows(const StepArgs& a, w_t* w, s_t* m, s_t* v, int64_t begin, int64_t end) {
   std::vector<float> g(a.d);
-  float dots[kDotRows];
-  for (int64_t p0 = begin; p0 < end; p0 += kDotRows) {
-    const int64_t rows = std::min(kDotRows, end - p0);
-    for (int64_t p = p0; p < p0 + rows; ++p) update_row<ALGO, MOMENTUM>(a, w, m, v, p, g.data());
-    for (int64_t s = 0; s < a.B_next; ++s) {
-      const float* code = a.z_next + s * a.d;
-      if (rows == kDotRows) {
-        generation_dots<kDotRows>(w + p0 * a.d, a.d, code, a.d, dots);
-      } else {
-        for (int64_t r = 0; r < rows; ++r) dots[r] = generation_dot(w + (p0 + r) * a.d, code, a.d);
-      }
-      for (int64_t r = 0; r < rows; ++r) a.next[s * a.P + p0 + r] = dots[r];
-    }
+  for (int64_t p = begin; p < end; ++p) {
+    update_row<ALGO, MOMENTUM>(a, w, m, v, p, g.data());
+    for (int64_t s = 0; s < a.B_next; ++s) a.next[s * a.P + p] = generation_dot(w + p * a.d, a.z_next + s * a.d, a.d);
   }
 }
 

@@ -21,16 +21,6 @@
 namespace hyperkd {
 namespace {
 
-// The generation reads kDotRows rows of W at a time, a line from each in turn, which the hardware
-// prefetchers follow poorly (they stop at page boundaries, and eight rows are one 4 KiB page at
-// d = 128): the rows this many ahead are requested explicitly.
-constexpr int64_t kPrefetchRows = 4 * kDotRows;
-
-inline void prefetch_rows(const void* begin, int64_t bytes) {
-  const char* p = static_cast<const char*>(begin);
-  for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 0);
-}
-
 // Rows of W handled by one task; its partial dz (B_γ×d) is reduced after the parallel pass.
 constexpr int64_t kRowsPerTask = 4096;
 
@@ -147,25 +137,12 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
       acc_t* o = out[l].data_ptr<acc_t>();
       const bool row_major = g.row_major(g.stride.data());
       at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
-        acc_t dots[kDotRows];
-        for (int64_t p0 = begin; p0 < end; p0 += kDotRows) {
-          const int64_t rows = std::min(kDotRows, end - p0);
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t row = g.offset + p;
+          const int64_t at = row_major ? p : g.address(p);
           for (int64_t s = 0; s < B; ++s) {
-            if (ca) {
-              for (int64_t r = 0; r < rows; ++r) dots[r] = ca[s * P + g.offset + p0 + r];
-            } else if (rows == kDotRows) {
-              if (s == 0) prefetch_rows(w + (g.offset + p0 + kPrefetchRows) * d, kDotRows * d * sizeof(scalar_t));
-              generation_dots<kDotRows>(w + (g.offset + p0) * d, d, zz + s * d, d, dots);
-            } else {
-              for (int64_t r = 0; r < rows; ++r) dots[r] = generation_dot(w + (g.offset + p0 + r) * d, zz + s * d, d);
-            }
-            acc_t* os = o + s * g.numel;
-            const acc_t* t0_rows = t0 + g.offset + p0;
-            if (row_major) {
-              for (int64_t r = 0; r < rows; ++r) os[p0 + r] = dots[r] + t0_rows[r];
-            } else {
-              for (int64_t r = 0; r < rows; ++r) os[g.address(p0 + r)] = dots[r] + t0_rows[r];
-            }
+            const acc_t dot = ca ? ca[s * P + row] : generation_dot(w + row * d, zz + s * d, d);
+            o[s * g.numel + at] = dot + t0[row];
           }
         }
       });
