@@ -139,10 +139,10 @@ std::vector<at::Tensor> hyper_generate_cpu(const at::Tensor& W, const at::Tensor
       at::parallel_for(0, g.numel, 1024, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
           const int64_t row = g.offset + p;
-          const int64_t at = row_major ? p : g.address(p);
+          const int64_t where = row_major ? p : g.address(p);  // in each γ's sample of the output
           for (int64_t s = 0; s < B; ++s) {
             const acc_t dot = ca ? ca[s * P + row] : generation_dot(w + row * d, zz + s * d, d);
-            o[s * g.numel + at] = dot + t0[row];
+            o[s * g.numel + where] = dot + t0[row];
           }
         }
       });
