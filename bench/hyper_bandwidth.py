@@ -1,19 +1,20 @@
-"""Achieved fraction of DRAM bandwidth of the W-bound hypernetwork kernels on CUDA (the GPU
-target): generation forward (``hyper_generate``, Eq. 2–3) and the fused backward, i.e. the
-generation's backward (``hyper_generate_backward``: dz and dθ) followed by the in-place W step
-(``hyper_fused_step_``), timed alone and together.
+"""Achieved fraction of memory bandwidth of the W-bound hypernetwork kernels, on CUDA (the GPU
+target) or, with ``--device cpu``, on the CPU: generation forward (``hyper_generate``, Eq. 2–3)
+and the fused backward, i.e. the generation's backward (``hyper_generate_backward``: dz and dθ)
+followed by the in-place W step (``hyper_fused_step_``), timed alone and together, and the W step
+that also generates the next step's W·z (the chained step's pass).
 
 fraction = bytes moved / median time / peak bandwidth. Bytes moved count every tensor a kernel
 must read or write once (see the ``*_bytes`` functions): the least DRAM traffic the operation
 can have, so a fraction near 1 means the kernel is as fast as the memory allows. The peak is
-measured here, not read off a datasheet: the best of ``--repeats`` device-to-device copies of a
-``--copy-gib`` buffer, counted as read + write. Times are CUDA-event times of one op call each,
-the op's host-side set-up (layer tables) included, median of ``--repeats`` after two warm-up calls
-(the first compiles the Triton kernels).
+measured here, not read off a datasheet: the best of ``--repeats`` copies of a ``--copy-gib``
+buffer on the device, counted as read + write. Times are those of one op call each (CUDA events;
+wall clock on the CPU), the op's host-side set-up (layer tables) included, median of ``--repeats``
+after two warm-up calls (the first compiles the Triton kernels).
 
 Usage: ``PYTHONPATH=. python bench/hyper_bandwidth.py [--network vgg19_bn] [--hidden 16,64,128]
-[--gammas 1] [--optimizer sgd_momentum] [--weight-dtype bf16] [--state-dtype bf16] [--out FILE]``.
-Without CUDA it exits at once, saying so.
+[--gammas 1] [--optimizer sgd_momentum] [--weight-dtype bf16] [--state-dtype bf16] [--device cpu]
+[--out FILE]``. With the default ``--device cuda`` and no CUDA it exits at once, saying so.
 """
 import argparse
 import itertools
@@ -24,7 +25,7 @@ import sys
 import torch
 
 from bench._hyper_step import create_network, resolve_device
-from bench.measure import stamp
+from bench.measure import stamp, timed
 from hyperkd.ops.hyper_generate import ADAM, ADAMW, SGD
 
 FP32 = 4
@@ -67,40 +68,36 @@ def training_step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_s
     return generate + backward_bytes(P, d, B, w_size, 0) + step
 
 
-def cuda_seconds(fn, repeats: int) -> float:
-    """Median CUDA-event time of one call of ``fn``, after two warm-up calls."""
+def call_seconds(fn, device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes: CUDA events on CUDA, the wall clock elsewhere."""
+    if device.type != "cuda":
+        return timed(fn, device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median time of one call of ``fn`` on ``device``, after two warm-up calls."""
     for _ in range(2):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(call_seconds(fn, device) for _ in range(repeats))
 
 
-def peak_bandwidth(nbytes: int, repeats: int) -> float:
-    """Bytes/s of the best of ``repeats`` device-to-device copies of ``nbytes`` (read + write)."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+def peak_bandwidth(nbytes: int, repeats: int, device: torch.device) -> float:
+    """Bytes/s of the best of ``repeats`` copies of ``nbytes`` on ``device`` (read + write)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / 1e3)
-    return 2 * nbytes / best
+    return 2 * nbytes / min(call_seconds(lambda: dst.copy_(src), device) for _ in range(repeats))
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="achieved DRAM bandwidth of generation and the fused "
-                                                 "backward on CUDA")
+    parser = argparse.ArgumentParser(description="achieved memory bandwidth of generation and the fused "
+                                                 "backward, on CUDA or the CPU")
     parser.add_argument("--network", default="vgg19_bn", help="zoo network whose Conv2d layers are generated")
     parser.add_argument("--hidden", default="16,64,128", help="hidden widths; d is the last")
     parser.add_argument("--gammas", type=int, default=1, help="B_γ, codes per call")
@@ -109,6 +106,7 @@ def parse_args(argv):
     parser.add_argument("--state-dtype", choices=sorted(DTYPES), default="fp32", help="the state's storage")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the peak-bandwidth copy")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--out", help="JSON file for the results (default: print only)")
     args = parser.parse_args(argv)
     if args.gammas < 1 or args.repeats < 1 or not args.copy_gib > 0:
@@ -122,7 +120,7 @@ def run(args, device: torch.device) -> dict:
     from hyperkd.kernels.hyper_generate import block_schedule
     from hyperkd.ops.hyper_generate import op_geometry
 
-    peak = peak_bandwidth(int(args.copy_gib * 2 ** 30), args.repeats)  # before W takes the memory
+    peak = peak_bandwidth(int(args.copy_gib * 2 ** 30), args.repeats, device)  # before W takes the memory
     net = create_network(args.network)
     plan = LayoutPlan.from_modules(net, find_modules(net))
     geometry = op_geometry([e.shape for e in plan], [False] * len(plan))
@@ -146,10 +144,10 @@ def run(args, device: torch.device) -> dict:
 
     beta1 = 0.0 if args.optimizer == "sgd" else 0.9  # plain SGD: no momentum buffer
 
-    def step(dtheta):
+    def step(dtheta, z_next=None):
         t = next(step_count)
         torch.ops.hyperkd.hyper_fused_step_(W, state[0], state[1], dtheta, z, ALGORITHMS[args.optimizer],
-                                            1e-6, beta1, 0.999, 1e-8, 0.0, t, t)
+                                            1e-6, beta1, 0.999, 1e-8, 0.0, t, t, z_next)
 
     dtheta = backward()
     w_size, s_size = W.element_size(), torch.finfo(s_dtype).bits // 8
@@ -157,12 +155,14 @@ def run(args, device: torch.device) -> dict:
              "generation backward": backward_bytes(P, d, B, w_size, programs),
              "fused W step": step_bytes(P, d, B, w_size, slots, s_size)}
     moved["fused backward"] = moved["generation backward"] + moved["fused W step"]
+    moved["fused W step + next generation"] = moved["fused W step"] + (B * d + B * P) * FP32  # z_next in, W·z out
     calls = {"generation forward": generate, "generation backward": backward,
-             "fused W step": lambda: step(dtheta), "fused backward": lambda: step(backward())}
-    rows = {name: (moved[name], cuda_seconds(calls[name], args.repeats)) for name in moved}
+             "fused W step": lambda: step(dtheta), "fused backward": lambda: step(backward()),
+             "fused W step + next generation": lambda: step(dtheta, z)}
+    rows = {name: (moved[name], median_seconds(calls[name], device, args.repeats)) for name in moved}
     return {"network": args.network, "P": P, "d": d, "gammas": B, "optimizer": args.optimizer,
             "weight_dtype": args.weight_dtype, "state_dtype": args.state_dtype,
-            "peak_bytes_per_s": peak, "peak_from": f"best of {args.repeats} device-to-device copies of "
+            "peak_bytes_per_s": peak, "peak_from": f"best of {args.repeats} {device.type} copies of "
                                                   f"{args.copy_gib:g} GiB, read + write counted",
             "rows": {name: {"bytes": n, "seconds": s, "fraction_of_peak": n / s / peak}
                      for name, (n, s) in rows.items()}}
@@ -170,13 +170,13 @@ def run(args, device: torch.device) -> dict:
 
 def main(argv) -> None:
     args = parse_args(argv)
-    device = resolve_device("cuda")  # exits with the reason on a machine without CUDA
+    device = resolve_device(args.device)  # exits with the reason for cuda on a machine without CUDA
     result = run(args, device)
     print(f"{result['network']}: P = {result['P']:,}, d = {result['d']}, B_γ = {result['gammas']}, "
           f"{result['optimizer']}, W {result['weight_dtype']}, state {result['state_dtype']}")
     print(f"peak {result['peak_bytes_per_s'] / 1e9:.0f} GB/s ({result['peak_from']})")
     for name, row in result["rows"].items():
-        print(f"  {name:20s} {row['bytes'] / 2 ** 30:8.3f} GiB  {row['seconds'] * 1e3:8.3f} ms  "
+        print(f"  {name:30s} {row['bytes'] / 2 ** 30:8.3f} GiB  {row['seconds'] * 1e3:8.3f} ms  "
               f"{row['bytes'] / row['seconds'] / 1e9:7.0f} GB/s  {row['fraction_of_peak']:.2f} of peak")
     if args.out:
         with open(args.out, "w") as f:

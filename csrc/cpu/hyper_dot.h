@@ -13,7 +13,8 @@ namespace hyperkd {
 // Σ_k w[k]·z[k] in two vectors of 512-bit partial sums (two independent chains of FMAs, blocks of
 // columns alternating between them), then the tail, then the lanes in order. One row at a time
 // reads W as one sequential stream, which the hardware prefetchers follow: eight rows read a line
-// of each in turn ran at 60 % of a plain read of W, this at its pace (VGG-11-bn's W, one thread).
+// of each in turn made the generation pass run at 0.5–0.6 of the copy rate, this at 0.8–1.2
+// (bench/hyper_bandwidth.py --device cpu, VGG-11-bn's W).
 template <typename scalar_t, typename acc_t>
 inline acc_t generation_dot(const scalar_t* w, const acc_t* z, int64_t d) {
   constexpr int64_t L = 64 / sizeof(acc_t);

@@ -52,6 +52,18 @@ def test_fused_bf16_builds_bf16_w_and_state_and_steps():
     assert fused.chained == 1  # the model draws γ, so the second step used the first's generation
 
 
+def test_the_bandwidth_rows_run_on_the_cpu_with_their_byte_counts():
+    pytest.importorskip("hyperkd.models", reason="the benchmark needs the model zoo")
+    args = hyper_bandwidth.parse_args(["--device", "cpu", "--network", "resnet20", "--hidden", "8,16",
+                                       "--optimizer", "sgd_momentum", "--repeats", "1", "--copy-gib", "0.01"])
+    result = hyper_bandwidth.run(args, torch.device("cpu"))
+    P, d, rows = result["P"], result["d"], result["rows"]
+    step = hyper_bandwidth.step_bytes(P, d, 1, 4, 1, 4)
+    assert d == 16 and rows["fused W step"]["bytes"] == step
+    assert rows["fused W step + next generation"]["bytes"] == step + (d + P) * 4  # z_next in, W·z out
+    assert all(row["seconds"] > 0 for row in rows.values())
+
+
 def test_byte_counts_are_the_bytes_of_what_each_op_reads_and_writes():
     shapes, B, d = [(6, 3, 3, 3), (6,), (10, 6, 1, 1)], 2, 16
     P = sum(torch.Size(s).numel() for s in shapes)
