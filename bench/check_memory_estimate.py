@@ -37,7 +37,7 @@ def measure(network: str, optimizer: str, fused: bool, batch: int) -> str:
 
     peak = peak_extra_bytes(run, torch.device("cpu"))
     est = memory_estimate(primary, optimizer=optimizer, fused=fused, batch_size=batch)
-    core = est["W"] + est["W_grad"] + est["optimizer_state"] + est["carried"]
+    core = est["W"] + est["W_grad"] + est["optimizer_state"]
     return (f"| {network} | {optimizer} | {'fused' if fused else 'unfused'} | {batch} | {format_size(peak)} "
             f"| {format_size(core)} ({core / peak - 1:+.0%}) | {format_size(est['total'])} "
             f"({est['total'] / peak - 1:+.0%}) |")
@@ -45,7 +45,7 @@ def measure(network: str, optimizer: str, fused: bool, batch: int) -> str:
 
 def main(argv) -> None:
     network, batches = (argv[0], [int(b) for b in argv[1:]] or [16]) if argv else ("resnet20", [16])
-    print("| network | optimizer | step | batch | measured peak | estimate W+grad+state+carried | estimate total |")
+    print("| network | optimizer | step | batch | measured peak | estimate W+grad+state | estimate total |")
     print("|---|---|---|---|---|---|---|")
     for batch in batches:
         for optimizer in OPTIMIZERS:

@@ -65,12 +65,20 @@ def _fused_step_kernel(W, S1, S2, dtheta, z, z_next, next_out, B, B_next, P, D, 
 
 
 def hyper_fused_step_(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay, step,
-                      seed, z_next=None):
+                      seed, z_next=None, next_out=None):
     """In-place update of W (and its state) from the factors (dθ, z) of its gradient; returns
-    W_{t+1}·z_next (B_next×P), or an empty tensor without ``z_next``."""
+    W_{t+1}·z_next (B_next×P), or an empty tensor without ``z_next`` or when it is written into
+    ``next_out`` (which may be dθ itself: each program loads its rows of dθ before it stores them)."""
     P, D = W.shape
     momentum = algorithm == SGD and beta1 != 0.0
-    nxt = z.new_empty(0) if z_next is None else torch.empty(z_next.shape[0], P, dtype=z.dtype, device=z.device)
+    if next_out is not None:
+        if z_next is None or next_out.shape != (z_next.shape[0], P) or next_out.dtype != torch.float32 \
+                or not next_out.is_contiguous():
+            raise ValueError(f"next_out: expected a contiguous float32 B_next×{P} matrix beside z_next, got "
+                             f"{next_out.dtype} shape {tuple(next_out.shape)}")
+        nxt = next_out
+    else:
+        nxt = z.new_empty(0) if z_next is None else torch.empty(z_next.shape[0], P, dtype=z.dtype, device=z.device)
     _fused_step_kernel[(triton.cdiv(P, BLOCK_P),)](
         W, state1 if state1.numel() else W, state2 if state2.numel() else W, dtheta, z,
         z if z_next is None else z_next, nxt, z.shape[0], 0 if z_next is None else z_next.shape[0], P, D,
@@ -78,4 +86,4 @@ def hyper_fused_step_(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2,
         1.0 - float(beta1) ** step, (1.0 - float(beta2) ** step) ** 0.5, int(seed) & 0x7FFFFFFF,
         ALGO=algorithm, MOMENTUM=momentum, W_BF16=W.dtype == torch.bfloat16,
         S_BF16=state1.dtype == torch.bfloat16, BLOCK_P=BLOCK_P, BLOCK_D=triton.next_power_of_2(D))
-    return nxt
+    return z.new_empty(0) if next_out is not None else nxt

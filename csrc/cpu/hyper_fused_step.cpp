@@ -4,7 +4,9 @@
 // optimizer state may be bf16, written back with stochastic rounding so that small updates are
 // not lost on average. Given the next step's codes z_next, the same pass over W also generates the
 // next step's W_{t+1}·z_next from each freshly written row (one pass over W per training step
-// instead of two: the update's and the next generation's).
+// instead of two: the update's and the next generation's), into `next_out` when given: that may be
+// dθ's own buffer, since each row's dθ is read before the same row's next value is written, so the
+// carried generation needs no memory (and no freshly faulted pages) of its own.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -130,7 +132,8 @@ void dispatch_storage(const at::Tensor& W, const at::Tensor& state, Body&& body)
 at::Tensor hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& state2, const at::Tensor& dtheta,
                                 const at::Tensor& z, int64_t algorithm, double lr, double beta1, double beta2,
                                 double eps, double weight_decay, int64_t step, int64_t seed,
-                                const std::optional<at::Tensor>& z_next) {
+                                const std::optional<at::Tensor>& z_next,
+                                const std::optional<at::Tensor>& next_out) {
   TORCH_CHECK(W.dim() == 2, "W: expected a P×d matrix");
   const int64_t P = W.size(0), d = W.size(1), B = z.size(0);
   TORCH_CHECK(algorithm >= kSGD && algorithm <= kAdamW, "algorithm: expected 0 (SGD), 1 (Adam) or 2 (AdamW)");
@@ -152,7 +155,14 @@ at::Tensor hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& s
     TORCH_CHECK(z_next->dim() == 2 && z_next->size(1) == d && z_next->scalar_type() == at::kFloat &&
                     z_next->is_contiguous(),
                 "z_next: expected a contiguous float32 B_next×", d, " matrix");
-  at::Tensor next = generate ? at::empty({z_next->size(0), P}, z.options()) : at::empty({0}, z.options());
+  const bool into_out = next_out.has_value() && next_out->defined();
+  TORCH_CHECK(!into_out || generate, "next_out: given without z_next");
+  if (into_out)
+    TORCH_CHECK(next_out->dim() == 2 && next_out->size(0) == z_next->size(0) && next_out->size(1) == P &&
+                    next_out->scalar_type() == at::kFloat && next_out->is_contiguous(),
+                "next_out: expected a contiguous float32 ", z_next->size(0), "×", P, " matrix");
+  at::Tensor next = into_out ? *next_out
+                  : generate ? at::empty({z_next->size(0), P}, z.options()) : at::empty({0}, z.options());
   const StepArgs args{P, d, B, dtheta.data_ptr<float>(), z.data_ptr<float>(),
                       generate ? z_next->size(0) : 0, generate ? z_next->data_ptr<float>() : nullptr,
                       generate ? next.data_ptr<float>() : nullptr,
@@ -171,7 +181,7 @@ at::Tensor hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& s
       else update_rows<kSGD, false>(args, w, m, v, begin, end);
     });
   });
-  return next;
+  return into_out ? at::empty({0}, z.options()) : next;
 }
 
 }  // namespace
@@ -179,7 +189,7 @@ at::Tensor hyper_fused_step_cpu(at::Tensor& W, at::Tensor& state1, at::Tensor& s
 TORCH_LIBRARY_FRAGMENT(hyperkd, m) {
   m.def("hyper_fused_step_(Tensor(a!) W, Tensor(b!) state1, Tensor(c!) state2, Tensor dtheta, Tensor z, "
         "int algorithm, float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
-        "int seed, Tensor? z_next=None) -> Tensor");
+        "int seed, Tensor? z_next=None, Tensor(d!)? next_out=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hyperkd, CPU, m) {

@@ -19,8 +19,7 @@ NARROW_HIDDEN = (16, 16, 16)
 # up only when estimating, so that `hyperkd --help` imports no torch.
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 ROWS = (("W", "W"), ("W_grad", "W gradient"), ("optimizer_state", "optimizer state"),
-        ("carried", "carried W·z"), ("activations", "activations"), ("teacher", "teacher"), ("other", "other"),
-        ("total", "total"))
+        ("activations", "activations"), ("teacher", "teacher"), ("other", "other"), ("total", "total"))
 
 
 @dataclass(frozen=True)
@@ -144,8 +143,8 @@ def _print_table(totals: dict, s: Setup, optimizer: str, kd) -> None:
     slots = OPTIMIZERS[optimizer]
     notes = {
         "W": f"output layer, P×d ({s.weight_dtype})",
-        "W_grad": "the B_γ×P factor dθ and the step's copy (fused step)" if s.fused else "P×d (fp32)",
-        "carried": "next step's generation, made in the update's pass over W" if s.fused else "none (unfused)",
+        "W_grad": ("the B_γ×P factor dθ and the step's copy, which then carries the next W·z (fused step)"
+                   if s.fused else "P×d (fp32)"),
         "optimizer_state": f"{slots} × P×d ({s.state_dtype})" if slots else "none (plain SGD)",
         "activations": f"student's leaf-module outputs at batch {s.batch_size} (fp32)",
         "teacher": f"parameters + conv outputs tapped for {kd}" if kd else "no KD",

@@ -2,9 +2,8 @@
 
 The output layer W (P×d) dominates (LayerKD-HN §3.2): W itself, its gradient (P×d unfused; when
 fused only the B_γ×P factor dθ, which for one γ is also θ0's gradient, and the fused step's copy
-of it, kept from backward to the optimizer step) and the optimizer state (1 or 2 P×d tensors),
-next to the fused step's carried generation of the next step's W·z (B_γ×P), the primary
-network's activations, the small parameters (MLP, θ0, non-generated layers) and, with KD, the
+of it, kept from backward to the optimizer step, whose update then writes the next step's carried
+W·z into it) and the optimizer state (1 or 2 P×d tensors), the primary network's activations, the small parameters (MLP, θ0, non-generated layers) and, with KD, the
 frozen teacher. Sizes are strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
 """
 import copy
@@ -67,7 +66,7 @@ def teacher_bytes(model: nn.Module, modules, batch_size: int, input_shape=(3, 32
 def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sgd",
                     dtype: torch.dtype = torch.float32, fused: bool = True, batch_size: int = 16, *,
                     state_dtype: torch.dtype = None, gammas: int = 1, input_shape=(3, 32, 32),
-                    types=(nn.Conv2d,), teacher: bool = False, chain: bool = True) -> dict:
+                    types=(nn.Conv2d,), teacher: bool = False) -> dict:
     """Bytes of one training step's tensors, by kind.
 
     ``model``: a plain primary network (all modules of ``types`` hypernetised) or a
@@ -75,13 +74,11 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     ``dtype``: W's storage (fp32 or bf16); ``state_dtype`` the optimizer state's (default: fp32).
     ``teacher``: whether KD runs a frozen teacher of the same architecture, tapped at every
     hypernetised module (see :func:`teacher_bytes`).
-    ``chain``: the fused step generates the next step's weights in its pass over W (see
-    :class:`hyperkd.hyper.HyperOptimizer`).
-    Returns ``W``, ``W_grad``, ``optimizer_state``, ``carried`` (the B_γ×P generation the fused step
-    carries to the next step; 0 unfused or unchained), ``activations``, ``teacher`` (0 without
-    KD), ``other`` (hidden MLP, θ0, non-generated parameters, with gradients and state) and
-    ``total``. Fused, ``W_grad`` is dθ (for one γ θ0's gradient is a view of it) and the fused
-    step's copy of it.
+    Returns ``W``, ``W_grad``, ``optimizer_state``, ``activations``, ``teacher`` (0 without KD),
+    ``other`` (hidden MLP, θ0, non-generated parameters, with gradients and state) and ``total``.
+    Fused, ``W_grad`` is dθ (for one γ θ0's gradient is a view of it) and the fused step's copy of
+    it, which also holds the next step's generation when the step is chained (see
+    :class:`hyperkd.hyper.HyperOptimizer`), so chaining adds nothing.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -111,12 +108,11 @@ def memory_estimate(model: nn.Module, hidden=(16, 64, 128), optimizer: str = "sg
     W = P * d * _bytes(dtype)
     W_grad = 2 * gammas * P * _bytes(torch.float32) if fused else P * d * _bytes(torch.float32)
     state = OPTIMIZERS[optimizer] * P * d * _bytes(state_dtype)
-    carried = gammas * P * _bytes(torch.float32) if fused and chain else 0
     activations = activation_bytes(primary, batch_size, input_shape)
     tapped = list(dict.fromkeys(e.module_path for e in plan.entries))
     kd = teacher_bytes(primary, tapped, batch_size, input_shape) if teacher else 0
-    out = {"W": W, "W_grad": W_grad, "optimizer_state": state, "carried": carried, "activations": activations,
-           "teacher": kd, "other": other}
+    out = {"W": W, "W_grad": W_grad, "optimizer_state": state, "activations": activations, "teacher": kd,
+           "other": other}
     out["total"] = sum(out.values())
     return out
 

@@ -127,6 +127,8 @@ class FusedOutputStep:
 
     ``take_factors`` (backward) keeps its own copy of dθ: dθ itself is θ0's gradient for one γ,
     which ``GradScaler.unscale_`` or gradient clipping may change in place before :meth:`step`.
+    The update then writes the carried generation into that copy (each row of dθ is read before
+    the same row of W·z is written), so the chain costs no memory beside it.
     """
 
     def __init__(self, W, algorithm, hyper, state_dtype, lr_source, scaler=None, chain=True):
@@ -157,6 +159,7 @@ class FusedOutputStep:
             raise RuntimeError("fused step: a second backward before optimizer.step() (gradient "
                                f"accumulation) cannot be fused, W's factors are already taken; {_OPT_OUT}")
         self.pending = True
+        self.carried = None  # its values may live in the buffer dθ is copied into below
         owned = False
         if runtime.active():
             self._share_seed()
@@ -189,12 +192,15 @@ class FusedOutputStep:
             gamma, key = ahead
             with torch.no_grad():
                 z_next = model.hypernet.code(gamma)  # the MLP as the torch optimizer has just stepped it
+        # dθ is this step's own tensor (the copy, or the rank mean / unscaled factor), free once read.
+        into_dtheta = z_next is not None and z_next.shape[0] == dtheta.shape[0]
         h = self.hyper
         values = torch.ops.hyperkd.hyper_fused_step_(
             self.W, self.state[0], self.state[1], dtheta, z, self.algorithm, self.lr_source(), h["beta1"],
-            h["beta2"], h["eps"], h["weight_decay"], self.step_count, self.seed + self.step_count, z_next)
+            h["beta2"], h["eps"], h["weight_decay"], self.step_count, self.seed + self.step_count, z_next,
+            dtheta if into_dtheta else None)
         if z_next is not None:
-            self.carried = _Carried(key, values, self._versions(model.hypernet))
+            self.carried = _Carried(key, dtheta if into_dtheta else values, self._versions(model.hypernet))
 
     def reset(self) -> None:
         """Forgets the factors of a backward that will not be stepped and the carried generation."""

@@ -131,11 +131,12 @@ def hyper_generate(W, z, theta0, shapes, channels_last=None, carried=None):
 
 
 # The fused optimizer step of W (no autograd: it is an update, not a function of its inputs). With
-# z_next it also returns W_{t+1}·z_next, generated from the rows it has just written.
+# z_next it also returns W_{t+1}·z_next, generated from the rows it has just written, or writes it
+# into next_out (which may be dθ's own buffer) and returns an empty tensor.
 torch.library.register_kernel("hyperkd::hyper_fused_step_", "cuda", triton_fs.hyper_fused_step_)
 
 
 @torch.library.register_fake("hyperkd::hyper_fused_step_")
 def _hyper_fused_step_fake(W, state1, state2, dtheta, z, algorithm, lr, beta1, beta2, eps, weight_decay,
-                           step, seed, z_next=None):
-    return z.new_empty(0) if z_next is None else z.new_empty(z_next.shape[0], W.shape[0])
+                           step, seed, z_next=None, next_out=None):
+    return z.new_empty(0) if z_next is None or next_out is not None else z.new_empty(z_next.shape[0], W.shape[0])

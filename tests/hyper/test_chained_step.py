@@ -73,6 +73,20 @@ def test_chained_steps_equal_the_unchained_sequence_bit_for_bit(net, algorithm, 
     assert_same_run(chained, plain, chained_losses, plain_losses)
 
 
+def test_the_carried_generation_lives_in_the_steps_dtheta_buffer():
+    # The chain costs no memory: every step's update writes W_{t+1}·z_{t+1} over the dθ copy it has
+    # just read, one buffer kept for the whole run (memory_estimate counts no separate tensor).
+    chained, opt, _, _ = pair()
+    fs = opt.model.hypernet.fused_step
+    buffers = []
+    train(chained, opt, data(), between=lambda t: buffers.append((fs.carried.values.data_ptr(),
+                                                                  fs._dtheta_copy.data_ptr())))
+    assert len(set(buffers)) == 1
+    carried, copy_of_dtheta = buffers[0]
+    assert carried == copy_of_dtheta
+    assert fs.chained == STEPS - 1
+
+
 def test_chained_steps_match_the_unfused_step_over_many_steps():
     # Against the ordinary torch optimizer with W's full gradient: the two paths sum dW = dθᵀ·z in
     # different orders, so they agree to fp32 rounding, accumulated over the steps. (The fused

@@ -154,6 +154,40 @@ def test_step_with_next_codes_matches_the_reference_update_then_generation(algor
         assert_close(g, r, torch.float32)
 
 
+def next_into(step, W, states, dtheta, z, algorithm, beta1, wd, z_next, out):
+    """The generating step with ``next_out`` = ``out`` (or dθ itself): nothing is returned."""
+    out = dtheta if out is None else out  # None: into dθ itself
+    returned = step(W, *states, dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8, wd, 1, 5, z_next, out)
+    assert returned.numel() == 0
+    return out
+
+
+@pytest.mark.parametrize("algorithm, beta1, wd, w_dtype, s_dtype", OP_CASES)
+def test_cpu_step_writes_the_next_generation_into_next_out_even_when_it_is_dtheta(algorithm, beta1, wd, w_dtype,
+                                                                                  s_dtype):
+    # B_next = B: next_out may be dθ's own buffer, which the chained optimizer step relies on.
+    W, states, dtheta, z, z_next, _ = op_inputs(w_dtype, s_dtype, B_next=2)
+    runs = [(W.clone(), [s.clone() for s in states]) for _ in range(3)]
+    step = torch.ops.hyperkd.hyper_fused_step_
+    fresh = step(runs[0][0], *runs[0][1], dtheta, z, algorithm, 1e-2, beta1, 0.999, 1e-8, wd, 1, 5, z_next)
+    separate = next_into(step, *runs[1], dtheta, z, algorithm, beta1, wd, z_next, torch.empty(2, P))
+    aliased = next_into(step, *runs[2], dtheta.clone(), z, algorithm, beta1, wd, z_next, None)
+    for W_i, states_i in runs[1:]:
+        assert torch.equal(W_i, runs[0][0]) and all(torch.equal(a, b) for a, b in zip(states_i, runs[0][1]))
+    assert torch.equal(separate, fresh) and torch.equal(aliased, fresh)
+
+
+@pytest.mark.interpret
+def test_triton_step_writes_the_next_generation_into_dtheta_like_the_cpu_op():
+    W, states, dtheta, z, z_next, _ = op_inputs(torch.float32, torch.float32, B_next=2)
+    cpu_W, cpu_states = W.clone(), [s.clone() for s in states]
+    aliased = next_into(triton_fs.hyper_fused_step_, W, states, dtheta.clone(), z, SGD, 0.9, 1e-3, z_next, None)
+    cpu = torch.ops.hyperkd.hyper_fused_step_(cpu_W, *cpu_states, dtheta, z, SGD, 1e-2, 0.9, 0.999, 1e-8, 1e-3, 1,
+                                              5, z_next)
+    assert_close(W, cpu_W, torch.float32, msg="W")
+    assert_close(aliased, cpu, torch.float32, scale=3, msg="W_{t+1}·z_next in dθ's buffer")
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("algorithm, beta1, wd", [(SGD, 0.9, 1e-3), (ADAMW, 0.9, 1e-2)])
 def test_triton_step_with_next_codes_matches_the_cpu_op(algorithm, beta1, wd):
@@ -176,6 +210,9 @@ def test_opcheck_of_the_generating_step_and_of_generation_from_carried():
     torch.library.opcheck(torch.ops.hyperkd.hyper_fused_step_.default,
                           (W, *states, dtheta, z, SGD, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, 7, z_next),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.hyperkd.hyper_fused_step_.default,
+                          (W, *states, dtheta, z, SGD, 1e-2, 0.9, 0.999, 1e-8, 0.0, 1, 7, z_next, torch.empty(3, P)),
+                          test_utils=("test_schema", "test_faketensor"))
     carried = torch.randn(3, P)
     torch.library.opcheck(torch.ops.hyperkd.hyper_generate.default,
                           (W, z_next.requires_grad_(), theta0.requires_grad_(), *op_geometry(SHAPES, [False] * 4),
@@ -191,3 +228,9 @@ def test_bad_carried_raises_naming_it():
     with pytest.raises(RuntimeError, match="z_next: expected a contiguous float32 B_next×9"):
         torch.ops.hyperkd.hyper_fused_step_(W, torch.empty(0), torch.empty(0), torch.randn(1, P), z_next[:1],
                                             SGD, 1e-2, 0.0, 0.999, 1e-8, 0.0, 1, 0, torch.randn(1, 4))
+    with pytest.raises(RuntimeError, match="next_out: expected a contiguous float32 3×"):
+        torch.ops.hyperkd.hyper_fused_step_(W, torch.empty(0), torch.empty(0), torch.randn(1, P), z_next[:1],
+                                            SGD, 1e-2, 0.0, 0.999, 1e-8, 0.0, 1, 0, z_next, torch.empty(2, P))
+    with pytest.raises(RuntimeError, match="next_out: given without z_next"):
+        torch.ops.hyperkd.hyper_fused_step_(W, torch.empty(0), torch.empty(0), torch.randn(1, P), z_next[:1],
+                                            SGD, 1e-2, 0.0, 0.999, 1e-8, 0.0, 1, 0, None, torch.empty(3, P))
