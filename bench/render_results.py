@@ -29,7 +29,7 @@ STAMP = ("device", "cpu", "threads", "vector_bits", "torch", "triton", "commit",
 # A peers case's two sides may come from separate processes (a VGG-11-bn peer step needs most of the
 # machine's memory alone), so each side is its own case there.
 CASE_KEYS = {"hyper": ("network", "impl", "hidden", "optimizer"), "siren_quality": ("table", "name"),
-             "peers": ("network", "batch", "kind", "impl")}
+             "peers": ("network", "batch", "kind", "impl"), "makd_floor": ("batch", "width", "kind")}
 OP_CASE = ("network", "batch", "kind")
 BASELINES = ("eager", "compiled")
 MIB = 2 ** 20

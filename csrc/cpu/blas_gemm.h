@@ -38,4 +38,17 @@ void blas_gemm(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, 
     dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
 }
 
+// C[i, j] += Σ_k X[i, k]·Y[j, k] for i < nx, j < ny and k < K: X and Y row-major (rows ld apart),
+// C row-major (rows ldc apart). In BLAS's column-major terms Cᵀ = Yᵀ·X, one call with Y transposed.
+template <typename T>
+void blas_rows_dot(const T* X, int64_t nx, const T* Y, int64_t ny, int64_t K, int64_t ld, T* C, int64_t ldc) {
+  const char ta = 'T', tb = 'N';
+  const int m = ny, n = nx, k = K, lxy = ld, lc = ldc;
+  const T one = 1;
+  if constexpr (sizeof(T) == 4)
+    sgemm_(&ta, &tb, &m, &n, &k, &one, Y, &lxy, X, &lxy, &one, C, &lc);
+  else
+    dgemm_(&ta, &tb, &m, &n, &k, &one, Y, &lxy, X, &lxy, &one, C, &lc);
+}
+
 }  // namespace hyperkd

@@ -87,6 +87,15 @@ def test_cpp_matches_reference_fp32_wide_layers(variant):
     check_fused(student, teacher, variant, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", [("ip", "none", "l2"), ("cs", "l2", "sl1"), ("l2", "avg", "kl")], ids="-".join)
+def test_cpp_matches_reference_large_batches(variant, dtype):
+    """From B = 256 the Gram of a wide layer is cut into blocks of 64 rows, the diagonal ones tiled
+    and the rest products by BLAS (gram.h); B = 259 leaves a partial last block."""
+    student, teacher = features(259, [(300,)], dtype=dtype)
+    check_fused(student, teacher, variant, dtype)
+
+
 @pytest.mark.parametrize("variant", [("ip", "l2", "l2"), ("l2", "max", "l1")], ids="-".join)
 def test_cpp_matches_reference_fp32_rows_split_across_threads(variant):
     """B²·D above 2^22 at a narrow width: the threads split the Gram's rows (136 = 128 + 8)."""
