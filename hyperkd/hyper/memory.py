@@ -3,8 +3,9 @@
 The output layer W (P×d) dominates (LayerKD-HN §3.2): W itself, its gradient (P×d unfused; when
 fused only the B_γ×P factor dθ, which for one γ is also θ0's gradient, and the fused step's copy
 of it, kept from backward to the optimizer step, whose update then writes the next step's carried
-W·z into it) and the optimizer state (1 or 2 P×d tensors), the primary network's activations, the small parameters (MLP, θ0, non-generated layers) and, with KD, the
-frozen teacher. Sizes are strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
+W·z into it) and the optimizer state (1 or 2 P×d tensors), the primary network's activations, the
+small parameters (MLP, θ0, non-generated layers) and, with KD, the frozen teacher. Sizes are
+strings such as ``"15GiB"`` (:func:`parse_size`, :func:`format_size`).
 """
 import copy
 import re
