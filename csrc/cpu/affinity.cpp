@@ -98,70 +98,23 @@ std::vector<at::Tensor> rows_in_acc(at::TensorList feats) {
 // ---------------------------------------------------------------- L1 distances, tiled
 
 // 2×4 tiles: 8 accumulators, 2 + 1 operands and the difference fit AVX2's 16 registers.
-constexpr int kL1Rows = 2, kL1Cols = 4;
+constexpr int kL1Rows = 2;
 
 template <typename V>
 inline V vabs(V d) { return d < 0 ? -d : d; }
 
-// D[i0.., j0..] += Σ_{k0 ≤ k < k1} |Q[i, k] − Q[j, k]| for a TI×TJ tile.
-template <typename T, int TI, int TJ>
-void l1_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64_t k1, T* out, int64_t B) {
-  using S = Simd<T>;
-  typename S::V acc[TI][TJ] = {};
-  const T* a[TI];
-  const T* b[TJ];
-  #pragma GCC unroll 4
-  for (int i = 0; i < TI; ++i) a[i] = Q + (i0 + i) * ld;
-  #pragma GCC unroll 4
-  for (int j = 0; j < TJ; ++j) b[j] = Q + (j0 + j) * ld;
-  int64_t k = k0;
-  for (; k + S::L <= k1; k += S::L) {
-    typename S::V va[TI];
-    #pragma GCC unroll 4
-    for (int i = 0; i < TI; ++i) {
-      va[i] = S::load(a[i] + k);
-      S::pin(va[i]);
-    }
-    #pragma GCC unroll 4
-    for (int j = 0; j < TJ; ++j) {
-      typename S::V vb = S::load(b[j] + k);
-      S::pin(vb);
-      #pragma GCC unroll 4
-      for (int i = 0; i < TI; ++i) acc[i][j] += vabs(va[i] - vb);
-    }
-  }
-  for (int i = 0; i < TI; ++i)
-    for (int j = 0; j < TJ; ++j) {
-      T s = S::sum(acc[i][j]);
-      for (int64_t r = k; r < k1; ++r) s += std::abs(a[i][r] - b[j][r]);
-      out[(i0 + i) * B + j0 + j] += s;
-    }
-}
-
-template <typename T, int TI = kL1Rows>
-void l1_tile_any(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t ti, int64_t tj, int64_t k0,
-                 int64_t k1, T* out, int64_t B) {
-  if constexpr (TI > 1)
-    if (ti < TI) return l1_tile_any<T, TI - 1>(Q, ld, i0, j0, ti, tj, k0, k1, out, B);
-  switch (tj) {
-    case 4: return l1_tile<T, TI, 4>(Q, ld, i0, j0, k0, k1, out, B);
-    case 3: return l1_tile<T, TI, 3>(Q, ld, i0, j0, k0, k1, out, B);
-    case 2: return l1_tile<T, TI, 2>(Q, ld, i0, j0, k0, k1, out, B);
-    default: return l1_tile<T, TI, 1>(Q, ld, i0, j0, k0, k1, out, B);
-  }
-}
+// The L1 distance's p of gram.h's pairwise column sums: |Q[i, k] − Q[j, k]|.
+struct AbsDifference {
+  template <typename S>
+  static typename S::V step(typename S::V acc, typename S::V a, typename S::V b) { return acc + vabs(a - b); }
+  template <typename T>
+  static T scalar(T a, T b) { return std::abs(a - b); }
+};
 
 // The upper tiles of the L1 distances over columns k0..k1, in chunks whose B rows stay in L2.
 template <typename T>
 void l1_upper(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* out) {
-  const int64_t chunk = std::max<int64_t>(256, ((256 << 10) / (B * int64_t(sizeof(T)))) & ~int64_t(31));
-  for (int64_t c0 = k0; c0 < k1; c0 += chunk) {
-    const int64_t c1 = std::min(k1, c0 + chunk);
-    for (int64_t i0 = 0; i0 < B; i0 += kL1Rows)
-      for (int64_t j0 = i0 / kL1Cols * kL1Cols; j0 < B; j0 += kL1Cols)
-        l1_tile_any<T>(Q, ld, i0, j0, std::min<int64_t>(kL1Rows, B - i0), std::min<int64_t>(kL1Cols, B - j0),
-                       c0, c1, out, B);
-  }
+  gram_detail::pair_upper<T, AbsDifference, kL1Rows>(Q, B, ld, k0, k1, out, B, 256 << 10);
 }
 
 // dQ[i, c0 + k] = Σ_j S_ij sign(P[i, k] − P[j, k]) for k < n over a packed panel P (rows ld apart,

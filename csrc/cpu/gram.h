@@ -22,14 +22,24 @@
 namespace hyperkd {
 namespace gram_detail {
 
-// 3×4 tiles of G: 12 accumulators + 3 + 1 operands fill AVX2's 16 registers.
+// 3×4 tiles of G (pair_upper's tiles are 4 columns wide): 12 accumulators + 3 + 1 operands fill
+// AVX2's 16 registers.
+constexpr int kTileRows = 3;
+
+// The column sums the pairwise kernels share, Σ_k p(Q[i, k], Q[j, k]): Pair::step folds one vector
+// of columns into an accumulator, Pair::scalar gives one column of the tail. The Gram's p:
+struct Product {
+  template <typename S>
+  static typename S::V step(typename S::V acc, typename S::V a, typename S::V b) { return S::fma(a, b, acc); }
+  template <typename T>
+  static T scalar(T a, T b) { return a * b; }
+};
+
+// out[i0.., j0..] (rows ldo apart) += Σ_{k0 ≤ k < k1} p(Q[i, k], Q[j, k]) for a TI×TJ tile.
 // The tile loops carry `GCC unroll` so that they are unrolled before the accumulator arrays are
 // split into registers; otherwise GCC kept the arrays on the stack and stored them every step.
-constexpr int64_t kTileRows = 3, kTileCols = 4;
-
-// G[i0.., j0..] += Q[i0..i0+TI, k0:k1] · Q[j0..j0+TJ, k0:k1]ᵀ.
-template <typename T, int TI, int TJ>
-void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64_t k1, T* G, int64_t B) {
+template <typename T, typename Pair, int TI, int TJ>
+void pair_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64_t k1, T* out, int64_t ldo) {
   using S = Simd<T>;
   typename S::V acc[TI][TJ] = {};
   const T* a[TI];
@@ -53,7 +63,7 @@ void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64
       typename S::V vb = S::load(b[j] + k);
       S::pin(vb);
       #pragma GCC unroll 8
-      for (int i = 0; i < TI; ++i) acc[i][j] = S::fma(va[i], vb, acc[i][j]);
+      for (int i = 0; i < TI; ++i) acc[i][j] = Pair::template step<S>(acc[i][j], va[i], vb);
     }
   }
   #pragma GCC unroll 8
@@ -61,41 +71,50 @@ void gram_tile(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t k0, int64
     #pragma GCC unroll 8
     for (int j = 0; j < TJ; ++j) {
       T s = S::sum(acc[i][j]);
-      for (int64_t r = k; r < k1; ++r) s += a[i][r] * b[j][r];
-      G[(i0 + i) * B + j0 + j] += s;
+      for (int64_t r = k; r < k1; ++r) s += Pair::scalar(a[i][r], b[j][r]);
+      out[(i0 + i) * ldo + j0 + j] += s;
     }
 }
 
-template <typename T, int TI = kTileRows>
-void gram_tile_any(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t ti, int64_t tj, int64_t k0,
-                   int64_t k1, T* G, int64_t B) {
+// pair_tile for a tile of ti ≤ TI rows and tj ≤ 4 columns (the partial tiles at B's edges).
+template <typename T, typename Pair, int TI>
+void pair_tile_any(const T* Q, int64_t ld, int64_t i0, int64_t j0, int64_t ti, int64_t tj, int64_t k0,
+                   int64_t k1, T* out, int64_t ldo) {
   if constexpr (TI > 1)
-    if (ti < TI) return gram_tile_any<T, TI - 1>(Q, ld, i0, j0, ti, tj, k0, k1, G, B);
+    if (ti < TI) return pair_tile_any<T, Pair, TI - 1>(Q, ld, i0, j0, ti, tj, k0, k1, out, ldo);
   switch (tj) {
-    case 4: return gram_tile<T, TI, 4>(Q, ld, i0, j0, k0, k1, G, B);
-    case 3: return gram_tile<T, TI, 3>(Q, ld, i0, j0, k0, k1, G, B);
-    case 2: return gram_tile<T, TI, 2>(Q, ld, i0, j0, k0, k1, G, B);
-    default: return gram_tile<T, TI, 1>(Q, ld, i0, j0, k0, k1, G, B);
+    case 4: return pair_tile<T, Pair, TI, 4>(Q, ld, i0, j0, k0, k1, out, ldo);
+    case 3: return pair_tile<T, Pair, TI, 3>(Q, ld, i0, j0, k0, k1, out, ldo);
+    case 2: return pair_tile<T, Pair, TI, 2>(Q, ld, i0, j0, k0, k1, out, ldo);
+    default: return pair_tile<T, Pair, TI, 1>(Q, ld, i0, j0, k0, k1, out, ldo);
   }
 }
 
-// The upper tiles of G += Q[:, k0:k1]·Q[:, k0:k1]ᵀ, the slice walked in chunks that keep the B rows'
-// chunk in L2 while every tile pair reads it. (Copying each chunk to a padded buffer first, as the
-// backward does with its panels, made this slower: a tile reads its rows once, front to back.)
-// The chunk is 256 KiB per 32 bytes of vector, so a tile takes as many vector steps between its
-// horizontal sums with AVX-512 as with AVX2: at 256 KiB, the 64-byte tiles' sums cost the
-// Xeon's forward 15 % (ResNet-20 B = 128: 24–26 against 22 ms at 512 KiB or 1 MiB).
-// (G's rows are ldg apart: a diagonal block of a larger Gram is the Gram of its rows.)
-template <typename T>
-void gram_upper_tiles(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* G, int64_t ldg) {
-  constexpr int64_t kChunkBytes = (256 << 10) * kVectorBytes / 32;
-  const int64_t chunk = std::max<int64_t>(256, (kChunkBytes / (B * int64_t(sizeof(T)))) & ~int64_t(31));
+// The tiles on and above the diagonal of out += Σ_{k0 ≤ k < k1} p(Q[i, k], Q[j, k]) for B rows of
+// TI×4 tiles, the columns walked in chunks of chunk_bytes over the B rows, which stay in L2 while
+// every tile pair reads them. (Copying each chunk to a padded buffer first, as the backward does
+// with its panels, made the Gram slower: a tile reads its rows once, front to back.)
+template <typename T, typename Pair, int TI>
+void pair_upper(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* out, int64_t ldo,
+                int64_t chunk_bytes) {
+  constexpr int64_t TJ = 4;
+  const int64_t chunk = std::max<int64_t>(256, (chunk_bytes / (B * int64_t(sizeof(T)))) & ~int64_t(31));
   for (int64_t c0 = k0; c0 < k1; c0 += chunk) {
     const int64_t c1 = std::min(k1, c0 + chunk);
-    for (int64_t i0 = 0; i0 < B; i0 += kTileRows)
-      for (int64_t j0 = i0 / kTileCols * kTileCols; j0 < B; j0 += kTileCols)
-        gram_tile_any<T>(Q, ld, i0, j0, std::min(kTileRows, B - i0), std::min(kTileCols, B - j0), c0, c1, G, ldg);
+    for (int64_t i0 = 0; i0 < B; i0 += TI)
+      for (int64_t j0 = i0 / TJ * TJ; j0 < B; j0 += TJ)
+        pair_tile_any<T, Pair, TI>(Q, ld, i0, j0, std::min<int64_t>(TI, B - i0), std::min(TJ, B - j0), c0, c1,
+                                   out, ldo);
   }
+}
+
+// The Gram's upper tiles (G's rows ldg apart: a diagonal block of a larger Gram is the Gram of its
+// rows). The chunk is 256 KiB per 32 bytes of vector, so a tile takes as many vector steps between
+// its horizontal sums with AVX-512 as with AVX2: at 256 KiB, the 64-byte tiles' sums cost the
+// Xeon's forward 15 % (ResNet-20 B = 128: 24–26 against 22 ms at 512 KiB or 1 MiB).
+template <typename T>
+void gram_upper_tiles(const T* Q, int64_t B, int64_t ld, int64_t k0, int64_t k1, T* G, int64_t ldg) {
+  pair_upper<T, Product, kTileRows>(Q, B, ld, k0, k1, G, ldg, (256 << 10) * kVectorBytes / 32);
 }
 
 // From this batch up, the Gram is cut into blocks of kBlasRows rows: the blocks on the diagonal
