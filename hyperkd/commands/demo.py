@@ -72,7 +72,8 @@ def plot_bands(curves: dict, path: Path, teacher_acc: float, title: str) -> Path
 
 def verdicts(rows) -> list:
     """One plain sentence per KD method: is its mean test accuracy above (or below) No-KD's by more
-    than the spread, the sum of the two standard deviations over seeds?"""
+    than the spread, the sum of the two standard deviations over seeds? A side with one finished
+    seed has no spread, so it gets no verdict, only the numbers."""
     by_method = {r["method"]: r for r in rows}
     base = by_method.pop("No-KD (MIP)")
     lines = []
@@ -81,6 +82,11 @@ def verdicts(rows) -> list:
             lines.append(f"{method}: no finished run to compare ({r['diverged']} diverged)")
             continue
         gain, spread = r["test_acc"] - base["test_acc"], r["std"] + base["std"]
+        if min(r["seeds"], base["seeds"]) < 2:
+            lines.append(f"{method}: {r['test_acc']:.2f} vs No-KD {base['test_acc']:.2f} (difference {gain:+.2f}) "
+                         f"from {r['seeds']} vs {base['seeds']} seeds: no spread, so no verdict (run three "
+                         f"or more seeds, --seeds 0,1,2)")
+            continue
         verdict = ("beats No-KD by more than the spread" if gain > spread else
                    "falls behind No-KD by more than the spread" if gain < -spread else
                    "does not beat No-KD by more than the spread (the difference is within it)")

@@ -5,6 +5,7 @@ import csv
 import pytest
 
 from hyperkd.cli import main
+from hyperkd.commands.demo import verdicts
 from hyperkd.train import sweep
 from tests.train.test_student import teacher  # noqa: F401 (the module-scoped teacher fixture)
 
@@ -59,3 +60,19 @@ def test_demo_prints_teacher_and_three_students_and_saves_the_plot(tiny_digits, 
         assert row in out
     assert "hyperkd sweep --model" in out  # the CIFAR-100 command
     assert (tmp_path / "convergence.png").exists() and (tmp_path / "results.md").exists()
+
+
+def result(method, acc, std, seeds, diverged=0):
+    return {"method": method, "test_acc": acc, "std": std, "seeds": seeds, "diverged": diverged}
+
+
+def test_demo_verdicts_compare_the_gain_with_the_spread_and_need_two_seeds_a_side():
+    base = result("No-KD (MIP)", 90.0, 0.5, 3)
+    lines = verdicts([base, result("at0", 91.5, 0.5, 3), result("ab", 88.0, 0.4, 3), result("fsp", 90.6, 0.2, 3),
+                      result("sp", 95.0, 0.0, 1), result("cwd", None, 0.0, 0, diverged=3)])
+    assert lines[0].startswith("at0 beats No-KD by more than the spread: 91.50 ± 0.50 vs 90.00 ± 0.50")
+    assert lines[1].startswith("ab falls behind No-KD by more than the spread")
+    assert lines[2].startswith("fsp does not beat No-KD by more than the spread (the difference is within it)")
+    assert lines[3] == ("sp: 95.00 vs No-KD 90.00 (difference +5.00) from 1 vs 3 seeds: no spread, so no "
+                        "verdict (run three or more seeds, --seeds 0,1,2)")
+    assert lines[4] == "cwd: no finished run to compare (3 diverged)"
