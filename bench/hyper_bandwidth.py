@@ -53,6 +53,11 @@ def step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_size: int)
     return 2 * P * d * (w_size + slots * state_size) + (B * P + B * d) * FP32
 
 
+def next_generation_bytes(P: int, d: int, B: int) -> int:
+    """What a chained W step adds to ``step_bytes``: the next codes read (B·d), W·z written (B·P)."""
+    return (B * d + B * P) * FP32
+
+
 def training_step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_size: int, chained: bool) -> int:
     """The W-bound traffic of one fused training step: generation, its backward and the W step.
     Unchained, generation reads W (``generation_bytes``); chained, the step also reads the next
@@ -61,7 +66,7 @@ def training_step_bytes(P: int, d: int, B: int, w_size: int, slots: int, state_s
     B·d per BLOCK of rows, a few MiB at most)."""
     if chained:
         generate = (2 * B * P + P) * FP32
-        step = step_bytes(P, d, B, w_size, slots, state_size) + (B * d + B * P) * FP32
+        step = step_bytes(P, d, B, w_size, slots, state_size) + next_generation_bytes(P, d, B)
     else:
         generate = generation_bytes(P, d, B, w_size)
         step = step_bytes(P, d, B, w_size, slots, state_size)
@@ -155,7 +160,7 @@ def run(args, device: torch.device) -> dict:
              "generation backward": backward_bytes(P, d, B, w_size, programs),
              "fused W step": step_bytes(P, d, B, w_size, slots, s_size)}
     moved["fused backward"] = moved["generation backward"] + moved["fused W step"]
-    moved["fused W step + next generation"] = moved["fused W step"] + (B * d + B * P) * FP32  # z_next in, W·z out
+    moved["fused W step + next generation"] = moved["fused W step"] + next_generation_bytes(P, d, B)
     calls = {"generation forward": generate, "generation backward": backward,
              "fused W step": lambda: step(dtheta), "fused backward": lambda: step(backward()),
              "fused W step + next generation": lambda: step(dtheta, z)}

@@ -336,10 +336,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> at_loss_cpu(
                                          acc_t(p), q, amax, ties);
       });
     });
-    std::vector<acc_t> terms(M);
     loss.fill_(layer_terms(rows.data(), M, B, lam,
                            [&](int64_t m) { return mean ? acc_t(1) / (B * views[m].HW()) : acc_t(1); },
-                           layer_losses.data_ptr<acc_t>(), terms.data()));
+                           layer_losses.data_ptr<acc_t>()));
   });
   return {loss, layer_losses, grads};
 }

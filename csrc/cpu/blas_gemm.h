@@ -20,6 +20,17 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 
 namespace hyperkd {
 
+// The column-major C (m×n, rows ldc apart) = Aᵀ?·Bᵀ? + beta·C of the Fortran BLAS, fp32 or fp64.
+template <typename T>
+void fortran_gemm(char ta, char tb, int m, int n, int k, const T* A, int lda, const T* B, int ldb, T beta, T* C,
+                  int ldc) {
+  const T one = 1;
+  if constexpr (sizeof(T) == 4)
+    sgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
+  else
+    dgemm_(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &beta, C, &ldc);
+}
+
 // init is the N-vector `bias` when given (copied into C's rows first), else C itself when
 // `accumulate`, else zero. (The callers pass a bias only to products that do not accumulate, where
 // this is tile_gemm's init.)
@@ -29,26 +40,15 @@ void blas_gemm(int64_t M, int64_t N, int64_t K, StridedMatrix<T> A, const T* B, 
   if (bias)
     for (int64_t r = 0; r < M; ++r) std::copy_n(bias, N, C + r * ldc);
   const bool a_transposed = A.col != 1;
-  const char ta = 'N', tb = a_transposed ? 'T' : 'N';
-  const int m = N, n = M, k = K, la = ldb, lb = a_transposed ? A.col : A.row, lc = ldc;
-  const T one = 1, beta = accumulate || bias ? 1 : 0;
-  if constexpr (sizeof(T) == 4)
-    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
-  else
-    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &la, A.p, &lb, &beta, C, &lc);
+  fortran_gemm<T>('N', a_transposed ? 'T' : 'N', N, M, K, B, ldb, A.p, a_transposed ? A.col : A.row,
+                  accumulate || bias ? T(1) : T(0), C, ldc);
 }
 
 // C[i, j] += Σ_k X[i, k]·Y[j, k] for i < nx, j < ny and k < K: X and Y row-major (rows ld apart),
 // C row-major (rows ldc apart). In BLAS's column-major terms Cᵀ = Yᵀ·X, one call with Y transposed.
 template <typename T>
 void blas_rows_dot(const T* X, int64_t nx, const T* Y, int64_t ny, int64_t K, int64_t ld, T* C, int64_t ldc) {
-  const char ta = 'T', tb = 'N';
-  const int m = ny, n = nx, k = K, lxy = ld, lc = ldc;
-  const T one = 1;
-  if constexpr (sizeof(T) == 4)
-    sgemm_(&ta, &tb, &m, &n, &k, &one, Y, &lxy, X, &lxy, &one, C, &lc);
-  else
-    dgemm_(&ta, &tb, &m, &n, &k, &one, Y, &lxy, X, &lxy, &one, C, &lc);
+  fortran_gemm<T>('T', 'N', ny, nx, K, Y, ld, X, ld, T(1), C, ldc);
 }
 
 }  // namespace hyperkd

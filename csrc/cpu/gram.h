@@ -6,8 +6,10 @@
 // per core at B = 16, against 79 for square products — and it computes both triangles. Here a
 // 3×4 tile of G is accumulated in registers across a cache-sized slice of D, only tiles on or
 // above the diagonal are computed, and the threads split D rather than the output, so every
-// thread has work however small B is and however unequal the layers are. The backward is
-// tile_gemm (tile_gemm.h) over column panels of Q.
+// thread has work however small B is and however unequal the layers are. From B = 256 (gram_upper)
+// the blocks off the diagonal are BLAS products after all: there the output is large enough for
+// MKL's rate, and the tiles' chunks of columns get short. The backward is tile_gemm (tile_gemm.h)
+// over column panels of Q.
 #pragma once
 #include <ATen/Parallel.h>
 

@@ -210,9 +210,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> jsd_map_loss_cpu(
           channel_map_backward<MODE>(f, C, N, acc_t(p), P, grads[m].data_ptr<scalar_t>() + b * C * N);
       });
     });
-    std::vector<acc_t> terms(M);
     loss.fill_(layer_terms(rows.data(), M, B, lam, [&](int64_t) { return mean ? acc_t(1) / B : acc_t(1); },
-                           layer_losses.data_ptr<acc_t>(), terms.data()));
+                           layer_losses.data_ptr<acc_t>()));
   });
   return {loss, layer_losses, grads};
 }

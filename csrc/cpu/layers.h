@@ -124,17 +124,19 @@ inline void check_lambdas(const at::Tensor& lambdas, int64_t M, at::ScalarType a
 }
 
 // The per-layer outputs of the fused losses from an M×B table of per-sample row values:
-// L_m = scale(m) · Σ_b rows[m, b] and the weighted term λ_m L_m; returns Σ_m λ_m L_m.
+// L_m = scale(m) · Σ_b rows[m, b] and (into `terms`, unless null) the weighted term λ_m L_m;
+// returns Σ_m λ_m L_m.
 template <typename acc_t, typename Scale>
 inline acc_t layer_terms(const acc_t* rows, int64_t M, int64_t B, const acc_t* lam, Scale&& scale,
-                         acc_t* losses, acc_t* terms) {
+                         acc_t* losses, acc_t* terms = nullptr) {
   acc_t total = 0;
   for (int64_t m = 0; m < M; ++m) {
     acc_t sum = 0;
     for (int64_t b = 0; b < B; ++b) sum += rows[m * B + b];
     losses[m] = sum * scale(m);
-    terms[m] = lam[m] * losses[m];
-    total += terms[m];
+    const acc_t term = lam[m] * losses[m];
+    if (terms) terms[m] = term;
+    total += term;
   }
   return total;
 }

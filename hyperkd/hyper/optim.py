@@ -193,14 +193,13 @@ class FusedOutputStep:
             with torch.no_grad():
                 z_next = model.hypernet.code(gamma)  # the MLP as the torch optimizer has just stepped it
         # dθ is this step's own tensor (the copy, or the rank mean / unscaled factor), free once read.
-        into_dtheta = z_next is not None and z_next.shape[0] == dtheta.shape[0]
+        next_out = dtheta if z_next is not None and z_next.shape[0] == dtheta.shape[0] else None
         h = self.hyper
-        values = torch.ops.hyperkd.hyper_fused_step_(
+        returned = torch.ops.hyperkd.hyper_fused_step_(
             self.W, self.state[0], self.state[1], dtheta, z, self.algorithm, self.lr_source(), h["beta1"],
-            h["beta2"], h["eps"], h["weight_decay"], self.step_count, self.seed + self.step_count, z_next,
-            dtheta if into_dtheta else None)
+            h["beta2"], h["eps"], h["weight_decay"], self.step_count, self.seed + self.step_count, z_next, next_out)
         if z_next is not None:
-            self.carried = _Carried(key, dtheta if into_dtheta else values, self._versions(model.hypernet))
+            self.carried = _Carried(key, returned if next_out is None else next_out, self._versions(model.hypernet))
 
     def reset(self) -> None:
         """Forgets the factors of a backward that will not be stepped and the carried generation."""
