@@ -69,18 +69,35 @@ def measure(B: int, D: int, variant: str, calls: int, gemm_gflops: float) -> dic
     return row
 
 
+def case_of(parser, text: str):
+    """(B, D, "aff-norm-loss") from ``--cases``' B:D:AFF-NORM-LOSS, or the parser's error."""
+    parts = text.split(":")
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) >= 2 and int(parts[1]) >= 1:
+        aff_norm_loss = parts[2].split("-")
+        if len(aff_norm_loss) != 3:
+            parser.error(f"--cases: {text!r}: expected AFF-NORM-LOSS after the second colon")
+        try:
+            aff_ops.check_variant(*aff_norm_loss)
+        except ValueError as e:
+            parser.error(f"--cases: {text!r}: {e}")
+        return int(parts[0]), int(parts[1]), parts[2]
+    parser.error(f"--cases: expected B:D:AFF-NORM-LOSS with B ≥ 2 and D ≥ 1 (e.g. 64:64:ip-none-l1), got {text!r}")
+
+
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="B:D:AFF-NORM-LOSS")
     parser.add_argument("--calls", type=int, default=3000, help="calls per timed loop at small sizes")
     parser.add_argument("--out", default=RESULTS, help="JSON-lines file the rows are appended to")
     args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error(f"--calls: expected a positive number of calls, got {args.calls}")
+    cases = [case_of(parser, case) for case in args.cases]  # all checked before any timing
     device = torch.device("cpu")
     gemm = machine_rates(device)["gemm_gflops"]
     rows = []
-    for case in args.cases:
-        B, D, variant = case.split(":")
-        row = {**stamp(device), **measure(int(B), int(D), variant, args.calls, gemm)}
+    for B, D, variant in cases:
+        row = {**stamp(device), **measure(B, D, variant, args.calls, gemm)}
         append_rows(args.out, [row])
         print(json.dumps(row), flush=True)
         rows.append(row)

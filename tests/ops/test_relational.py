@@ -76,8 +76,9 @@ def test_cuda_path_matches_reference(method, dtype, triton_device):
 # Batch sizes off the Gram kernel's 3×4 tiles and the backward's 6-row blocks; widths off its
 # vector width, its column panels (2000 at B = 13 spans several) and the threads' shares of D, on
 # both sides of the 4 KiB row stride where the backward's products walk row tiles first; B = 32,
-# D = 9000 walks each thread's share in several of the Gram's L2 chunks, in both dtypes.
-KERNEL_EDGES = [(2, 1), (7, 9), (13, 50), (13, 2000), (18, 517), (32, 9000)]
+# D = 9000 walks each thread's share in several of the Gram's L2 chunks, in both dtypes; from
+# B = 256 the Gram's off-diagonal blocks of 64 rows are BLAS products (259: a partial last block).
+KERNEL_EDGES = [(2, 1), (7, 9), (13, 50), (13, 2000), (18, 517), (32, 9000), (259, 300)]
 
 
 @pytest.mark.parametrize("B,D", KERNEL_EDGES)
